@@ -1,0 +1,40 @@
+"""Root conftest: shared test helpers available to ``tests/`` and ``evals/``.
+
+A test that needs shared data calls :func:`require_shared`; outside CI a missing file skips
+with the reason, and in CI (``CI=true``) it fails, so a broken checkout never passes vacuously.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarkdata import SHARED_ENV, in_ci, shared_root, tiny_model_dir
+
+
+def require_shared(path: Path) -> Path:
+    """Return ``path`` if it exists; otherwise skip (or fail under CI) naming what is missing."""
+    if path.exists():
+        return path
+    message = (
+        f"shared data not found: {path} (set {SHARED_ENV} to the shared folder; "
+        f"default is ../shared beside the repository)"
+    )
+    if in_ci():
+        pytest.fail(message + " [CI=true: missing shared data is an error]", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return require_shared(shared_root())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    return require_shared(tiny_model_dir() / "tiny-rwkv7-834K.pth")
+
+
+@pytest.fixture(scope="session")
+def tiny_expected_logits() -> Path:
+    return require_shared(tiny_model_dir() / "expected-logits-7v0-834K.bin")

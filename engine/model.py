@@ -1,0 +1,360 @@
+"""The RWKV-7 ("x070") model: the readable torch reference path that runs anywhere.
+
+Names follow the checkpoint keys and the paper: r w k v a g, kk (the normalised key that
+removes old values from the state), v_first (layer 0's value, mixed into later layers).
+A sequence runs as matrix products over all T tokens at once; only the WKV recurrence is
+sequential in time, as a rank-2 update per step (O(N^2) per head, not the N^3 of ``state @ ab``).
+
+Shapes: B batch, T tokens, C = n_embd = H * N, H heads of size N, V vocabulary, L layers.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import check_state_dict, file_sha256, infer_config, read_state_dict
+from .config import ModelConfig
+from .errors import InputError
+from .state import State
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# decay = exp(-exp(-0.5) * sigmoid(.)) keeps w in (0.545, 1): the official constant 0.606531 is exp(-0.5)
+_DECAY_SCALE = math.exp(-0.5)
+# CPUs with native bf16 matrix units; elsewhere torch's bf16 GEMM converts element by element and
+# runs ~7x slower than float32 (measured on this project's AVX2 EPYC: 4.5 vs 31 GFLOP/s per core)
+_NATIVE_BF16_CPU = {"AVX512_BF16", "AMX"}
+# group norm eps of ln_x: the head outputs are small, the official value is 64e-5, not 1e-5
+_LN_X_EPS = 64e-5
+
+
+@dataclass
+class LayerWeights:
+    """One block's tensors, vectors flattened to [C], linear weights kept [out, in] for F.linear."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    mix: torch.Tensor  # [6, C]: x_r x_w x_k x_v x_a x_g
+    w0: torch.Tensor
+    w1: torch.Tensor  # [C, rank_w]
+    w2: torch.Tensor  # [rank_w, C]
+    a0: torch.Tensor
+    a1: torch.Tensor
+    a2: torch.Tensor
+    v0: torch.Tensor | None  # None in layer 0
+    v1: torch.Tensor | None
+    v2: torch.Tensor | None
+    g1: torch.Tensor
+    g2: torch.Tensor
+    k_k: torch.Tensor
+    k_a: torch.Tensor
+    r_k: torch.Tensor  # [C] (from [H, N])
+    W_r: torch.Tensor  # [C, C]
+    W_k: torch.Tensor
+    W_v: torch.Tensor
+    W_o: torch.Tensor
+    ln_x_w: torch.Tensor
+    ln_x_b: torch.Tensor
+    ffn_x_k: torch.Tensor
+    ffn_key: torch.Tensor  # [F, C]
+    ffn_value: torch.Tensor  # [C, F]
+
+
+def wkv7_reference(
+    state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor,
+    v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+) -> torch.Tensor:
+    """The WKV-7 recurrence, one step at a time, updating ``state`` in place.
+
+    state: [B, H, N, N] float32, state[..., i, j] for value index i and key index j
+    r, w, k, v, a, b: [B, T, H, N] float32 (w is the decay in (0, 1); a = -kk, b = kk * a_gate)
+    returns y: [B, T, H, N] float32
+
+        S_t = S_{t-1} diag(w_t) + (S_{t-1} a_t) b_t^T + v_t k_t^T,   y_t = S_t r_t
+    """
+    B, T, H, N = r.shape
+    S = state.view(B * H, N, N)  # (BH, N, N), a view: updated in place
+    # time-major, batch*heads flattened, as columns/rows for bmm
+    def tm(x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(0, 1).reshape(T, B * H, N)
+
+    r_, w_, a_ = tm(r).unsqueeze(-1), tm(w).unsqueeze(-2), tm(a).unsqueeze(-1)  # (T,BH,N,1) (T,BH,1,N) (T,BH,N,1)
+    v_ = tm(v).unsqueeze(-1)  # (T, BH, N, 1)
+    # the rank-2 update [S a, v] @ [b; k] in one baddbmm: the [b; k] rows are known up front
+    bk = torch.stack((tm(b), tm(k)), dim=2)  # (T, BH, 2, N)
+    y = torch.empty(T, B * H, N, 1, dtype=torch.float32, device=r.device)  # (T, BH, N, 1)
+    for t in range(T):
+        sa = torch.bmm(S, a_[t])  # S a                                    (BH, N, 1)
+        S.mul_(w_[t])  # S diag(w)                                          (BH, N, N)
+        S.baddbmm_(torch.cat((sa, v_[t]), 2), bk[t])  # + (S a) b^T + v k^T (BH, N, N)
+        torch.bmm(S, r_[t], out=y[t])  # y = S r                            (BH, N, 1)
+    return y.view(T, B, H, N).transpose(0, 1)  # (B, T, H, N)
+
+
+class RWKV7:
+    """An RWKV-7 model on one device in one dtype (float32 or bfloat16; the state is float32)."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cpu",
+                 dtype: str = "float32", path: str | None = None, sha256: str | None = None):
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
+        self.config = cfg
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        self.dtype_name = dtype
+        self.path = path
+        self.sha256 = sha256
+        dt, dev = self.dtype, self.device
+
+        def t(key: str) -> torch.Tensor:
+            return sd[key].to(device=dev, dtype=dt).contiguous()
+
+        def vec(key: str) -> torch.Tensor:
+            return sd[key].reshape(-1).to(device=dev, dtype=dt).contiguous()
+
+        C = cfg.n_embd
+        # ln0 applies to the embedding only, so it is folded into the table once (as the official code does)
+        emb = sd["emb.weight"].to(torch.float32)
+        emb = F.layer_norm(emb, (C,), sd["blocks.0.ln0.weight"].float(), sd["blocks.0.ln0.bias"].float())
+        self.emb = emb.to(device=dev, dtype=dt).contiguous()  # [V, C]
+        self.ln_out_w, self.ln_out_b = t("ln_out.weight"), t("ln_out.bias")
+        self.head = t("head.weight")  # [V, C]
+        self.layers: list[LayerWeights] = []
+        for i in range(cfg.n_layer):
+            p = f"blocks.{i}."
+            has_v = i > 0
+            self.layers.append(LayerWeights(
+                ln1_w=t(p + "ln1.weight"), ln1_b=t(p + "ln1.bias"), ln2_w=t(p + "ln2.weight"), ln2_b=t(p + "ln2.bias"),
+                mix=torch.stack([vec(p + f"att.x_{c}") for c in "rwkvag"]),
+                w0=vec(p + "att.w0"), w1=t(p + "att.w1"), w2=t(p + "att.w2"),
+                a0=vec(p + "att.a0"), a1=t(p + "att.a1"), a2=t(p + "att.a2"),
+                v0=vec(p + "att.v0") if has_v else None, v1=t(p + "att.v1") if has_v else None,
+                v2=t(p + "att.v2") if has_v else None,
+                g1=t(p + "att.g1"), g2=t(p + "att.g2"),
+                k_k=vec(p + "att.k_k"), k_a=vec(p + "att.k_a"), r_k=vec(p + "att.r_k"),
+                W_r=t(p + "att.receptance.weight"), W_k=t(p + "att.key.weight"),
+                W_v=t(p + "att.value.weight"), W_o=t(p + "att.output.weight"),
+                ln_x_w=t(p + "att.ln_x.weight"), ln_x_b=t(p + "att.ln_x.bias"),
+                ffn_x_k=vec(p + "ffn.x_k"), ffn_key=t(p + "ffn.key.weight"), ffn_value=t(p + "ffn.value.weight"),
+            ))
+        from .tokenizer import get_tokenizer
+
+        self.tokenizer = get_tokenizer(cfg.vocab_size)
+        # bf16 weights on a CPU without bf16 matrix units: products over many rows upcast the
+        # (small) weight once and run in float32, which is what a bf16 GEMM computes anyway
+        # (bf16 operands, float32 accumulation); the result is rounded back to bf16.
+        self._upcast_rows = 0
+        if self.dtype != torch.float32 and self.device.type == "cpu":
+            if torch.backends.cpu.get_cpu_capability() not in _NATIVE_BF16_CPU:
+                self._upcast_rows = 8
+
+    def _mm(self, x: torch.Tensor, W: torch.Tensor, transposed: bool = True) -> torch.Tensor:
+        """x @ W.T (``transposed``, a checkpoint's [out, in] linear weight) or x @ W (a LoRA matrix)."""
+        if self._upcast_rows and x.numel() >= self._upcast_rows * x.shape[-1]:
+            xf, Wf = x.float(), W.float()
+            return (F.linear(xf, Wf) if transposed else xf @ Wf).to(x.dtype)
+        return F.linear(x, W) if transposed else x @ W
+
+    # ------------------------------------------------------------------ public API
+
+    def info(self) -> dict:
+        """Plain JSON description of the model for reports."""
+        return {
+            "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
+            "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
+            "tokenizer": self.tokenizer.name,
+        }
+
+    def zero_state(self, batch_size: int) -> State:
+        return State.zeros(self.config, batch_size, self.device)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, state: State | None = None,
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
+                ) -> tuple[torch.Tensor | None, State]:
+        """Run ``tokens`` [B, T] from ``state`` (zeros if None).
+
+        Returns logits float32 [B, T, V] (``logits="last"``: [B, 1, V]; ``"none"``: None, the head
+        is skipped) and the new state. The state passed in is left unchanged unless ``inplace``,
+        which saves a copy of the whole state per call (decoding, ragged batches).
+        """
+        tokens = self.check_tokens(tokens)
+        B, T = tokens.shape
+        if logits not in ("all", "last", "none"):
+            raise InputError(f"logits must be 'all', 'last' or 'none', found {logits!r}")
+        if state is None:
+            state, inplace = self.zero_state(B), True
+        elif not isinstance(state, State):
+            raise InputError(f"state must be an engine.State or None, found {type(state).__name__}")
+        else:
+            state.check_fits(self.config, B)
+        if inplace:
+            new = state
+        else:
+            new = State(torch.empty_like(state.att_x), state.wkv.clone(), torch.empty_like(state.ffn_x))
+
+        x = self.emb[tokens]  # (B, T, C)
+        v_first = None
+        C = self.config.n_embd
+        for i, p in enumerate(self.layers):
+            xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)  # (B, T, C)
+            out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first)
+            new.att_x[i] = xx[:, -1]
+            x = x + out
+            xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
+            x = x + self._channel_mix(p, xx, state.ffn_x[i])
+            new.ffn_x[i] = xx[:, -1]
+        if logits == "none":
+            return None, new
+        if logits == "last":
+            x = x[:, -1:]
+        x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
+        return self._mm(x, self.head).float(), new  # (B, T, V)
+
+    def loglikelihood(self, pairs, **kwargs):
+        from .scoring import loglikelihood
+
+        return loglikelihood(self, pairs, **kwargs)
+
+    def loglikelihood_rolling(self, token_lists, bos: int | None = 0, **kwargs):
+        from .scoring import loglikelihood_rolling
+
+        return loglikelihood_rolling(self, token_lists, bos=bos, **kwargs)
+
+    def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, batch_size: int = 16):
+        from .generate import generate
+
+        return generate(self, prompts, max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
+                        top_k=top_k, seed=seed, batch_size=batch_size)
+
+    # ------------------------------------------------------------------ checks
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        """Validate a [B, T] batch of token ids; return it as a LongTensor on the model's device."""
+        if not isinstance(tokens, torch.Tensor):
+            raise InputError(f"tokens must be a torch.LongTensor of shape [B, T], found {type(tokens).__name__}")
+        if tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise InputError(f"tokens must hold integer ids (LongTensor [B, T]), found dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise InputError(f"tokens must have shape [B, T], found {tuple(tokens.shape)}")
+        if tokens.shape[0] < 1 or tokens.shape[1] < 1:
+            raise InputError(f"tokens must hold at least one sequence of at least one token: found shape {tuple(tokens.shape)}")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise InputError(f"token id {bad} is out of the vocabulary: expected ids in [0, {self.config.vocab_size})")
+        return tokens.to(device=self.device, dtype=torch.long)
+
+    # ------------------------------------------------------------------ the math
+
+    def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
+                  wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place."""
+        B, T, C = x.shape
+        H, N = self.config.n_head, self.config.head_size
+        shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
+        xr, xw, xk, xv, xa, xg = x + (shifted - x) * p.mix.view(6, 1, 1, C)  # six (B, T, C)
+
+        r = self._mm(xr, p.W_r)  # (B, T, C)
+        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
+        k = self._mm(xk, p.W_k)
+        v = self._mm(xv, p.W_v)
+        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # in-context learning rate, (B, T, C)
+        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # output gate, (B, T, C)
+
+        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
+        k = k * (1 + (a - 1) * p.k_a)
+        if layer == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+        decay = torch.exp(-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float()))  # (B, T, C) float32 in (0.545, 1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.float().view(B, T, H, N)
+
+        y = wkv7_reference(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
+        y = F.group_norm(y.reshape(B * T, C).to(x.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
+        bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
+        y = y + bonus.view(B, T, C)
+        return self._mm(y * g, p.W_o), v_first
+
+    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
+        shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
+        k = x + (shifted - x) * p.ffn_x_k
+        k = torch.relu(self._mm(k, p.ffn_key)) ** 2  # (B, T, F)
+        return self._mm(k, p.ffn_value)  # (B, T, C)
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *, checksum: bool = True) -> RWKV7:
+    """Load an RWKV-7 checkpoint (.pth or .safetensors) and check every key and shape."""
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
+    if str(device).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
+    elif str(device) != "cpu":
+        raise InputError(f"device must be 'cpu' or 'cuda[:N]', found {device!r}")
+    sd = read_state_dict(path)
+    cfg = infer_config(sd)
+    check_state_dict(sd, cfg)
+    return RWKV7(sd, cfg, device=device, dtype=dtype, path=str(path),
+                 sha256=file_sha256(path) if checksum else None)
+
+
+def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32") -> RWKV7:
+    """Build a model from an in-memory state dict (checked like a file)."""
+    cfg = infer_config(sd)
+    check_state_dict(sd, cfg)
+    return RWKV7(sd, cfg, device=device, dtype=dtype)
+
+
+def random_state_dict(cfg: ModelConfig, seed: int = 0, *, layer0_v: bool = True) -> dict[str, torch.Tensor]:
+    """A seeded random RWKV-7 checkpoint of shape ``cfg`` in the official layout and key names.
+
+    The scales keep activations in the range a trained model sees (decays near 1, small LoRAs),
+    so numerical comparisons exercise every term of the math.
+    """
+    from .checkpoint import expected_shapes, OPTIONAL_LAYER0
+
+    g = torch.Generator().manual_seed(seed)
+    C = cfg.n_embd
+    sd: dict[str, torch.Tensor] = {}
+    for key, shape in expected_shapes(cfg).items():
+        if not layer0_v and key in {f"blocks.0.{n}" for n in OPTIONAL_LAYER0}:
+            continue
+        shape = (1, 1, C) if shape == "vec" else shape
+        name = key.split(".", 2)[-1] if key.startswith("blocks.") else key
+        if name.endswith(("ln1.weight", "ln2.weight", "ln0.weight", "ln_x.weight")) or key == "ln_out.weight":
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias") and "ln" in name or key == "ln_out.bias":
+            t = 0.1 * torch.randn(shape, generator=g)
+        elif name.startswith("att.x_") or name == "ffn.x_k":
+            t = torch.rand(shape, generator=g)
+        elif name in ("att.w0",):
+            t = torch.randn(shape, generator=g) * 0.5 - 2.0
+        elif name in ("att.a0", "att.v0"):
+            t = torch.randn(shape, generator=g) * 0.5
+        elif name in ("att.k_k", "att.k_a", "att.r_k"):
+            t = 0.5 + 0.5 * torch.rand(shape, generator=g)
+        elif len(shape) == 2:
+            fan_in = shape[1] if name.endswith(".weight") else shape[0]
+            t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        else:
+            t = torch.randn(shape, generator=g)
+        sd[key] = t.float().contiguous()
+    return sd
+
+
+def random_model(cfg: ModelConfig, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> RWKV7:
+    """A seeded random-weights model of shape ``cfg`` (for tests, self-checks and speed work)."""
+    return from_state_dict(random_state_dict(cfg, seed), device=device, dtype=dtype)

@@ -1,0 +1,17 @@
+"""Small model shapes shared by the engine tests (seeded random weights, official layout)."""
+from __future__ import annotations
+
+from engine import ModelConfig
+
+# Several heads, head sizes 64 and 32, the World vocabulary, small and unequal LoRA ranks.
+SHAPES = {
+    "2x128-h2": ModelConfig(n_layer=2, n_embd=128, n_head=2, head_size=64, vocab_size=65536,
+                            ffn_size=448, rank_w=16, rank_a=8, rank_v=8, rank_g=24),
+    "3x96-h3n32": ModelConfig(n_layer=3, n_embd=96, n_head=3, head_size=32, vocab_size=65536,
+                              ffn_size=384, rank_w=8, rank_a=16, rank_v=4, rank_g=8),
+    "1x64-h1-v256": ModelConfig(n_layer=1, n_embd=64, n_head=1, head_size=64, vocab_size=256,
+                                ffn_size=256, rank_w=32, rank_a=32, rank_v=32, rank_g=32),
+}
+
+SMALL = ModelConfig(n_layer=2, n_embd=64, n_head=2, head_size=32, vocab_size=256,
+                    ffn_size=128, rank_w=8, rank_a=8, rank_v=8, rank_g=8)
