@@ -38,3 +38,16 @@ def tiny_model_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_expected_logits() -> Path:
     return require_shared(tiny_model_dir() / "expected-logits-7v0-834K.bin")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("rwkveval-throughput", "rwkveval throughput benchmarks")
+    group.addoption(
+        "--throughput-shape", default="0.1B", choices=["tiny", "0.1B", "0.4B", "1.5B", "2.9B", "7.2B"],
+        help="model shape of the CPU throughput benchmarks (random seeded weights; default: %(default)s)",
+    )
+    group.addoption(
+        "--gpu-shapes", default="0.1B",
+        help="official shapes of the GPU throughput benchmarks, comma-separated from 0.1B,0.4B,1.5B,2.9B,7.2B, "
+             "or 'all' (random seeded weights, float16; default: %(default)s)",
+    )

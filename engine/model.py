@@ -307,15 +307,26 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *,
     sd = read_state_dict(path)
     cfg = infer_config(sd)
     check_state_dict(sd, cfg)
-    return RWKV7(sd, cfg, device=device, dtype=dtype, path=str(path),
-                 sha256=file_sha256(path) if checksum else None)
+    return model_class(device)(sd, cfg, device=device, dtype=dtype, path=str(path),
+                               sha256=file_sha256(path) if checksum else None)
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32") -> RWKV7:
     """Build a model from an in-memory state dict (checked like a file)."""
     cfg = infer_config(sd)
     check_state_dict(sd, cfg)
-    return RWKV7(sd, cfg, device=device, dtype=dtype)
+    return model_class(device)(sd, cfg, device=device, dtype=dtype)
+
+
+# ---- the GPU path (engine/gpu.py): chosen by device; imported only when asked for
+def model_class(device: str | torch.device) -> type[RWKV7]:
+    """The class that runs a model on ``device``: engine.gpu.RWKV7CUDA on CUDA, RWKV7 elsewhere."""
+    if str(device).startswith("cuda"):
+        from .gpu import RWKV7CUDA
+
+        return RWKV7CUDA
+    return RWKV7
+# ---- end of the GPU path's hook
 
 
 def random_state_dict(cfg: ModelConfig, seed: int = 0, *, layer0_v: bool = True) -> dict[str, torch.Tensor]:

@@ -1,0 +1,345 @@
+"""The GPU path: the reference model of :mod:`engine.model` with the CUDA kernels swapped in.
+
+:class:`RWKV7CUDA` has the reference's API (``forward(tokens, state, logits=..., inplace=...)``,
+scoring, generation) and its numbers, and replaces only what :mod:`engine.kernels` accelerates:
+
+- the token-shift mixes (six in the time mix, one in the channel mix): ``ops.token_shift_mix``
+- the WKV-7 recurrence: ``ops.wkv7_forward`` (sequence kernel for prefill, step kernel for
+  T = 1), fed log(decay): in float16 / bfloat16 a decay near 1 rounds to exactly 1, its log does not
+- group norm + bonus + gate after the WKV: ``ops.groupnorm_bonus_gate``
+
+Matrix products stay with cuBLAS through torch, in the model's dtype (float16, bfloat16 or float32;
+float32 results assume torch's default of no TF32).
+
+Decoding ([B, 1] steps with ``inplace=True``, as ``generate`` and the scorers run them) replays
+CUDA graphs, since a small model's step is bound by kernel launches, not by the GPU. A graph bakes
+in the addresses of every tensor it touches, so it is keyed on the batch size, the logits mode and
+the caller's state tensors (address, shape, strides): the caller's state *is* the graph's static
+state buffer and nothing is copied in or out, while the token ids go through a static input
+buffer. A key seen for the first time runs eagerly, its second sighting captures, later ones
+replay; graphs of other shapes or states stay cached, the least recently used evicted first. ``use_graphs=False`` keeps the plain launch-per-op path.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Hashable, Literal
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .errors import InputError
+from .kernels import cupy_available, ops
+from .model import _DECAY_SCALE, _LN_X_EPS, DTYPES, LayerWeights, RWKV7
+from .state import State
+
+Plan = Literal["eager", "capture", "replay"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks (pure: run on any machine)
+
+
+def check_gpu_target(device: str | torch.device, dtype: str, head_size: int, *,
+                     cuda_devices: int, has_cupy: bool) -> torch.device:
+    """Check that a model with heads of ``head_size`` can run on ``device`` in ``dtype``.
+
+    ``cuda_devices`` is ``torch.cuda.device_count()`` and ``has_cupy`` whether CuPy imports
+    (parameters, so the checks run without a GPU). Returns the device (index None for "cuda").
+    """
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"device must be 'cuda' or 'cuda:N' for the GPU path, found {device!r}") from exc
+    if dev.type != "cuda":
+        raise InputError(f"the GPU path runs on a CUDA device: expected 'cuda' or 'cuda:N', found {device!r}")
+    if cuda_devices < 1:
+        raise InputError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU on this machine")
+    if dev.index is not None and dev.index >= cuda_devices:
+        raise InputError(f"device {str(device)!r} asked for, but torch sees {cuda_devices} CUDA GPU(s) "
+                         f"(indices 0 to {cuda_devices - 1})")
+    if not has_cupy:
+        raise InputError("the GPU path launches its kernels through CuPy, which is not installed: "
+                         "pip install 'rwkveval[gpu]' (the cupy-cudaNNx matching torch's CUDA version)")
+    if head_size not in ops.HEAD_SIZES:
+        raise InputError(f"the GPU kernels take head sizes {ops.HEAD_SIZES}, found a model with "
+                         f"head size {head_size}; run it on the CPU reference path (device='cpu')")
+    return dev
+
+
+def is_decode_step(tokens: Any, state: Any, logits: Any, inplace: bool) -> bool:
+    """True for a call a decode graph can serve: tokens [B, 1], a given state updated in place."""
+    return (inplace and isinstance(state, State) and isinstance(tokens, torch.Tensor)
+            and tokens.dim() == 2 and tokens.shape[1] == 1 and logits in ("all", "last", "none"))
+
+
+def _signature(t: torch.Tensor) -> tuple:
+    return (t.device.type, t.device.index, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+
+
+def decode_graph_key(batch_size: int, state: State, logits: str) -> tuple:
+    """What a captured decode step depends on: the batch size, whether the head runs, and the
+    addresses, shapes and strides of the state tensors it reads and writes in place.
+
+    Two calls with equal keys run the same kernels on the same memory, so one graph serves both,
+    even when the second state is a new tensor that the allocator placed where the first one was.
+    """
+    head = "none" if logits == "none" else "last"  # "all" and "last" agree at T = 1
+    return (batch_size, head, _signature(state.att_x), _signature(state.wkv), _signature(state.ffn_x))
+
+
+class GraphCache:
+    """Captured decode graphs by key, least recently used evicted first.
+
+    ``plan(key)``: "replay" when the key has a graph; "capture" on its ``capture_after``-th
+    sighting; "eager" before that. States that live for one step (rows leaving the batch, ragged
+    segments) so never pay for a capture, which costs about two eager steps.
+    """
+
+    def __init__(self, max_graphs: int = 8, capture_after: int = 2, max_seen: int = 64):
+        if max_graphs < 1 or capture_after < 1 or max_seen < 1:
+            raise InputError(f"GraphCache: expected max_graphs, capture_after and max_seen >= 1, found "
+                             f"{max_graphs}, {capture_after}, {max_seen}")
+        self.max_graphs = max_graphs
+        self.capture_after = capture_after
+        self.max_seen = max_seen
+        self._graphs: OrderedDict[Hashable, Any] = OrderedDict()
+        self._seen: OrderedDict[Hashable, int] = OrderedDict()
+
+    def plan(self, key: Hashable) -> Plan:
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+            return "replay"
+        count = self._seen.pop(key, 0) + 1
+        if count >= self.capture_after:
+            return "capture"
+        self._seen[key] = count
+        while len(self._seen) > self.max_seen:
+            self._seen.popitem(last=False)
+        return "eager"
+
+    def get(self, key: Hashable) -> Any:
+        return self._graphs[key]
+
+    def store(self, key: Hashable, entry: Any) -> list[Any]:
+        """Keep ``entry`` for ``key``; return the entries evicted to make room."""
+        self._seen.pop(key, None)
+        self._graphs[key] = entry
+        self._graphs.move_to_end(key)
+        evicted = []
+        while len(self._graphs) > self.max_graphs:
+            evicted.append(self._graphs.popitem(last=False)[1])
+        return evicted
+
+    def clear(self) -> None:
+        self._graphs.clear()
+        self._seen.clear()
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._graphs
+
+
+@dataclass
+class DecodeGraph:
+    """One captured decode step. The state it updates is the caller's, by address (see the key)."""
+
+    graph: Any                     # torch.cuda.CUDAGraph, or anything with .replay()
+    tokens: torch.Tensor           # [B, 1] int64 on the device: the captured input buffer
+    logits: torch.Tensor | None    # [B, 1, V] float32: the captured output (None: head skipped)
+
+    def run(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Replay on ``tokens`` [B, 1] (already checked, on the device); return fresh logits."""
+        self.tokens.copy_(tokens)
+        self.graph.replay()
+        # a copy: the next replay overwrites the captured output, and callers may keep logits
+        return None if self.logits is None else self.logits.clone()
+
+
+class HostLogits:
+    """The model as the scorers and ``generate`` see it: logits come back on the CPU.
+
+    engine.scoring and engine.generate index logits with CPU tensors and CPU generators; until
+    they are device-aware, this view hands them CPU logits while the state stays on the GPU.
+    """
+
+    def __init__(self, model: RWKV7):
+        self.model = model
+        self.config = model.config
+        self.tokenizer = model.tokenizer
+        self.device = model.device
+
+    def zero_state(self, batch_size: int) -> State:
+        return self.model.zero_state(batch_size)
+
+    def forward(self, tokens, state=None, logits="all", *, inplace=False):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace)
+        return (None if out is None else out.cpu()), new
+
+
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.is_contiguous() else t.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+
+
+class RWKV7CUDA(RWKV7):
+    """An RWKV-7 model on a CUDA GPU: the reference math with the kernels of engine/kernels."""
+
+    def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cuda",
+                 dtype: str = "float32", path: str | None = None, sha256: str | None = None,
+                 use_graphs: bool = True, max_graphs: int = 8, capture_after: int = 2):
+        dev = check_gpu_target(device, dtype, cfg.head_size, cuda_devices=torch.cuda.device_count(),
+                               has_cupy=cupy_available())
+        if dev.type == "cuda" and dev.index is None:  # a state made on "cuda" reports cuda:N
+            dev = torch.device("cuda", torch.cuda.current_device())
+        super().__init__(sd, cfg, device=str(dev), dtype=dtype, path=path, sha256=sha256)
+        self.use_graphs = use_graphs
+        self.graphs = GraphCache(max_graphs, capture_after)
+        self.graph_stats: Counter[str] = Counter()  # plans taken: eager / capture / replay
+        self._capturing = False
+        self._capture_stream: torch.cuda.Stream | None = None
+
+    def info(self) -> dict:
+        info = super().info()
+        info["engine"] = "cuda-kernels"
+        info["cuda_graphs"] = self.use_graphs
+        if self.device.type == "cuda":
+            info["device_name"] = torch.cuda.get_device_name(self.device)
+        return info
+
+    def clear_graphs(self) -> None:
+        """Drop every captured graph (and its memory pool)."""
+        self.graphs.clear()
+
+    # ------------------------------------------------------------------ forward and decode graphs
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, state: State | None = None,
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
+                ) -> tuple[torch.Tensor | None, State]:
+        """As :meth:`RWKV7.forward`; [B, 1] steps with ``inplace=True`` replay CUDA graphs."""
+        if isinstance(state, State):
+            self._check_state_device(state)
+        if self._capturing or not self.use_graphs or not is_decode_step(tokens, state, logits, inplace):
+            return super().forward(tokens, state, logits, inplace=inplace)
+        checked = self.check_tokens(tokens)
+        state.check_fits(self.config, checked.shape[0])
+        key = decode_graph_key(checked.shape[0], state, logits)
+        plan = self.graphs.plan(key)
+        self.graph_stats[plan] += 1
+        if plan == "eager":  # the caller's tokens: checking ids on the device would sync
+            return super().forward(tokens, state, logits, inplace=True)
+        entry = self.graphs.get(key) if plan == "replay" else self._capture_decode(key, checked, state, logits)
+        return entry.run(checked), state
+
+    def check_tokens(self, tokens) -> torch.Tensor:
+        if self._capturing:  # the capture's static buffer: checked before, and min/max would sync
+            return tokens
+        return super().check_tokens(tokens)
+
+    def _check_state_device(self, state: State) -> None:
+        for name in ("att_x", "wkv", "ffn_x"):
+            t = getattr(state, name)
+            if isinstance(t, torch.Tensor) and t.device != self.device:
+                raise InputError(f"state.{name} is on {t.device}, expected the model's device {self.device}")
+
+    def _capture_decode(self, key: tuple, tokens: torch.Tensor, state: State, logits: str) -> DecodeGraph:
+        """Record one decode step on ``state``'s tensors; nothing runs until the graph replays."""
+        if self._capture_stream is None:
+            self._capture_stream = torch.cuda.Stream(self.device)
+        stream, current = self._capture_stream, torch.cuda.current_stream(self.device)
+        static_tokens = tokens.clone()
+        graph = torch.cuda.CUDAGraph()
+        stream.wait_stream(current)
+        self._capturing = True
+        try:
+            with torch.cuda.stream(stream):
+                # capture_begin/end rather than torch.cuda.graph(), which runs gc.collect() and
+                # empty_cache() on entry: tens of ms, paid each time generate's batch changes
+                graph.capture_begin()
+                try:
+                    out, _ = RWKV7.forward(self, static_tokens, state, logits, inplace=True)
+                except BaseException:
+                    with contextlib.suppress(RuntimeError):  # the capture is broken; keep the cause
+                        graph.capture_end()
+                    raise
+                graph.capture_end()
+        finally:
+            self._capturing = False
+        current.wait_stream(stream)
+        entry = DecodeGraph(graph, static_tokens, out)
+        self.graphs.store(key, entry)
+        return entry
+
+    # ------------------------------------------------------------------ the math, kernels swapped in
+
+    def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
+                  wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the reference: x (B, T, C) after ln1, x_prev (B, C) float32, wkv (B, H, N, N) float32
+        updated in place. Lines without a kernel are the reference's, line for line."""
+        B, T, C = x.shape
+        H, N = self.config.n_head, self.config.head_size
+        xr, xw, xk, xv, xa, xg = ops.token_shift_mix(x, _contiguous(x_prev), p.mix)  # six (B, T, C)
+
+        r = self._mm(xr, p.W_r)  # (B, T, C)
+        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
+        k = self._mm(xk, p.W_k)
+        v = self._mm(xv, p.W_v)
+        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # (B, T, C)
+        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # (B, T, C)
+
+        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
+        k = k * (1 + (a - 1) * p.k_a)
+        if layer == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+        # log(decay) in (-0.61, 0), computed in float32 and stored in the model dtype; the kernel
+        # takes exp in float32, so a decay of 1 - 2^-12 survives float16 / bfloat16
+        log_decay = (-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float())).to(x.dtype)  # (B, T, C)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B, T, H, N)
+
+        state = _contiguous(wkv)  # a batch-prefix view (engine.batching) already is
+        y = ops.wkv7_forward(state, heads(r), heads(log_decay), heads(k), heads(v), heads(-kk),
+                             heads(kk * a), w_log=True)  # (B, T, H, N) float32
+        if state is not wkv:
+            wkv.copy_(state)
+        y = ops.groupnorm_bonus_gate(y, heads(r), heads(k), heads(v), heads(g), p.ln_x_w, p.ln_x_b,
+                                     p.r_k, eps=_LN_X_EPS)  # (B, T, H, N) in the model dtype
+        return self._mm(y.view(B, T, C), p.W_o), v_first
+
+    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
+        """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
+        k = ops.token_shift_mix(x, _contiguous(x_prev), p.ffn_x_k.view(1, -1))[0]  # (B, T, C), M = 1
+        k = torch.relu(self._mm(k, p.ffn_key)).square_()  # (B, T, F)
+        return self._mm(k, p.ffn_value)  # (B, T, C)
+
+    # ------------------------------------------------------------------ scoring and generation
+
+    def loglikelihood(self, pairs, **kwargs):
+        from .scoring import loglikelihood
+
+        return loglikelihood(HostLogits(self), pairs, **kwargs)
+
+    def loglikelihood_rolling(self, token_lists, bos: int | None = 0, **kwargs):
+        from .scoring import loglikelihood_rolling
+
+        return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
+
+    def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
+                 top_k: int = 0, seed: int | None = None, batch_size: int = 16):
+        from .generate import generate
+
+        return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,
+                        top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size)

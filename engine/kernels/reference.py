@@ -1,0 +1,196 @@
+"""Plain-PyTorch twins of the CUDA kernels, and random inputs shaped like a real model's.
+
+Each twin has the signature and layout of the wrapper in ``ops.py`` and runs anywhere. They
+compute in float32 (float64 when given float64, for golden values), so on the same inputs a
+kernel and its twin differ only by summation order and the final rounding to the storage dtype.
+The GPU tests compare kernels against these; tests/test_kernels_validation.py checks these
+against per-element loops written straight from the formulas.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (the kernels' arithmetic)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def wkv7_forward(
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    w_log: bool = False,
+) -> torch.Tensor:
+    """WKV-7 over a sequence; twin of ``ops.wkv7_forward``.
+
+    state [B, H, N, N] (S[i, j]: i value, j key) is updated in place;
+    r w k v a b [B, T, H, N] -> y [B, T, H, N] in the compute dtype.
+    """
+    dt = _compute_dtype(state, r)
+    B, T, H, N = r.shape
+    S = state.to(dt)                                          # [B, H, N, N]
+    r, k, v, a, b = (x.to(dt) for x in (r, k, v, a, b))       # [B, T, H, N]
+    w = w.to(dt).exp() if w_log else w.to(dt)                 # decay in (0, 1)
+    y = torch.empty((B, T, H, N), dtype=dt, device=r.device)
+    for t in range(T):
+        sa = S @ a[:, t, :, :, None]                          # [B, H, N, 1]  sum_j S[i, j] a[j]
+        S = (S * w[:, t, :, None, :]                          # decay along the key index j
+             + sa * b[:, t, :, None, :]                       # [B, H, N, N]
+             + v[:, t, :, :, None] * k[:, t, :, None, :])     # v k^T
+        y[:, t] = (S @ r[:, t, :, :, None]).squeeze(-1)       # [B, H, N]
+    state.copy_(S)
+    return y
+
+
+def wkv7_step(
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    w_log: bool = False,
+) -> torch.Tensor:
+    """One WKV-7 step; twin of ``ops.wkv7_step``: r w k v a b [B, H, N] -> y [B, H, N]."""
+    seq = [x[:, None] for x in (r, w, k, v, a, b)]            # [B, 1, H, N]
+    return wkv7_forward(state, *seq, w_log=w_log)[:, 0]
+
+
+def groupnorm_bonus_gate(
+    y: torch.Tensor,
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    r_k: torch.Tensor,
+    *,
+    eps: float = 64e-5,
+) -> torch.Tensor:
+    """Twin of ``ops.groupnorm_bonus_gate``: y [B, T, H, N] -> out [B, T, H, N] in r's dtype.
+
+    ln_w ln_b [H * N]; r_k [H, N] or [H * N].
+    """
+    dt = _compute_dtype(y, r)
+    out_dtype = r.dtype                                       # the storage dtype, as the kernel
+    B, T, H, N = y.shape
+    y, r, k, v, g = (x.to(dt) for x in (y, r, k, v, g))
+    mean = y.mean(-1, keepdim=True)                           # [B, T, H, 1]
+    var = (y - mean).square().mean(-1, keepdim=True)          # biased, as F.group_norm
+    normed = (y - mean) / torch.sqrt(var + eps)               # eps = 64e-5 in RWKV-7's ln_x
+    normed = normed * ln_w.to(dt).view(H, N) + ln_b.to(dt).view(H, N)
+    bonus = (r * k * r_k.to(dt).view(H, N)).sum(-1, keepdim=True)  # [B, T, H, 1]
+    return ((normed + bonus * v) * g).to(out_dtype)
+
+
+def token_shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """Twin of ``ops.token_shift_mix``: x [B, T, C], x_prev [B, C], mix [M, C] -> [M, B, T, C]."""
+    dt = _compute_dtype(x, mix)
+    xc = x.to(dt)
+    shifted = torch.cat([x_prev.to(dt)[:, None], xc[:, :-1]], dim=1)  # [B, T, C] token before each
+    out = xc[None] + (shifted - xc)[None] * mix.to(dt)[:, None, None, :]  # [M, B, T, C]
+    return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random inputs with the statistics of a trained model's (decays in (exp(-e^-0.5), 1),
+# a = -kk and b = kk * a_gate with kk unit-norm per head), so long sequences stay bounded.
+
+
+def random_wkv7_inputs(
+    B: int,
+    T: int,
+    H: int,
+    N: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    w_log: bool = False,
+) -> dict[str, torch.Tensor]:
+    """state [B, H, N, N] float32 and r w k v a b [B, T, H, N] in ``dtype`` on ``device``.
+
+    Drawn on the CPU from ``seed``, so every device and dtype sees the same values.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    log_decay = -math.exp(-0.5) * torch.sigmoid(2.0 * randn(B, T, H, N))  # log w, in (-0.61, 0)
+    kk = torch.nn.functional.normalize(randn(B, T, H, N), dim=-1)        # unit norm per head
+    a_gate = torch.sigmoid(randn(B, T, H, N))
+    vectors = {
+        "r": randn(B, T, H, N),
+        "w": log_decay if w_log else log_decay.exp(),
+        "k": randn(B, T, H, N) / math.sqrt(N),
+        "v": randn(B, T, H, N),
+        "a": -kk,
+        "b": kk * a_gate,
+    }
+    out = {"state": (0.1 * randn(B, H, N, N)).to(device)}
+    out.update({name: t.to(device=device, dtype=dtype) for name, t in vectors.items()})
+    return out
+
+
+def random_groupnorm_inputs(
+    B: int,
+    T: int,
+    H: int,
+    N: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """y [B, T, H, N] float32; r k v g [B, T, H, N], ln_w ln_b [H * N], r_k [H, N] in ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    params = {
+        "r": randn(B, T, H, N),
+        "k": randn(B, T, H, N) / math.sqrt(N),
+        "v": randn(B, T, H, N),
+        "g": torch.sigmoid(randn(B, T, H, N)),
+        "ln_w": 1.0 + 0.1 * randn(H * N),
+        "ln_b": 0.1 * randn(H * N),
+        "r_k": 0.5 * randn(H, N),
+    }
+    out = {"y": (3.0 * randn(B, T, H, N) + 1.0).to(device)}  # off-centre: exercises the mean
+    out.update({name: t.to(device=device, dtype=dtype) for name, t in params.items()})
+    return out
+
+
+def random_token_shift_inputs(
+    M: int,
+    B: int,
+    T: int,
+    C: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """x [B, T, C] and mix [M, C] in ``dtype`` (mix in (0, 1)), x_prev [B, C] float32."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, C, generator=gen)
+    x_prev = torch.randn(B, C, generator=gen)
+    mix = torch.rand(M, C, generator=gen)
+    return {
+        "x": x.to(device=device, dtype=dtype),
+        "x_prev": x_prev.to(device),
+        "mix": mix.to(device=device, dtype=dtype),
+    }
