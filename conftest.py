@@ -5,11 +5,23 @@ with the reason, and in CI (``CI=true``) it fails, so a broken checkout never pa
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from benchmarkdata import SHARED_ENV, in_ci, shared_root, tiny_model_dir
+
+
+def pytest_configure(config):
+    # Under pytest-xdist every worker would start one torch (and OpenMP) thread per core: on a
+    # 2-core machine with 2 workers that oversubscribes the cores, and OpenMP barriers then spin
+    # for a descheduled thread (seen here: 3-6x slower). Each worker gets its share of the cores.
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 def require_shared(path: Path) -> Path:

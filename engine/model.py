@@ -151,6 +151,17 @@ class RWKV7:
         # (small) weight once and run in float32, which is what a bf16 GEMM computes anyway
         # (bf16 operands, float32 accumulation); the result is rounded back to bf16.
         self._upcast_rows = 0
+        # the WKV recurrence: the compiled CPU kernel (engine/kernels/wkv7_cpu.c) where it builds,
+        # else the torch reference; both compute the same thing (tests/test_wkv_cpu.py)
+        self._wkv = wkv7_reference
+        self.wkv_impl = "torch reference"
+        if self.device.type == "cpu" and cfg.head_size <= 128:
+            from .kernels import cpu as cpu_kernel
+
+            if cpu_kernel.load() is not None:
+                self._wkv, self.wkv_impl = cpu_kernel.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
+            else:
+                self.wkv_impl = f"torch reference (C kernel unavailable: {cpu_kernel.UNAVAILABLE_REASON})"
         if self.dtype != torch.float32 and self.device.type == "cpu":
             if torch.backends.cpu.get_cpu_capability() not in _NATIVE_BF16_CPU:
                 self._upcast_rows = 8
@@ -169,7 +180,7 @@ class RWKV7:
         return {
             "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
             "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
-            "tokenizer": self.tokenizer.name,
+            "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl,
         }
 
     def zero_state(self, batch_size: int) -> State:
@@ -281,7 +292,7 @@ class RWKV7:
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.float().view(B, T, H, N)
 
-        y = wkv7_reference(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
+        y = self._wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
         y = F.group_norm(y.reshape(B * T, C).to(x.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
         bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
         y = y + bonus.view(B, T, C)

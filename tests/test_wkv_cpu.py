@@ -1,0 +1,94 @@
+"""The compiled CPU WKV kernel against the torch reference, and its input checks."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarkdata import in_ci
+from engine.kernels import cpu
+from engine.model import wkv7_reference
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    lib = cpu.load()
+    if lib is None:
+        if in_ci():
+            pytest.fail(f"CI machines have a C compiler, but the CPU WKV kernel did not build: {cpu.UNAVAILABLE_REASON}")
+        pytest.skip(f"CPU WKV kernel unavailable: {cpu.UNAVAILABLE_REASON}")
+    return lib
+
+
+def _inputs(B, T, H, N, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(scale=1.0):
+        return torch.randn(B, T, H, N, generator=g) * scale
+
+    kk = torch.nn.functional.normalize(rnd(), dim=-1)
+    a_gate = torch.rand(B, T, H, N, generator=g)
+    decay = 0.55 + 0.45 * torch.rand(B, T, H, N, generator=g)
+    state = torch.randn(B, H, N, N, generator=g) * 0.3
+    return state, (rnd(0.5), decay, rnd(0.5), rnd(0.5), -kk, kk * a_gate)
+
+
+# T < 4 runs row by row, T >= 4 on the transposed state: both forms are covered
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 17, 64])
+@pytest.mark.parametrize("B,H,N", [(1, 1, 64), (2, 3, 32), (3, 2, 64), (1, 2, 128), (2, 1, 16)])
+def test_matches_reference(B, T, H, N):
+    state, xs = _inputs(B, T, H, N, seed=B * 1000 + T * 10 + H)
+    s_ref, s_c = state.clone(), state.clone()
+    y_ref = wkv7_reference(s_ref, *xs)
+    y_c = cpu.wkv7_cpu(s_c, *xs)
+    assert y_c.shape == (B, T, H, N) and y_c.dtype == torch.float32
+    scale = y_ref.abs().max().item()
+    assert scale > 0.1
+    assert (y_c - y_ref).abs().max().item() <= 1e-5 * max(1.0, scale)
+    assert (s_c - s_ref).abs().max().item() <= 1e-5 * max(1.0, s_ref.abs().max().item())
+
+
+def test_sequence_equals_steps():
+    state, xs = _inputs(2, 12, 2, 64, seed=5)
+    s_seq, s_step = state.clone(), state.clone()
+    y_seq = cpu.wkv7_cpu(s_seq, *xs)
+    y_steps = torch.cat([cpu.wkv7_cpu(s_step, *(x[:, t:t + 1] for x in xs)) for t in range(12)], 1)
+    assert torch.allclose(y_seq, y_steps, atol=1e-5, rtol=0)
+    assert torch.allclose(s_seq, s_step, atol=1e-5, rtol=0)
+
+
+def test_input_checks():
+    state, xs = _inputs(1, 3, 2, 32, seed=1)
+    with pytest.raises(ValueError, match="state: expected a contiguous float32 CPU tensor .*float64"):
+        cpu.wkv7_cpu(state.double(), *xs)
+    with pytest.raises(ValueError, match="contiguous=False"):
+        cpu.wkv7_cpu(state.transpose(2, 3), *xs)
+    with pytest.raises(ValueError, match=r"k: expected shape \[B=1, T, H=2, N=32\], found \(1, 3, 2, 16\)"):
+        cpu.wkv7_cpu(state, xs[0], xs[1], xs[2][..., :16].contiguous(), *xs[3:])
+    with pytest.raises(ValueError, match="w: expected T=3 like r, found 2"):
+        cpu.wkv7_cpu(state, xs[0], xs[1][:, :2].contiguous(), *xs[2:])
+    with pytest.raises(ValueError, match=r"N <= 128, found \(1, 1, 256, 256\)"):
+        cpu.check_inputs(torch.zeros(1, 1, 256, 256))
+
+
+def test_build_failure_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    bad = tmp_path / "broken.c"
+    bad.write_text("this is not C\n")
+    with pytest.raises((RuntimeError, OSError)):
+        cpu.build(bad, tmp_path)
+
+
+def test_model_uses_kernel_and_matches_reference():
+    import engine
+    from helpers import SHAPES
+
+    sd = engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4)
+    fast = engine.from_state_dict(sd)
+    assert fast.info()["wkv"].startswith("C kernel")
+    slow = engine.from_state_dict(sd)
+    slow._wkv = wkv7_reference
+    toks = torch.randint(0, 65536, (2, 9), generator=torch.Generator().manual_seed(0))
+    a, sa = fast.forward(toks)
+    b, sb = slow.forward(toks)
+    assert (a - b).abs().max().item() <= 1e-4
+    assert torch.allclose(sa.wkv, sb.wkv, atol=1e-5, rtol=0)
