@@ -1,0 +1,156 @@
+"""The suite's command-line options, their parsers, and the frozen :class:`EvalConfig` read from them.
+
+All options live in one ``rwkveval`` group; each has a type parser (a bad value is a
+``pytest.UsageError`` naming the option) and a help text that shows its default. The values are
+read once, in ``pytest_configure``, into an immutable :class:`EvalConfig` kept in ``config.stash``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarkdata.hub import DEFAULT_ENDPOINT
+from evals.sampling import Limit
+from evals.thresholds import DEFAULT_FILE, Gate
+
+MODEL_ENV = "RWKV_MODEL"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
+    return value
+
+
+def _limit(text: str) -> Limit:
+    try:
+        return Limit.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _gate(text: str) -> Gate:
+    try:
+        return Gate.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _device(text: str) -> str:
+    if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found {text!r}")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("rwkveval", "rwkveval evaluation suite")
+    add = group.addoption
+    add("--model", default=os.environ.get(MODEL_ENV), metavar="PATH|NAME",
+        help=f"checkpoint (.pth/.safetensors) or official name such as rwkv7-g1-0.1b "
+             f"(default: ${MODEL_ENV}, currently {os.environ.get(MODEL_ENV)!r})")
+    add("--model-cache", type=Path, default=None, metavar="DIR",
+        help="where downloaded official checkpoints are kept (default: $XDG_CACHE_HOME/rwkveval/models)")
+    add("--hub-url", default=os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT), metavar="URL",
+        help="Hugging Face hub endpoint or mirror (default: $HF_ENDPOINT or %(default)s)")
+    add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
+    add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
+    add("--batch-size", type=_positive_int, default=16, help="engine batch size (default: %(default)s)")
+    add("--limit", type=_limit, default=None, metavar="N|FRACTION",
+        help="documents per benchmark in total, a seeded stratified sample over its cases; "
+             "0.1 means a tenth (default: all)")
+    add("--limit-seed", type=int, default=1234, help="seed of the --limit sample (default: %(default)s)")
+    add("--num-fewshot", type=_non_negative_int, default=None,
+        help="few-shot exemplars (default: each benchmark's protocol, 5 for MMLU-Pro)")
+    add("--cot", action="store_true", default=False,
+        help="chain-of-thought generation protocols where a benchmark has one (default: off)")
+    add("--max-new-tokens", type=_positive_int, default=2048,
+        help="generation budget per answer (default: %(default)s, TIGER-Lab's MMLU-Pro value)")
+    add("--context-budget", type=_positive_int, default=4096,
+        help="prompt plus generation token budget; CoT prompts drop exemplars to fit (default: %(default)s)")
+    add("--no-bos", action="store_true", default=False,
+        help="do not start contexts with RWKV's token 0 (lm-eval's protocol for HF models; default: start with it)")
+    add("--data-dir", type=Path, default=None, metavar="DIR",
+        help="searched first for data files, before benchmarkdata/ and ../shared/benchmarkdata (default: none)")
+    add("--report-dir", type=Path, default=Path("reports"), metavar="DIR",
+        help="runs are written to DIR/<timestamp>-<model>/, relative to the rootdir (default: %(default)s)")
+    add("--sample-prompts", type=int, default=3, metavar="N",
+        help="rows per case whose full prompt goes into samples/*.jsonl, -1 for all; "
+             "the others keep its sha256 (default: %(default)s)")
+    add("--threshold", type=_gate, action="append", default=[], metavar="GATE",
+        help="add or override a gate, e.g. 'lambada.acc>=0.45' or 'mmlu_pro/math.acc>=0.2' (repeatable)")
+    add("--thresholds-file", type=Path, default=DEFAULT_FILE, metavar="TOML",
+        help="per-model gates (default: evals/thresholds.toml)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every option that can change a score or a report, read once per process."""
+
+    model: str | None
+    model_cache: Path | None
+    hub_url: str
+    device: str
+    dtype: str
+    batch_size: int
+    limit: Limit | None
+    limit_seed: int
+    num_fewshot: int | None
+    cot: bool
+    max_new_tokens: int
+    context_budget: int
+    bos: bool
+    data_dir: Path | None
+    report_dir: Path
+    sample_prompts: int
+    thresholds: tuple[Gate, ...] = ()
+    thresholds_file: Path = DEFAULT_FILE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_pytest(cls, config: pytest.Config) -> EvalConfig:
+        get = config.getoption
+        report_dir = get("report_dir")
+        if not report_dir.is_absolute():
+            report_dir = config.rootpath / report_dir
+        data_dir = get("data_dir")
+        if data_dir is not None and not data_dir.is_dir():
+            raise pytest.UsageError(f"--data-dir {data_dir}: no such directory")
+        if get("context_budget") <= 1:
+            raise pytest.UsageError("--context-budget must leave room for a prompt")
+        return cls(
+            model=get("model") or None, model_cache=get("model_cache"), hub_url=get("hub_url"),
+            device=get("device"), dtype=get("dtype"), batch_size=get("batch_size"), limit=get("limit"),
+            limit_seed=get("limit_seed"), num_fewshot=get("num_fewshot"), cot=get("cot"),
+            max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
+            data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
+            thresholds=tuple(get("threshold")), thresholds_file=get("thresholds_file"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["limit"] = self.limit.to_json() if self.limit else None
+        data["thresholds"] = [f"{g.label(g.case)}{g.op}{g.bound:g}" for g in self.thresholds]
+        for key, value in data.items():
+            if isinstance(value, Path):
+                data[key] = str(value)
+        return data
