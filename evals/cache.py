@@ -1,0 +1,452 @@
+"""The response cache: every model response stored in SQLite as it arrives, so a killed run resumes.
+
+One database file per cache directory (``<dir>/responses.sqlite``, WAL mode). A response is keyed
+by the model's identity (its checkpoint sha256 and dtype, or a remote endpoint's URL, model and
+API mode), the request kind, and the request itself as canonical JSON: the rendered text, the
+token-0 flag and, for generation, every setting (stop strings, budget, temperature, top-p, top-k,
+seed). The device and the batch size are deliberately not part of the key, so xdist workers on
+different GPUs share one cache.
+
+- :class:`CachedBackend` wraps any :class:`evals.backend.Backend`: it answers stored requests from
+  the file and sends only the rest to the model, in chunks, committing each chunk as soon as it
+  comes back (a SIGKILL loses at most the chunk in flight).
+- :class:`ReplayBackend` answers only from the file (``--rescore``): no model is loaded, and a
+  request that was never stored is an error, never a silent zero.
+
+Several processes may write at once (xdist workers): each write is one short ``BEGIN IMMEDIATE``
+transaction and every connection waits up to ``busy_timeout`` for the lock. A file that is not
+an rwkveval cache (another SQLite database, a corrupt file, a newer format) is a
+:class:`CacheError` that names the file and how to clear it, never a silent fresh start.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evals.backend import (
+    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Progress, RollingRequest,
+    RollingResponse,
+)
+
+FILENAME = "responses.sqlite"
+APPLICATION_ID = 0x72776B76  # "rwkv": what `PRAGMA application_id` says in every rwkveval cache
+FORMAT = "rwkveval-response-cache"
+VERSION = 1
+BUSY_TIMEOUT_S = 120.0
+DEFAULT_CHUNK = 256  # requests per model call when the wrapped backend does not say (its chunk_size)
+_SQL_VARIABLES = 500  # keys per SELECT ... IN (...), well under SQLite's limit
+
+RESPONSE_TYPES: dict[str, type] = {
+    "loglikelihood": LoglikelihoodResponse,
+    "loglikelihood_rolling": RollingResponse,
+    "generate": GenerateResponse,
+}
+REQUEST_TYPES: dict[str, type] = {
+    "loglikelihood": LoglikelihoodRequest,
+    "loglikelihood_rolling": RollingRequest,
+    "generate": GenerateRequest,
+}
+SCHEMA = f"""
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE models (model_id TEXT PRIMARY KEY, info TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE responses (
+    model_id TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL,
+    request TEXT NOT NULL, response TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (model_id, key)
+) WITHOUT ROWID;
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {VERSION};
+"""
+
+
+class CacheError(RuntimeError):
+    """The cache file cannot be used (foreign, corrupt, newer format) or lacks a needed response."""
+
+
+def cache_file(cache_dir: Path) -> Path:
+    return Path(cache_dir) / FILENAME
+
+
+def _how_to_clear(path: Path) -> str:
+    return (f"move it away, or clear it with `rwkveval cache clear --cache-dir {path.parent}` "
+            f"(or `pytest evals --clear-cache`)")
+
+
+def model_identity(info: Mapping[str, Any]) -> str:
+    """What the responses depend on, from a backend's ``info()``.
+
+    A checkpoint: its sha256 and dtype (not the device, so workers on several GPUs share entries).
+    A remote endpoint: URL, model and the options that change what it answers. Anything else (a
+    test fake): its backend kind and name.
+    """
+    if info.get("sha256"):
+        return f"sha256:{info['sha256']}|dtype:{info.get('dtype')}"
+    if info.get("endpoint"):
+        parts = [f"endpoint:{info['endpoint']}"] + [f"{k}:{info.get(k)}" for k in
+                                                   ("model", "api_mode", "chat_template", "token_ids")]
+        return "|".join(parts)
+    if info.get("backend") and info.get("name"):
+        return f"backend:{info['backend']}|name:{info['name']}"
+    raise CacheError(f"cannot key cached responses: the backend's info() has no sha256, endpoint or "
+                     f"backend name ({sorted(info)}); run with --no-cache")
+
+
+def request_key(kind: str, request: Any) -> tuple[str, str]:
+    """(sha256 key, canonical JSON) of one request of ``kind``."""
+    text = json.dumps({"kind": kind, **asdict(request)}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+
+
+def _count_key(text: str, bos: bool) -> tuple[str, str]:
+    canonical = json.dumps({"kind": "count_tokens", "text": text, "bos": bos}, sort_keys=True, ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
+
+
+class ResponseCache:
+    """One SQLite cache file. Open it with :meth:`open`; every method is safe across processes."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection):
+        self.path = path
+        self._db = connection
+
+    @classmethod
+    def open(cls, cache_dir: Path, create: bool = True) -> ResponseCache:
+        path = cache_file(cache_dir)
+        if not path.exists() and not create:
+            raise CacheError(f"no response cache at {path} (nothing was stored there; run without --rescore first)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise CacheError(f"cannot open the response cache {path}: {error}") from None
+        cache = cls(path, db)
+        try:
+            cache._initialise()
+        except sqlite3.DatabaseError as error:
+            db.close()
+            if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+                raise CacheError(f"response cache {path} stayed locked for {BUSY_TIMEOUT_S:.0f} s: {error}") from None
+            raise CacheError(f"{path} is not a readable SQLite file ({error}): it is corrupt or not an "
+                             f"rwkveval response cache; {_how_to_clear(path)}") from None
+        except CacheError:
+            db.close()
+            raise
+        return cache
+
+    def _initialise(self) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # Reading the header first: a foreign or corrupt file fails here, before anything is written.
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if application_id not in (0, APPLICATION_ID):
+            raise CacheError(f"{self.path} is an SQLite file of another application (application_id "
+                             f"{application_id:#x}, expected {APPLICATION_ID:#x}); {_how_to_clear(self.path)}")
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a commit survives a killed process
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            application_id = db.execute("PRAGMA application_id").fetchone()[0]
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if application_id == 0:
+                if tables:
+                    raise CacheError(f"{self.path} is an SQLite database of another application (tables "
+                                     f"{sorted(tables)}, no rwkveval application id); {_how_to_clear(self.path)}")
+                # statement by statement inside the transaction (executescript would commit first and
+                # let another worker see half a schema)
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT, str(VERSION)))
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != VERSION:
+                raise CacheError(f"{self.path} is an rwkveval response cache of format version {version}; this "
+                                 f"rwkveval reads version {VERSION}; {_how_to_clear(self.path)}")
+            fmt = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if fmt is None or fmt[0] != FORMAT:
+                raise CacheError(f"{self.path}: the meta table says format {fmt and fmt[0]!r}, expected {FORMAT!r}; "
+                                 f"{_how_to_clear(self.path)}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _guard(self, what: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except sqlite3.DatabaseError as error:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise CacheError(f"response cache {self.path}: {what} failed ({error}); {_how_to_clear(self.path)}") from None
+
+    # ------------------------------------------------------------------ models
+
+    def register_model(self, model_id: str, info: Mapping[str, Any]) -> None:
+        """Remember what ``model_id`` is (its ``info()`` and how it was named), for ``--rescore``."""
+        text = json.dumps(dict(info), sort_keys=True, default=str)
+        self._write("register the model", "INSERT OR REPLACE INTO models VALUES (?, ?, ?)",
+                    [(model_id, text, time.time())])
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        rows = self._guard("list the models", lambda: self._db.execute(
+            "SELECT model_id, info FROM models ORDER BY created").fetchall())
+        return {model_id: json.loads(info) for model_id, info in rows}
+
+    # ------------------------------------------------------------------ responses
+
+    def get_many(self, model_id: str, keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """{key: (kind, response JSON)} for the stored ones among ``keys``."""
+        found: dict[str, tuple[str, str]] = {}
+        unique = list(dict.fromkeys(keys))
+
+        def read() -> None:
+            for start in range(0, len(unique), _SQL_VARIABLES):
+                part = unique[start:start + _SQL_VARIABLES]
+                marks = ",".join("?" * len(part))
+                for key, kind, response in self._db.execute(
+                        f"SELECT key, kind, response FROM responses WHERE model_id = ? AND key IN ({marks})",
+                        [model_id, *part]):
+                    found[key] = (kind, response)
+
+        self._guard("reading responses", read)
+        return found
+
+    def put_many(self, model_id: str, entries: Iterable[tuple[str, str, str, str]]) -> None:
+        """Store ``(key, kind, request JSON, response JSON)`` entries in one short transaction."""
+        now = time.time()
+        rows = [(model_id, key, kind, request, response, now) for key, kind, request, response in entries]
+        if rows:
+            self._write("storing responses", "INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    def _write(self, what: str, sql: str, rows: list[tuple]) -> None:
+        def write() -> None:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(sql, rows)
+            self._db.execute("COMMIT")
+
+        self._guard(what, write)
+
+    def count(self, model_id: str | None = None, kind: str | None = None) -> int:
+        sql, args = "SELECT count(*) FROM responses WHERE 1", []
+        if model_id is not None:
+            sql, args = sql + " AND model_id = ?", args + [model_id]
+        if kind is not None:
+            sql, args = sql + " AND kind = ?", args + [kind]
+        return self._guard("counting responses", lambda: self._db.execute(sql, args).fetchone()[0])
+
+
+def clear(cache_dir: Path) -> list[Path]:
+    """Delete the cache file of ``cache_dir`` (and its WAL/shared-memory files); the removed paths."""
+    base = cache_file(cache_dir)
+    removed = []
+    for path in (base, base.with_name(base.name + "-wal"), base.with_name(base.name + "-shm")):
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _decode(kind: str, key: str, text: str, path: Path) -> Any:
+    try:
+        return RESPONSE_TYPES[kind](**json.loads(text))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CacheError(f"response cache {path}: entry {key} ({kind}) cannot be read ({error}); "
+                         f"{_how_to_clear(path)}") from None
+
+
+@dataclass
+class CacheStats:
+    reused: int = 0  # requests answered from the file
+    computed: int = 0  # requests the model answered (and that were then stored)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"reused": self.reused, "computed": self.computed}
+
+
+@dataclass
+class CachedBackend:
+    """``backend`` behind the cache: stored responses are reused, the rest computed and stored.
+
+    The missing requests go to the model in chunks of ``chunk_size`` (default: the wrapped
+    backend's own ``chunk_size``), and each chunk is committed before the next starts.
+    """
+
+    backend: Any
+    cache: ResponseCache
+    registration: Mapping[str, Any] = field(default_factory=dict)  # extra naming kept for --rescore
+    chunk_size: int | None = None
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def __post_init__(self) -> None:
+        self._info = self.backend.info()
+        self.model_id = model_identity(self._info)
+        self.cache.register_model(self.model_id, {"info": self._info, **self.registration})
+        if self.chunk_size is None:
+            self.chunk_size = int(getattr(self.backend, "chunk_size", DEFAULT_CHUNK))
+
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    def count_tokens(self, text: str, bos: bool = True) -> int:
+        key, canonical = _count_key(text, bos)
+        found = self.cache.get_many(self.model_id, [key])
+        if key in found:
+            return int(json.loads(found[key][1]))
+        value = int(self.backend.count_tokens(text, bos))
+        self.cache.put_many(self.model_id, [(key, "count_tokens", canonical, json.dumps(value))])
+        return value
+
+    def _answer(self, kind: str, requests: Sequence[Any], progress: Progress | None) -> list[Any]:
+        keyed = [request_key(kind, r) for r in requests]
+        found = self.cache.get_many(self.model_id, [k for k, _ in keyed])
+        out: list[Any] = [None] * len(requests)
+        todo: dict[str, list[int]] = {}
+        for i, (key, _) in enumerate(keyed):
+            if key in found:
+                out[i] = _decode(kind, key, found[key][1], self.cache.path)
+            else:
+                todo.setdefault(key, []).append(i)
+        reused = len(requests) - sum(len(v) for v in todo.values())
+        self.stats.reused += reused
+        if progress and reused:
+            progress(reused)
+        order = list(todo)
+        for start in range(0, len(order), self.chunk_size):
+            part = order[start:start + self.chunk_size]
+            responses = getattr(self.backend, kind)([requests[todo[k][0]] for k in part])
+            if len(responses) != len(part):
+                raise RuntimeError(f"backend answered {len(responses)} of {len(part)} {kind} requests")
+            self.cache.put_many(self.model_id, [(k, kind, keyed[todo[k][0]][1], json.dumps(asdict(r)))
+                                                for k, r in zip(part, responses)])
+            done = 0
+            for k, response in zip(part, responses):
+                for i in todo[k]:
+                    out[i] = response
+                done += len(todo[k])
+            self.stats.computed += done
+            if progress:
+                progress(done)
+        return out
+
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
+                      progress: Progress | None = None) -> list[LoglikelihoodResponse]:
+        return self._answer("loglikelihood", requests, progress)
+
+    def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
+                              progress: Progress | None = None) -> list[RollingResponse]:
+        return self._answer("loglikelihood_rolling", requests, progress)
+
+    def generate(self, requests: Sequence[GenerateRequest],
+                 progress: Progress | None = None) -> list[GenerateResponse]:
+        return self._answer("generate", requests, progress)
+
+
+@dataclass
+class ReplayBackend:
+    """Answers only from the cache (``--rescore``): no model, and a missing response is an error."""
+
+    cache: ResponseCache
+    model_id: str
+    stored_info: Mapping[str, Any]
+    stats: CacheStats = field(default_factory=CacheStats)
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.stored_info)
+
+    def _missing(self, what: str, count: int, total: int, example: str) -> CacheError:
+        return CacheError(f"--rescore: {count} of {total} {what} were never stored in {self.cache.path} for "
+                          f"{self.model_id} (first: {example[:200]}); run without --rescore to compute them")
+
+    def count_tokens(self, text: str, bos: bool = True) -> int:
+        key, canonical = _count_key(text, bos)
+        found = self.cache.get_many(self.model_id, [key])
+        if key not in found:
+            raise self._missing("token counts", 1, 1, canonical)
+        return int(json.loads(found[key][1]))
+
+    def _answer(self, kind: str, requests: Sequence[Any], progress: Progress | None) -> list[Any]:
+        keyed = [request_key(kind, r) for r in requests]
+        found = self.cache.get_many(self.model_id, [k for k, _ in keyed])
+        missing = [text for key, text in keyed if key not in found]
+        if missing:
+            raise self._missing(f"{kind} requests", len(missing), len(requests), missing[0])
+        self.stats.reused += len(requests)
+        if progress:
+            progress(len(requests))
+        return [_decode(kind, key, found[key][1], self.cache.path) for key, _ in keyed]
+
+    def loglikelihood(self, requests, progress=None):
+        return self._answer("loglikelihood", requests, progress)
+
+    def loglikelihood_rolling(self, requests, progress=None):
+        return self._answer("loglikelihood_rolling", requests, progress)
+
+    def generate(self, requests, progress=None):
+        return self._answer("generate", requests, progress)
+
+
+def choose_model(models: Mapping[str, Mapping[str, Any]], spec: str | None, dtype: str | None,
+                 path: Path) -> tuple[str, dict[str, Any]]:
+    """The stored model ``--rescore`` replays: the one matching ``--model`` (by spec, name, path or
+    a sha256 prefix) and ``--dtype``, or the only one stored when ``--model`` is not given."""
+    def matches(entry: Mapping[str, Any]) -> bool:
+        info, named = entry.get("info", {}), entry.get("resolved", {})
+        if dtype and info.get("dtype") not in (None, dtype):
+            return False
+        if spec is None:
+            return True
+        names = {named.get("spec"), named.get("name"), named.get("path"), info.get("name"), info.get("path")}
+        resolved = str(Path(spec).expanduser().resolve()) if spec else None
+        return spec in names or resolved in names or bool(info.get("sha256") and info["sha256"].startswith(spec))
+
+    chosen = [(model_id, dict(entry)) for model_id, entry in models.items() if matches(entry)]
+    if len(chosen) == 1:
+        return chosen[0]
+    stored = "; ".join(f"{m} ({e.get('resolved', {}).get('spec') or e.get('info', {}).get('name')})"
+                       for m, e in models.items()) or "none"
+    what = f"--model {spec!r}" if spec else "no --model"
+    if not chosen:
+        raise CacheError(f"--rescore: {what} (dtype {dtype}) matches no model stored in {path}; stored: {stored}")
+    raise CacheError(f"--rescore: {what} matches {len(chosen)} models stored in {path}; name one with --model "
+                     f"(a spec, name, path or sha256 prefix); stored: {stored}")
+
+
+# ---------------------------------------------------------------------- `rwkveval cache`
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("cache", help="inspect or clear a response cache",
+                                   description="Inspect (info) or delete (clear) the response cache of a directory.")
+    parser.add_argument("action", choices=("info", "clear"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("reports/cache"),
+                        help="the cache directory (default: %(default)s, pytest's --cache-dir default)")
+    parser.set_defaults(run=run_command)
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        removed = clear(args.cache_dir)
+        print(f"removed {', '.join(map(str, removed))}" if removed else f"no cache at {cache_file(args.cache_dir)}")
+        return 0
+    try:
+        cache = ResponseCache.open(args.cache_dir, create=False)
+    except CacheError as error:
+        print(f"rwkveval cache: {error}")
+        return 2
+    with_models = cache.models()
+    print(f"{cache.path}: {cache.count()} entries")
+    for model_id, entry in with_models.items():
+        print(f"  {model_id}: {cache.count(model_id)} entries ({entry.get('resolved', {}).get('spec', '')})")
+    cache.close()
+    return 0

@@ -1,0 +1,130 @@
+"""Many GPUs on a CPU machine: the device each xdist worker takes, the shard blocks, the merge of
+shards back into one case, and ``-n 2`` (cases split into shards) writing the report of ``-n 0``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.metrics import aggregate
+from evals.shard import block, case_nodeid, merge, shard_count, worker_device, worker_index
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("device, worker, gpus, expected", [
+    ("cuda", 0, 8, "cuda:0"), ("cuda", 7, 8, "cuda:7"), ("cuda", 5, 4, "cuda:1"),  # 2 hosts x 4 GPUs
+    ("cuda", None, 8, "cuda"), ("cpu", 3, 8, "cpu"), ("cuda:2", 5, 8, "cuda:2"),
+])
+def test_worker_device(device, worker, gpus, expected):
+    assert worker_device(device, worker, gpus) == expected
+
+
+def test_worker_device_errors():
+    assert worker_index("gw12") == 12 and worker_index(None) is None
+    with pytest.raises(ValueError, match="gw<N>"):
+        worker_index("worker-1")
+    with pytest.raises(ValueError, match="sees no CUDA device"):
+        worker_device("cuda", 1, 0)
+
+
+def test_engine_device_reads_the_worker_number(monkeypatch):
+    from evals.plugin.runs import engine_device
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    assert engine_device("cuda") == "cuda:1" and engine_device("cpu") == "cpu"
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert engine_device("cuda") == "cuda"
+
+
+def test_blocks_cover_every_document_once_in_order():
+    for n in (0, 1, 2, 7, 100):
+        for k in (1, 2, 3, 8):
+            parts = [block(list(range(n)), i, k) for i in range(k)]
+            assert [x for p in parts for x in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert shard_count(None, 8) == 8 and shard_count(None, None) == 1 and shard_count(3, 8) == 3
+
+
+def test_case_nodeid_strips_the_shard():
+    assert case_nodeid("evals/test_lambada.py::test_lambada[shard1of2]") == "evals/test_lambada.py::test_lambada"
+    assert case_nodeid("m.py::test_mmlu_pro[shard0of4-math]") == "m.py::test_mmlu_pro[math]"
+    assert case_nodeid("m.py::test_mmlu_pro[math-shard3of4]") == "m.py::test_mmlu_pro[math]"
+
+
+def _shard(index: int, count: int, docs: list[int]) -> dict:
+    rows = [{"doc_id": d, "prompt": f"p{d}", "scores": {"acc": float(d % 3 == 0)}} for d in docs]
+    spec = {"acc": ("mean", "acc")}
+    return {"benchmark": "b", "case": "c", "nodeid": f"t.py::test[shard{index}of{count}]", "single_case": True,
+            "rows": rows, "spec": {k: list(v) for k, v in spec.items()},
+            "metrics": {k: m.to_dict() for k, m in aggregate(rows, spec).items()} if rows else {},
+            "n": len(rows), "requests": len(rows), "tokens": 10 * len(rows), "wall_s": 1.0, "protocol": {},
+            "data": [], "model": {}, "gates": [], "overall_gates": [], "shard": [index, count],
+            "gate_defs": [{"benchmark": "b", "case": "c", "metric": "acc", "op": ">=", "bound": 0.9, "source": "cli"}],
+            "cache": {"reused": 1, "computed": 2}}
+
+
+def test_merge_concatenates_in_shard_order_and_decides_gates():
+    parts = [_shard(2, 3, []), _shard(1, 3, [5, 6, 7]), _shard(0, 3, [0, 1, 2, 3, 4])]
+    outcomes = {p["nodeid"]: "passed" for p in parts}
+    merged, merged_outcomes, failures = merge(parts, outcomes, sample_prompts=2)
+    (case,) = merged
+    assert [r["doc_id"] for r in case["rows"]] == list(range(8))
+    assert ["prompt" in r for r in case["rows"]] == [True, True] + [False] * 6
+    assert case["n"] == 8 and case["metrics"]["acc"]["value"] == pytest.approx(3 / 8)
+    assert case["requests"] == 8 and case["tokens"] == 80 and case["cache"] == {"reused": 3, "computed": 6}
+    assert case["nodeid"] == "t.py::test" and merged_outcomes["t.py::test"] == "failed"  # its gate failed
+    assert failures == [f"threshold gate failed: {case['gates'][0]['message']}"] and not case["gates"][0]["passed"]
+    assert "shard" not in case and "gate_defs" not in case
+
+
+def test_merge_leaves_out_a_case_with_a_missing_shard():
+    merged, _, failures = merge([_shard(0, 2, [1, 2])], {}, sample_prompts=-1)
+    assert merged == [] and failures == ["b/c: shards [1] of 2 did not report; the case is left out"]
+
+
+CONFTEST = '''
+import pytest
+from evals.fakes import FakeBackend
+
+pytest_plugins = ["evals.plugin"]
+
+@pytest.fixture(scope="session")
+def eval_backend():
+    return FakeBackend()
+'''
+
+
+def test_n2_report_equals_n0_report(pytester: pytest.Pytester, monkeypatch, shared_dir):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.delenv("RWKV_MODEL", raising=False)
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_lambada_suite="from evals.test_lambada import lambada_docs, test_lambada\n",
+                        test_mmlu_pro_suite="from evals.test_mmlu_pro import mmlu_pro_data, test_mmlu_pro\n")
+    (pytester.path / "fake.pth").write_bytes(b"not loaded")
+    args = ["-p", "no:cacheprovider", "--model", "fake.pth", "--limit", "45", "--sample-prompts", "2", "--no-cache",
+            "--threshold", "mmlu_pro/*.acc>=0", "--threshold", "lambada.acc>=0.99"]
+
+    def report(*extra: str) -> tuple[int, dict, dict, list]:
+        result = pytester.runpytest_subprocess(*args, *extra)
+        run_dir = (pytester.path / "reports" / "latest").resolve()
+        results = json.loads((run_dir / "results.json").read_text())
+        for bench in results["benchmarks"].values():
+            for case in bench["cases"].values():
+                for key in ("wall_s", "samples_per_s", "tokens_per_s"):
+                    case.pop(key)
+        samples = {p.name: [json.loads(x) for x in p.read_text().splitlines()]
+                   for p in sorted((run_dir / "samples").iterdir())}
+        return result.ret, results["benchmarks"], samples, results["gates"]
+
+    serial = report("-n", "0")
+    sharded = report("-n", "2", "--shards", "3")  # 3 shards per case over 2 workers, some shards empty
+    assert serial[0] == sharded[0] == pytest.ExitCode.TESTS_FAILED  # the lambada gate fails in both
+    assert sharded[1] == serial[1]  # aggregates, n, requests, tokens, nodeids, outcomes, gates
+    assert sharded[2] == serial[2]  # per-sample rows, prompts kept for the same first two
+    assert sharded[3] == serial[3]
+    assert sum(len(rows) for rows in serial[2].values()) == 90
