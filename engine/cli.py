@@ -1,0 +1,39 @@
+"""The ``rwkveval`` command. Each subcommand lives in its own module, which adds its parser with
+``add_parser(subparsers)`` and sets ``run`` (a function of the parsed arguments returning an exit
+code); this file only lists them.
+
+    rwkveval serve --model path/to/rwkv7.pth      # OpenAI-compatible server (engine/server/command.py)
+    rwkveval compare RUN_A RUN_B                  # paired comparison of two report folders (evals/compare.py)
+    rwkveval cache info|clear --cache-dir DIR     # the response cache (evals/cache.py)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from engine.errors import EngineError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.server import command as serve
+    from evals import cache, compare  # rwkveval cache {info,clear}, rwkveval compare RUN_A RUN_B
+
+    parser = argparse.ArgumentParser(prog="rwkveval", description="rwkveval: RWKV-7 evaluation suite and engine")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (serve, compare, cache):
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (EngineError, OSError) as error:  # a bad checkpoint or path: one line, not a traceback
+        print(f"rwkveval {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
