@@ -32,13 +32,17 @@ def test_worker_device_errors():
 
 
 def test_engine_device_reads_the_worker_number(monkeypatch):
+    from types import SimpleNamespace
+
     from evals.plugin.runs import engine_device
 
-    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
-    assert engine_device("cuda") == "cuda:1" and engine_device("cpu") == "cpu"
-    monkeypatch.delenv("PYTEST_XDIST_WORKER")
-    assert engine_device("cuda") == "cuda"
+    worker = SimpleNamespace(workerinput={"workerid": "gw3", "workercount": 4})
+    assert engine_device("cuda", worker) == "cuda:1" and engine_device("cpu", worker) == "cpu"
+    # outside xdist (no workerinput) the device is kept, whatever the environment says:
+    # an inner pytest run started by a worker inherits PYTEST_XDIST_WORKER but is no worker
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    assert engine_device("cuda", SimpleNamespace()) == "cuda"
 
 
 def test_blocks_cover_every_document_once_in_order():

@@ -36,7 +36,7 @@ def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
     import engine
 
     # under xdist with --device cuda each worker takes its own GPU (evals/shard.py)
-    return engine.load_model(resolved.path, device=engine_device(eval_config.device), dtype=eval_config.dtype)
+    return engine.load_model(resolved.path, device=engine_device(eval_config.device, pytestconfig), dtype=eval_config.dtype)
 
 
 @pytest.fixture(scope="session")

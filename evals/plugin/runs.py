@@ -19,7 +19,6 @@ marks a shard's payload for the merge.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,9 +175,15 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--baseline {options.baseline}: {error}") from None
 
 
+def _workerinput(config: pytest.Config) -> dict | None:
+    # xdist hands each worker its id and the worker count on config.workerinput; environment
+    # variables would leak into pytest runs started inside a worker (pytester, subprocesses)
+    return getattr(config, "workerinput", None)
+
+
 def shards_for(config: pytest.Config) -> int:
-    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    return shard_count(run_options(config).shards, int(workers) if workers else None)
+    workerinput = _workerinput(config)
+    return shard_count(run_options(config).shards, int(workerinput["workercount"]) if workerinput else None)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -196,9 +201,10 @@ def eval_shard() -> tuple[int, int]:
     return (0, 1)
 
 
-def engine_device(device: str) -> str:
+def engine_device(device: str, config: pytest.Config) -> str:
     """The device this process loads the engine on (one GPU per xdist worker under ``--device cuda``)."""
-    worker = worker_index(os.environ.get("PYTEST_XDIST_WORKER"))
+    workerinput = _workerinput(config)
+    worker = worker_index(workerinput["workerid"]) if workerinput else None
     if worker is None or device != "cuda":
         return device
     import torch
