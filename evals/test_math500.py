@@ -1,0 +1,152 @@
+"""MATH-500 (Lightman et al. 2023, "Let's Verify Step by Step"), final answers judged by math-verify.
+
+Data: ``math500/test.jsonl`` (500 problems of the MATH test set, byte-identical to openai/prm800k's
+``math_splits/test.jsonl``). A raw record (truncated)::
+
+    {"problem": "Convert the point $(0,3)$ in rectangular coordinates to polar coordinates.  Enter your answer ...",
+     "solution": "We have that $r = \\\\sqrt{0^2 + 3^2} = 3.$ ... $\\\\boxed{\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)}.$",
+     "answer": "\\\\left( 3, \\\\frac{\\\\pi}{2} \\\\right)", "subject": "Precalculus", "level": 2,
+     "unique_id": "test/precalculus/807.json"}
+
+Protocol: zero-shot, the instruction of the Qwen2.5-Math / DeepSeek-R1 evaluations,
+``{problem}\\nPlease reason step by step, and put your final answer within \\boxed{}.``; as a
+completion ``Problem:\\n{instruction}\\n\\nSolution:`` (stop at ``\\n\\nProblem:``), or with
+``--template rwkv`` one chat turn; greedy, ``--max-new-tokens`` (2048). The answer is the content
+of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed x``) with nested braces matched;
+it and the reference are parsed as LaTeX by math-verify (HF, ``parse``/``verify``: sympy
+equivalence, so ``\\frac12`` = ``0.5``, ``(3,\\frac{\\pi}{2})`` = ``\\left( 3, \\frac{\\pi}{2}
+\\right)``, ``\\{1,2\\}`` = ``\\{2,1\\}``), never compared as strings. Reported: ``acc``,
+``no_boxed`` (outputs without a boxed answer) and ``unparsable`` (a boxed answer math-verify
+could not parse); both count as wrong. ``--samples N`` adds ``maj@k``/``pass@k`` (votes grouped
+by math-verify equivalence).
+
+Reference scores (MATH-500 pass@1, DeepSeek-R1 report, Guo et al. 2025, Table 4): GPT-4o-0513
+0.746, Claude-3.5-Sonnet-1022 0.783, DeepSeek-R1 0.973.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarkdata.loader import describe, read_jsonl
+from evals.backend import GenerateRequest, GenerateResponse
+from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.templates import RWKV_STOP, rwkv_chat
+
+BENCHMARK, CASE = "math500", "test"
+DATA_FILE = "math500/test.jsonl"
+INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+COMPLETION = "Problem:\n{instruction}\n\nSolution:"
+STOP = ("\n\nProblem:",)
+METRICS = {"acc": ("mean", "acc"), "no_boxed": ("sum", "no_boxed"), "unparsable": ("sum", "unparsable")}
+_BOX = re.compile(r"\\(?:boxed|fbox)")
+
+
+def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
+    docs = []
+    for index, row in enumerate(read_jsonl(DATA_FILE, data_dir)):
+        if not all(isinstance(row.get(key), str) for key in ("problem", "answer", "unique_id")):
+            raise ValueError(f"{DATA_FILE} row {index + 1}: expected problem, answer and unique_id strings")
+        docs.append({"doc_id": row["unique_id"], "problem": row["problem"], "target": row["answer"],
+                     "subject": row["subject"], "level": row["level"]})
+    return docs
+
+
+def build_prompt(doc: dict[str, Any], template: str = "completion") -> str:
+    instruction = INSTRUCTION.format(problem=doc["problem"])
+    return rwkv_chat((), instruction) if template == "rwkv" else COMPLETION.format(instruction=instruction)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{..}``/``\\fbox{..}`` (nested braces matched) or ``\\boxed x``;
+    None when there is none or its braces never close."""
+    starts = [m.end() for m in _BOX.finditer(text)]
+    if not starts:
+        return None
+    at = starts[-1]
+    if text.startswith(" ", at):  # "\boxed 5": up to the next space or dollar sign
+        return re.split(r"[\s$]", text[at + 1:], maxsplit=1)[0] or None
+    if not text.startswith("{", at):
+        return None
+    depth = 0
+    for i in range(at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[at + 1:i]
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_latex(answer: str) -> tuple:
+    """math-verify's reading of one answer (empty when it cannot parse it); cached: references and
+    votes repeat."""
+    from math_verify import LatexExtractionConfig, parse
+
+    return tuple(parse("\\boxed{" + answer + "}", extraction_config=[LatexExtractionConfig()]))
+
+
+def equivalent(answer: str, reference: str) -> bool:
+    from math_verify import verify
+
+    parsed, gold = parse_latex(answer), parse_latex(reference)
+    return bool(parsed and gold) and bool(verify(list(gold), list(parsed)))
+
+
+def judge(text: str, reference: str) -> dict[str, Any]:
+    answer = last_boxed(text)
+    parsed = answer is not None and bool(parse_latex(answer))
+    correct = parsed and equivalent(answer, reference)
+    return {"extracted": answer, "scores": {"acc": float(correct), "no_boxed": float(answer is None),
+                                            "unparsable": float(answer is not None and not parsed)}}
+
+
+def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
+          samples: list[GenerateResponse] = ()) -> dict[str, Any]:
+    judged = judge(response.text, doc["target"])
+    row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["target"], "output": response.text,
+           "finish_reason": response.finish_reason, "subject": doc["subject"], "level": doc["level"], **judged}
+    if samples:
+        answers = [last_boxed(s.text) for s in samples]
+        answers = [a if a is not None and parse_latex(a) else None for a in answers]
+        row["sample_outputs"] = [s.text for s in samples]
+        row["sample_answers"] = answers
+        row["scores"].update(sampling_scores(
+            answers, [a is not None and equivalent(a, doc["target"]) for a in answers],
+            lambda a: equivalent(a, doc["target"]), same=equivalent))
+    return row
+
+
+@pytest.fixture(scope="module")
+def math500_docs(eval_config, eval_select):
+    docs = load(eval_config.data_dir)
+    return [docs[i] for i in eval_select(BENCHMARK, {CASE: len(docs)})[CASE]]
+
+
+def test_math500(math500_docs, evaluation, eval_config):
+    cfg = eval_config
+    if cfg.num_fewshot:
+        raise ValueError("MATH-500 is evaluated zero-shot here; drop --num-fewshot")
+    stop = RWKV_STOP if cfg.template == "rwkv" else STOP
+    prompts = [build_prompt(d, cfg.template) for d in math500_docs]
+    greedy = evaluation.generate([GenerateRequest(p, stop, cfg.max_new_tokens, bos=cfg.bos) for p in prompts])
+    n = cfg.samples
+    sampled = evaluation.generate([r for p in prompts for r in sample_requests(
+        p, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)]) if n else []
+    rows = [score(d, p, g, sampled[i * n:(i + 1) * n]) for i, (d, p, g) in enumerate(zip(math500_docs, prompts, greedy))]
+    protocol = {"name": "MATH-500 zero-shot, boxed answer, math-verify equivalence", "template": cfg.template,
+                "instruction": INSTRUCTION, "completion_format": COMPLETION, "stop": list(stop), "greedy": True,
+                "max_new_tokens": cfg.max_new_tokens, "extraction": "last \\boxed{...} / \\fbox{...}, nested braces",
+                "judge": "math_verify.verify(parse(reference), parse(answer)), LaTeX extraction",
+                "context_starts_with_token0": cfg.bos}
+    metrics = dict(METRICS)
+    if n:
+        protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
+        metrics.update(sampling_metrics(n))
+    evaluation.record(BENCHMARK, CASE, rows, metrics, protocol, [describe(DATA_FILE, cfg.data_dir)], single_case=True)
