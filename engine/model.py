@@ -125,7 +125,9 @@ class RWKV7:
         emb = F.layer_norm(emb, (C,), sd["blocks.0.ln0.weight"].float(), sd["blocks.0.ln0.bias"].float())
         self.emb = emb.to(device=dev, dtype=dt).contiguous()  # [V, C]
         self.ln_out_w, self.ln_out_b = t("ln_out.weight"), t("ln_out.bias")
-        self.head = t("head.weight")  # [V, C]
+        # the head is kept [C, V]: x @ head_t streams it at twice the rate F.linear reaches on
+        # the [V, C] layout for one row (MKL: 9 vs 18 ms per token at V=65536, C=768, float32)
+        self.head_t = sd["head.weight"].to(device=dev, dtype=dt).t().contiguous()  # [C, V]
         self.layers: list[LayerWeights] = []
         for i in range(cfg.n_layer):
             p = f"blocks.{i}."
@@ -227,7 +229,7 @@ class RWKV7:
         if logits == "last":
             x = x[:, -1:]
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
-        return self._mm(x, self.head).float(), new  # (B, T, V)
+        return self._mm(x, self.head_t, transposed=False).float(), new  # (B, T, V)
 
     def loglikelihood(self, pairs, **kwargs):
         from .scoring import loglikelihood

@@ -6,7 +6,7 @@ The task file is ``tests/lm_eval_tasks/lambada_openai_local.yaml`` (lm-eval's ``
 reading the shared jsonl). lm-eval tokenizes through the server's ``/tokenize`` (its "remote"
 tokenizer backend), sends token ids with ``echo`` and ``logprobs``, and prepends no token 0, so the
 native side runs with ``bos=False`` (``--no-bos``). lm_eval runs as a subprocess, exactly the
-command docs/SERVER.md shows, offline, on the first ``LIMIT`` documents.
+command README.md shows, offline, on the first ``LIMIT`` documents.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@
 - :mod:`.background` run an app on a loopback port in a thread (tests, benchmarks, notebooks)
 - :mod:`.command`    the ``serve`` subcommand
 
-docs/SERVER.md documents the endpoints, the limits and the lm-evaluation-harness recipe.
+README.md ("The OpenAI-compatible server") documents the endpoints, the limits and the lm-evaluation-harness recipe.
 """
 from .config import ServerConfig
 

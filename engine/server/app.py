@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP API over one model: routes, authentication, errors, streaming.
 
-Endpoints (docs/SERVER.md has the full contract):
+Endpoints (README.md, "The OpenAI-compatible server", has the full contract):
 
 - ``POST /v1/completions``        text or token-id prompts; ``echo`` + ``logprobs`` for scoring
 - ``POST /v1/chat/completions``   the RWKV chat format (:mod:`engine.server.chat`), SSE streaming
