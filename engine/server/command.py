@@ -10,17 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
+from engine.argtypes import positive_int
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -37,23 +27,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (default: %(default)s)")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy 2-core machine)")
     key = p.add_mutually_exclusive_group()
     key.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key; "
                      "prefer --api-key-file, a command line is visible to other users)")
     key.add_argument("--api-key-file", type=Path, default=None, help="read the API key from this file")
-    p.add_argument("--max-batch", type=_positive, default=d.max_batch,
+    p.add_argument("--max-batch", type=positive_int, default=d.max_batch,
                    help="sequences decoded together (default: %(default)s)")
-    p.add_argument("--max-queue", type=_positive, default=d.max_queue,
+    p.add_argument("--max-queue", type=positive_int, default=d.max_queue,
                    help="prompts waiting for a slot before 429 (default: %(default)s)")
-    p.add_argument("--max-prompt-tokens", type=_positive, default=d.max_prompt_tokens,
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=d.max_prompt_tokens,
                    help="tokens per prompt (default: %(default)s)")
-    p.add_argument("--max-tokens", type=_positive, default=d.max_tokens,
+    p.add_argument("--max-tokens", type=positive_int, default=d.max_tokens,
                    help="generated tokens per prompt (default: %(default)s)")
-    p.add_argument("--max-prompts", type=_positive, default=d.max_prompts,
+    p.add_argument("--max-prompts", type=positive_int, default=d.max_prompts,
                    help="prompts per request (default: %(default)s)")
-    p.add_argument("--keep-alive", type=_positive, default=30,
+    p.add_argument("--keep-alive", type=positive_int, default=30,
                    help="seconds an idle connection stays open; longer than uvicorn's 5 s so that clients "
                         "pooling connections rarely reuse one the server is closing (default: %(default)s)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],

@@ -20,19 +20,10 @@ import pytest
 from evals.models import ResolvedModel
 from evals.plugin.options import MODEL_ENV
 from evals.remote import API_MODES, CHAT_TEMPLATES, RemoteBackend, RemoteError, RemoteOptions
+from engine.argtypes import positive_seconds
 
 OPTIONS_KEY = pytest.StashKey["RemoteOptions | None"]()
 BACKEND_KEY = pytest.StashKey[RemoteBackend]()
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, found {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, found {value}")
-    return value
 
 
 def _count(text: str, minimum: int) -> int:
@@ -66,13 +57,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--max-retries", type=lambda t: _count(t, 0), default=5,
         help="retries per request on connection errors, 429 and 5xx, with exponential backoff and jitter "
              "(default: %(default)s)")
-    timeout = dict(type=_positive_float, default=300.0, metavar="SECONDS", dest="endpoint_timeout",
+    timeout = dict(type=positive_seconds, default=300.0, metavar="SECONDS", dest="endpoint_timeout",
                    help="seconds per HTTP request to the endpoint (default: %(default)s)")
     try:
         add("--timeout", "--endpoint-timeout", **timeout)
     except ValueError:  # pytest-timeout owns --timeout (a test's time limit): keep only the long name
         add("--endpoint-timeout", **timeout)
-    add("--endpoint-wait", type=_positive_float, default=60.0, metavar="SECONDS",
+    add("--endpoint-wait", type=positive_seconds, default=60.0, metavar="SECONDS",
         help="how long to wait for the server to answer and list the model (default: %(default)s)")
 
 

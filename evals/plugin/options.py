@@ -17,29 +17,13 @@ import pytest
 from benchmarkdata.hub import DEFAULT_ENDPOINT
 from evals.sampling import Limit
 from evals.thresholds import DEFAULT_FILE, Gate
+from engine.argtypes import checked, non_negative_int, positive_int
+
+_temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
+_top_p = checked(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
 
 MODEL_ENV = "RWKV_MODEL"
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {value}")
-    return value
 
 
 def _limit(text: str) -> Limit:
@@ -60,26 +44,6 @@ def _device(text: str) -> str:
     if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, found {text!r}")
-
-
-def _temperature(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a temperature > 0, found {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a temperature > 0 (greedy is always reported), found {value}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], found {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1], found {value}")
-    return value
 
 
 def _normalizations(text: str) -> tuple[str, ...]:
@@ -104,18 +68,18 @@ def add_options(parser: pytest.Parser) -> None:
         help="Hugging Face hub endpoint or mirror (default: $HF_ENDPOINT or %(default)s)")
     add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
-    add("--batch-size", type=_positive_int, default=16, help="engine batch size (default: %(default)s)")
+    add("--batch-size", type=positive_int, default=16, help="engine batch size (default: %(default)s)")
     add("--limit", type=_limit, default=None, metavar="N|FRACTION",
         help="documents per benchmark in total, a seeded stratified sample over its cases; "
              "0.1 means a tenth (default: all)")
     add("--limit-seed", type=int, default=1234, help="seed of the --limit sample (default: %(default)s)")
-    add("--num-fewshot", type=_non_negative_int, default=None,
+    add("--num-fewshot", type=non_negative_int, default=None,
         help="few-shot exemplars (default: each benchmark's protocol, 5 for MMLU-Pro)")
     add("--cot", action="store_true", default=False,
         help="chain-of-thought generation protocols where a benchmark has one (default: off)")
-    add("--max-new-tokens", type=_positive_int, default=2048,
+    add("--max-new-tokens", type=positive_int, default=2048,
         help="generation budget per answer (default: %(default)s, TIGER-Lab's MMLU-Pro value)")
-    add("--context-budget", type=_positive_int, default=4096,
+    add("--context-budget", type=positive_int, default=4096,
         help="prompt plus generation token budget; CoT prompts drop exemplars to fit (default: %(default)s)")
     add("--no-bos", action="store_true", default=False,
         help="do not start contexts with RWKV's token 0 (lm-eval's protocol for HF models; default: start with it)")
@@ -131,7 +95,7 @@ def add_options(parser: pytest.Parser) -> None:
     add("--thresholds-file", type=Path, default=DEFAULT_FILE, metavar="TOML",
         help="per-model gates (default: evals/thresholds.toml)")
     # generation tasks and the user's own data (issue 6)
-    add("--samples", type=_non_negative_int, default=0, metavar="N",
+    add("--samples", type=non_negative_int, default=0, metavar="N",
         help="sampled generations per question beside greedy, for maj@k and pass@k (default: %(default)s, greedy only)")
     add("--temperature", type=_temperature, default=0.6, help="temperature of --samples (default: %(default)s)")
     add("--top-p", type=_top_p, default=0.95, help="nucleus top-p of --samples (default: %(default)s)")

@@ -18,7 +18,6 @@ marks a shard's payload for the merge.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,40 +29,11 @@ from evals.models import ResolvedModel
 from evals.plugin.recorder import PROPERTY, CaseRecorder
 from evals.shard import shard_count, shard_id, worker_device, worker_index
 from evals.thresholds import OVERALL
+from engine.argtypes import non_negative_float, positive_int, probability
 
 RUN_OPTIONS_KEY = pytest.StashKey["RunOptions"]()
 RESCORE_KEY = pytest.StashKey[tuple]()
 BASELINE_KEY = pytest.StashKey[Any]()
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), found {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {value}")
-    return value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,11 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "--model picks the stored model when the cache holds several (default: off)")
     add("--baseline", type=Path, default=None, metavar="RUN_DIR",
         help="fail a case significantly worse than this report folder on the shared documents (default: none)")
-    add("--baseline-alpha", type=_probability, default=0.05,
+    add("--baseline-alpha", type=probability, default=0.05,
         help="level of the one-sided paired test of --baseline (default: %(default)s)")
-    add("--baseline-min-effect", type=_non_negative_float, default=0.0,
+    add("--baseline-min-effect", type=non_negative_float, default=0.0,
         help="a case fails only when it drops by more than this, in score units (default: %(default)s)")
-    add("--shards", type=_positive_int, default=None, metavar="K",
+    add("--shards", type=positive_int, default=None, metavar="K",
         help="split every case into K shards spread over xdist workers (default: the number of workers; "
              "1 outside xdist)")
 
