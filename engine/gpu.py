@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any, Hashable, Literal
 
 import torch
-import torch.nn.functional as F
 
 from .config import ModelConfig
 from .errors import InputError
@@ -288,21 +287,8 @@ class RWKV7CUDA(RWKV7):
         updated in place. Lines without a kernel are the reference's, line for line."""
         B, T, C = x.shape
         H, N = self.config.n_head, self.config.head_size
-        xr, xw, xk, xv, xa, xg = ops.token_shift_mix(x, _contiguous(x_prev), p.mix)  # six (B, T, C)
-
-        r = self._mm(xr, p.W_r)  # (B, T, C)
-        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
-        k = self._mm(xk, p.W_k)
-        v = self._mm(xv, p.W_v)
-        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # (B, T, C)
-        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # (B, T, C)
-
-        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
-        k = k * (1 + (a - 1) * p.k_a)
-        if layer == 0:
-            v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+        mixed = ops.token_shift_mix(x, _contiguous(x_prev), p.mix)  # six (B, T, C)
+        r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
         # log(decay) in (-0.61, 0), computed in float32 and stored in the model dtype; the kernel
         # takes exp in float32, so a decay of 1 - 2^-12 survives float16 / bfloat16
         log_decay = (-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float())).to(x.dtype)  # (B, T, C)

@@ -285,21 +285,8 @@ class RWKV7:
         B, T, C = x.shape
         H, N = self.config.n_head, self.config.head_size
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
-        xr, xw, xk, xv, xa, xg = x + (shifted - x) * p.mix.view(6, 1, 1, C)  # six (B, T, C)
-
-        r = self._mm(xr, p.W_r)  # (B, T, C)
-        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
-        k = self._mm(xk, p.W_k)
-        v = self._mm(xv, p.W_v)
-        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # in-context learning rate, (B, T, C)
-        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # output gate, (B, T, C)
-
-        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
-        k = k * (1 + (a - 1) * p.k_a)
-        if layer == 0:
-            v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+        mixed = x + (shifted - x) * p.mix.view(6, 1, 1, C)  # xr xw xk xv xa xg, (6, B, T, C)
+        r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
         decay = torch.exp(-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float()))  # (B, T, C) float32 in (0.545, 1)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -310,6 +297,28 @@ class RWKV7:
         bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
         y = y + bonus.view(B, T, C)
         return self._mm(y * g, p.W_o), v_first
+
+    def _projections(self, layer: int, p: LayerWeights, mixed, v_first: torch.Tensor | None):
+        """From the six token-shift mixes xr xw xk xv xa xg (each (B, T, C)) to r, w (the decay's
+        LoRA output, before w0 and the sigmoid), k, v, a, g, kk and v_first, each (B, T, C).
+        Shared by the reference and the GPU path, which swaps in kernels only around it."""
+        xr, xw, xk, xv, xa, xg = mixed
+        B, T, C = xr.shape
+        H, N = self.config.n_head, self.config.head_size
+        r = self._mm(xr, p.W_r)  # (B, T, C)
+        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
+        k = self._mm(xk, p.W_k)
+        v = self._mm(xv, p.W_v)
+        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # in-context learning rate
+        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # output gate
+
+        kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
+        k = k * (1 + (a - 1) * p.k_a)
+        if layer == 0:
+            v_first = v
+        else:
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+        return r, w, k, v, a, g, kk, v_first
 
     def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
