@@ -69,3 +69,16 @@ class FakeBackend:
         if progress:
             progress(len(requests))
         return out
+
+
+# A conftest for pytester runs of the plugin against the fake backend (no model is loaded).
+PLUGIN_CONFTEST = '''
+import pytest
+from evals.fakes import FakeBackend
+
+pytest_plugins = ["evals.plugin"]
+
+@pytest.fixture(scope="session")
+def eval_backend():
+    return FakeBackend()
+'''

@@ -8,20 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from evals.fakes import PLUGIN_CONFTEST
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-CONFTEST = '''
-import pytest
-from evals.fakes import FakeBackend
-
-pytest_plugins = ["evals.plugin"]
-
-@pytest.fixture(scope="session")
-def eval_backend():
-    return FakeBackend()
-'''
+CONFTEST = PLUGIN_CONFTEST
 
 
 @pytest.fixture

@@ -10,21 +10,13 @@ import json
 from pathlib import Path
 
 import pytest
+from evals.fakes import PLUGIN_CONFTEST
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
 
-CONFTEST = '''
-import pytest
-from evals.fakes import FakeBackend
-
-pytest_plugins = ["evals.plugin"]
-
-@pytest.fixture(scope="session")
-def eval_backend():
-    return FakeBackend()
-'''
+CONFTEST = PLUGIN_CONFTEST
 BENCHMARKS = {
     "test_lambada_suite.py": "from evals.test_lambada import lambada_docs, test_lambada\n",
     "test_mmlu_pro_suite.py": "from evals.test_mmlu_pro import mmlu_pro_data, test_mmlu_pro\n",

@@ -9,6 +9,7 @@ import pytest
 
 from evals.metrics import aggregate
 from evals.shard import block, case_nodeid, merge, shard_count, worker_device, worker_index
+from evals.fakes import PLUGIN_CONFTEST
 
 pytest_plugins = ["pytester"]
 
@@ -91,16 +92,7 @@ def test_merge_leaves_out_a_case_with_a_missing_shard():
     assert merged == [] and failures == ["b/c: shards [1] of 2 did not report; the case is left out"]
 
 
-CONFTEST = '''
-import pytest
-from evals.fakes import FakeBackend
-
-pytest_plugins = ["evals.plugin"]
-
-@pytest.fixture(scope="session")
-def eval_backend():
-    return FakeBackend()
-'''
+CONFTEST = PLUGIN_CONFTEST
 
 
 def test_n2_report_equals_n0_report(pytester: pytest.Pytester, monkeypatch, shared_dir):
