@@ -281,6 +281,10 @@ class RWKV7CUDA(RWKV7):
 
     # ------------------------------------------------------------------ the math, kernels swapped in
 
+    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True) -> torch.Tensor:
+        """cuBLAS takes [out, in] weights as they are; results stay contiguous for the kernels."""
+        return torch.nn.functional.linear(x, W) if linear else x @ W
+
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
                   wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """As the reference: x (B, T, C) after ln1, x_prev (B, C) float32, wkv (B, H, N, N) float32

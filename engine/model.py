@@ -29,13 +29,18 @@ _DECAY_SCALE = math.exp(-0.5)
 # CPUs with native bf16 matrix units; elsewhere torch's bf16 GEMM converts element by element and
 # runs ~7x slower than float32 (measured on this project's AVX2 EPYC: 4.5 vs 31 GFLOP/s per core)
 _NATIVE_BF16_CPU = {"AVX512_BF16", "AMX"}
+# Linear weights stay in the checkpoint's [out, in] layout. On the CPU, a product over up to this
+# many rows runs in engine/kernels/matvec_cpu.c (one pass over the weight); over more rows MKL
+# computes W @ x^T, which for 2-512 rows ran 1.2-3x faster than x @ W^T or x @ W_[in,out] on the
+# reference machine (the 0.1B head at 64 rows: 65 vs 108 ms; an FFN matrix at 16 rows: 0.8 vs 2.0).
+MATVEC_MAX_ROWS = 8
 # group norm eps of ln_x: the head outputs are small, the official value is 64e-5, not 1e-5
 _LN_X_EPS = 64e-5
 
 
 @dataclass
 class LayerWeights:
-    """One block's tensors, vectors flattened to [C]; linear weights in the model's layout (see _mm)."""
+    """One block's tensors, vectors flattened to [C]; linear weights [out, in] as in the checkpoint."""
 
     ln1_w: torch.Tensor
     ln1_b: torch.Tensor
@@ -56,15 +61,15 @@ class LayerWeights:
     k_k: torch.Tensor
     k_a: torch.Tensor
     r_k: torch.Tensor  # [C] (from [H, N])
-    W_r: torch.Tensor  # [C, C], [out, in] or [in, out] (RWKV7._in_out)
+    W_r: torch.Tensor  # [C, C]
     W_k: torch.Tensor
     W_v: torch.Tensor
     W_o: torch.Tensor
     ln_x_w: torch.Tensor
     ln_x_b: torch.Tensor
     ffn_x_k: torch.Tensor
-    ffn_key: torch.Tensor  # [F, C] (float32: [C, F])
-    ffn_value: torch.Tensor  # [C, F] (float32: [F, C])
+    ffn_key: torch.Tensor  # [F, C]
+    ffn_value: torch.Tensor  # [C, F]
 
 
 def wkv7_reference(
@@ -112,18 +117,11 @@ class RWKV7:
         self.path = path
         self.sha256 = sha256
         dt, dev = self.dtype, self.device
-        # float32 linear weights are stored [in, out] (as the official package does): one row times
-        # them streams faster than F.linear over [out, in] (MKL, one row: 23.5 vs 27.2 ms for a 0.1B
-        # model's 12 layers; the [V, C] head alone 18 vs 9 ms). bf16 keeps [out, in]: on a CPU
-        # without bf16 units one row times an [in, out] bf16 matrix falls to 0.8 GFLOP/s.
-        self._in_out = self.dtype == torch.float32
 
         def t(key: str) -> torch.Tensor:
             return sd[key].to(device=dev, dtype=dt).contiguous()
 
-        def lin(key: str) -> torch.Tensor:  # a checkpoint [out, in] linear weight, in the model's layout
-            w = sd[key].to(device=dev, dtype=dt)
-            return (w.t() if self._in_out else w).contiguous()
+        lin = t  # linear weights: [out, in], as in the checkpoint (see MATVEC_MAX_ROWS)
 
         def vec(key: str) -> torch.Tensor:
             return sd[key].reshape(-1).to(device=dev, dtype=dt).contiguous()
@@ -134,7 +132,7 @@ class RWKV7:
         emb = F.layer_norm(emb, (C,), sd["blocks.0.ln0.weight"].float(), sd["blocks.0.ln0.bias"].float())
         self.emb = emb.to(device=dev, dtype=dt).contiguous()  # [V, C]
         self.ln_out_w, self.ln_out_b = t("ln_out.weight"), t("ln_out.bias")
-        self.head = lin("head.weight")  # [C, V] (float32) or [V, C]
+        self.head = lin("head.weight")  # [V, C]
         self.layers: list[LayerWeights] = []
         for i in range(cfg.n_layer):
             p = f"blocks.{i}."
@@ -164,27 +162,42 @@ class RWKV7:
         # else the torch reference; both compute the same thing (tests/test_wkv_cpu.py)
         self._wkv = wkv7_reference
         self.wkv_impl = "torch reference"
-        if self.device.type == "cpu" and cfg.head_size <= 128:
+        # products of float32 weights with a few rows: the C matvec kernel where it builds
+        self._matvec = None
+        if self.device.type == "cpu":
             from .kernels import cpu as cpu_kernel
 
-            if cpu_kernel.load() is not None:
-                self._wkv, self.wkv_impl = cpu_kernel.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
-            else:
+            if cpu_kernel.load() is None:
                 self.wkv_impl = f"torch reference (C kernel unavailable: {cpu_kernel.UNAVAILABLE_REASON})"
+            else:
+                self._matvec = cpu_kernel.matvec
+                if cfg.head_size <= cpu_kernel.MAX_N:
+                    self._wkv, self.wkv_impl = cpu_kernel.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
         if self.dtype != torch.float32 and self.device.type == "cpu":
             if torch.backends.cpu.get_cpu_capability() not in _NATIVE_BF16_CPU:
                 self._upcast_rows = 8
 
     def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True) -> torch.Tensor:
-        """x times a linear weight (``linear``: stored [out, in], or [in, out] in float32) or x @ W
-        (a LoRA matrix, [in, out])."""
-        if linear and not self._in_out:
-            if self._upcast_rows and x.numel() >= self._upcast_rows * x.shape[-1]:
-                return F.linear(x.float(), W.float()).to(x.dtype)
+        """x (..., in) times a linear weight W [out, in] (``linear``: F.linear(x, W)) or a LoRA
+        matrix W [in, out] (x @ W). A linear product over more than MATVEC_MAX_ROWS rows on the
+        CPU comes back as a transposed view (strides (1, rows)); every caller reads it through
+        elementwise ops, reshape or a further _mm."""
+        rows = x.numel() // x.shape[-1]
+        upcast = self._upcast_rows and rows >= self._upcast_rows
+        if not linear:
+            return (x.float() @ W.float()).to(x.dtype) if upcast else x @ W
+        if self._matvec is not None and rows <= MATVEC_MAX_ROWS and W.dtype == torch.float32:
+            return self._matvec(x.reshape(rows, x.shape[-1]), W).view(*x.shape[:-1], W.shape[0])
+        if self.device.type != "cpu":
             return F.linear(x, W)
-        if self._upcast_rows and x.numel() >= self._upcast_rows * x.shape[-1]:
-            return (x.float() @ W.float()).to(x.dtype)
-        return x @ W
+        xt = x.reshape(rows, x.shape[-1]).t()  # (in, rows)
+        if upcast:
+            y = (W.float() @ xt.float()).to(x.dtype)
+        elif x.dtype != torch.float32 and rows <= MATVEC_MAX_ROWS:
+            return F.linear(x, W)  # bf16 over a few rows: torch's own kernel, no upcast copy of W
+        else:
+            y = W @ xt
+        return y.t().view(*x.shape[:-1], W.shape[0])
 
     # ------------------------------------------------------------------ public API
 
@@ -240,7 +253,7 @@ class RWKV7:
         if logits == "last":
             x = x[:, -1:]
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
-        return self._mm(x, self.head).float(), new  # (B, T, V)
+        return self._mm(x, self.head).float().contiguous(), new  # (B, T, V)
 
     def loglikelihood(self, pairs, **kwargs):
         from .scoring import loglikelihood

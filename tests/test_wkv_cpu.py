@@ -92,3 +92,56 @@ def test_model_uses_kernel_and_matches_reference():
     b, sb = slow.forward(toks)
     assert (a - b).abs().max().item() <= 1e-4
     assert torch.allclose(sa.wkv, sb.wkv, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# the matvec kernel (engine/kernels/matvec_cpu.c): F.linear over a few rows
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 8])
+@pytest.mark.parametrize("R,C", [(768, 768), (13, 7), (4, 64), (1, 1), (65, 3072)])
+def test_matvec_matches_linear(M, R, C):
+    g = torch.Generator().manual_seed(M * 100 + R + C)
+    W, x = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g)
+    y = cpu.matvec(x, W)
+    ref = torch.nn.functional.linear(x.double(), W.double()).float()
+    assert y.shape == (M, R) and y.dtype == torch.float32
+    assert (y - ref).abs().max().item() <= 2e-6 * C ** 0.5 * max(1.0, ref.abs().max().item())
+
+
+def test_matvec_reads_strided_rows():
+    g = torch.Generator().manual_seed(3)
+    W, x = torch.randn(40, 24, generator=g), torch.randn(24, 5, generator=g).t()  # x not contiguous
+    assert torch.allclose(cpu.matvec(x, W), torch.nn.functional.linear(x, W), atol=1e-5)
+
+
+def test_matvec_input_checks():
+    W, x = torch.zeros(8, 16), torch.zeros(2, 16)
+    with pytest.raises(ValueError, match=r"x: expected \[M, 16\] to match W \(8, 16\), found \(2, 15\)"):
+        cpu.matvec(x[:, :15], W)
+    with pytest.raises(ValueError, match="W: expected a contiguous"):
+        cpu.matvec(x, torch.zeros(16, 8).t())
+    with pytest.raises(ValueError, match="x: expected a 2-D float32 CPU tensor, found torch.float64"):
+        cpu.matvec(x.double(), W)
+    with pytest.raises(ValueError, match=r"W: expected a 2-D float32 CPU tensor, .*shape \(8, 16, 1\)"):
+        cpu.matvec(x, W.unsqueeze(-1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_model_products_equal_linear_for_any_row_count(dtype):
+    """RWKV7._mm picks the matvec kernel, MKL's W @ x^T (a transposed view) or F.linear by the row
+    count; every form equals F.linear, and reads back like a contiguous tensor."""
+    import engine
+    from helpers import SHAPES
+
+    model = engine.from_state_dict(engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4), dtype=dtype)
+    W = model.layers[1].ffn_key  # [F, C]
+    g = torch.Generator().manual_seed(0)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    for B, T in [(1, 1), (1, 8), (3, 3), (2, 5), (64, 1), (1, 37)]:
+        x = torch.randn(B, T, W.shape[1], generator=g).to(model.dtype)
+        y = model._mm(x, W)
+        ref = torch.nn.functional.linear(x.float(), W.float())
+        assert y.shape == (B, T, W.shape[0]) and y.dtype == model.dtype
+        assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item(), (B, T)
+        assert torch.equal(y.reshape(-1), y.contiguous().view(-1))

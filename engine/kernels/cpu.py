@@ -1,9 +1,11 @@
-"""The CPU fast path of the WKV-7 recurrence: ``wkv7_cpu.c`` compiled on first use, called via ctypes.
+"""The CPU fast paths: ``wkv7_cpu.c`` and ``matvec_cpu.c`` compiled on first use, called via ctypes.
 
-The readable reference (:func:`engine.model.wkv7_reference`) runs one torch call per step, five
-small ops each costing ~20-200 us of dispatch and memory passes; this kernel keeps each state row
-in registers for the whole sequence (5-50x faster on the 2-core reference machine). It is built
-with the system C compiler (``$CC`` or ``cc``) into a cache folder keyed by the source, the flags
+The readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one
+torch call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the
+WKV kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
+reference machine). The matvec kernel runs a decode step's products over a few rows in one pass
+over each weight (:func:`matvec`; the reference is ``F.linear``). Both are built with the system C
+compiler (``$CC`` or ``cc``) into one library in a cache folder keyed by the sources, the flags
 and the CPU, so a shared home folder across different machines never runs foreign machine code.
 Where no compiler works, :func:`load` returns None and the model uses the reference; the reason
 is kept in :data:`UNAVAILABLE_REASON` and reported by ``model.info()``.
@@ -18,10 +20,11 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-SOURCE = Path(__file__).with_name("wkv7_cpu.c")
+SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 MAX_N = 128
 UNAVAILABLE_REASON: str | None = None
@@ -45,29 +48,31 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
-def build(source: Path = SOURCE, out_dir: Path | None = None) -> Path:
-    """Compile ``source`` into a shared library (cached); raises RuntimeError with the compiler's output."""
+def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None) -> Path:
+    """Compile ``sources`` into one shared library (cached); raises RuntimeError with the compiler's output."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
-    text = source.read_bytes()
+    sources = [sources] if isinstance(sources, Path) else list(sources)
+    text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in sources)
     key = hashlib.sha256(text + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()).hexdigest()[:16]
     out_dir = out_dir or cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    lib = out_dir / f"{source.stem}-{key}.so"
+    lib = out_dir / f"rwkveval_cpu-{key}.so"
     if lib.exists():
         return lib
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_lib = Path(tmp) / lib.name
-        proc = subprocess.run([cc, *FLAGS, str(source), "-o", str(tmp_lib)], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, *map(str, sources), "-o", str(tmp_lib)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise RuntimeError(f"compiling {source.name} with {cc} failed:\n{proc.stderr.strip()}")
+            names = ", ".join(s.name for s in sources)
+            raise RuntimeError(f"compiling {names} with {cc} failed:\n{proc.stderr.strip()}")
         os.replace(tmp_lib, lib)  # atomic: concurrent builders (xdist workers) never see half a file
     return lib
 
 
 def load():
-    """The compiled kernel library, or None (with :data:`UNAVAILABLE_REASON` set) if it cannot be built."""
+    """The compiled kernels' library, or None (with :data:`UNAVAILABLE_REASON` set) if it cannot be built."""
     global _lib, _tried, UNAVAILABLE_REASON
     if not _tried:
         _tried = True
@@ -82,6 +87,9 @@ def load():
         fn = lib.wkv7_forward_f32
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
+        fn = lib.matvec_f32
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
         _lib = lib
     return _lib
 
@@ -122,4 +130,27 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
                               *[x.data_ptr() for x in xs], y.data_ptr())
     if rc != 0:
         raise ValueError(f"wkv7_cpu: head size {N} exceeds the kernel's limit {MAX_N}")
+    return y
+
+
+def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, W)`` for a few rows: x [M, C] float32, W [R, C] float32 contiguous (a linear
+    weight, [out, in]); returns y [M, R] float32. One pass over W serves all M rows, so it is
+    meant for M up to ~8 (decode steps); raises ValueError naming a wrong input."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the CPU matvec kernel is unavailable: {UNAVAILABLE_REASON}")
+    for name, t in (("x", x), ("W", W)):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2:
+            raise ValueError(f"{name}: expected a 2-D float32 CPU tensor, found {t.dtype} on {t.device}, "
+                             f"shape {tuple(t.shape)}")
+    if not W.is_contiguous():
+        raise ValueError(f"W: expected a contiguous [out, in] weight, found strides {W.stride()}")
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"x: expected [M, {W.shape[1]}] to match W {tuple(W.shape)}, found {tuple(x.shape)}")
+    x = x.contiguous()
+    M, R = x.shape[0], W.shape[0]
+    y = torch.empty(M, R, dtype=torch.float32)
+    if M and R:
+        lib.matvec_f32(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr())
     return y
