@@ -281,8 +281,8 @@ class RWKV7CUDA(RWKV7):
 
     # ------------------------------------------------------------------ the math, kernels swapped in
 
-    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True) -> torch.Tensor:
-        """cuBLAS takes [out, in] weights as they are; results stay contiguous for the kernels."""
+    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True, contiguous: bool = False) -> torch.Tensor:
+        """cuBLAS takes [out, in] weights as they are; results are always contiguous (the kernels need it)."""
         return torch.nn.functional.linear(x, W) if linear else x @ W
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,

@@ -177,11 +177,12 @@ class RWKV7:
             if torch.backends.cpu.get_cpu_capability() not in _NATIVE_BF16_CPU:
                 self._upcast_rows = 8
 
-    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True, contiguous: bool = False) -> torch.Tensor:
         """x (..., in) times a linear weight W [out, in] (``linear``: F.linear(x, W)) or a LoRA
         matrix W [in, out] (x @ W). A linear product over more than MATVEC_MAX_ROWS rows on the
-        CPU comes back as a transposed view (strides (1, rows)); every caller reads it through
-        elementwise ops, reshape or a further _mm."""
+        CPU comes back as a transposed view (strides (1, rows)), which every caller reads through
+        elementwise ops, reshape or a further _mm; ``contiguous`` asks for row-major output, built
+        block by block (the head: a transposing copy of 64 x 65536 logits alone took ~24 ms)."""
         rows = x.numel() // x.shape[-1]
         upcast = self._upcast_rows and rows >= self._upcast_rows
         if not linear:
@@ -190,14 +191,22 @@ class RWKV7:
             return self._matvec(x.reshape(rows, x.shape[-1]), W).view(*x.shape[:-1], W.shape[0])
         if self.device.type != "cpu":
             return F.linear(x, W)
+        if not upcast and x.dtype != torch.float32 and rows <= MATVEC_MAX_ROWS:
+            return F.linear(x, W)  # bf16 over a few rows: torch's own kernel, no upcast copy of W
         xt = x.reshape(rows, x.shape[-1]).t()  # (in, rows)
         if upcast:
-            y = (W.float() @ xt.float()).to(x.dtype)
-        elif x.dtype != torch.float32 and rows <= MATVEC_MAX_ROWS:
-            return F.linear(x, W)  # bf16 over a few rows: torch's own kernel, no upcast copy of W
-        else:
-            y = W @ xt
-        return y.t().view(*x.shape[:-1], W.shape[0])
+            xt = xt.float()
+
+        def product(w: torch.Tensor) -> torch.Tensor:  # (out, rows) in x's dtype
+            return (w.float() @ xt).to(x.dtype) if upcast else w @ xt
+
+        if not contiguous:
+            return product(W).t().view(*x.shape[:-1], W.shape[0])
+        out = torch.empty(rows, W.shape[0], dtype=x.dtype, device=x.device)
+        block = min(4096, max(256, 2**18 // rows))  # a (block, rows) float32 result of ~1 MB stays in L2
+        for i in range(0, W.shape[0], block):
+            out[:, i:i + block] = product(W[i:i + block]).t()
+        return out.view(*x.shape[:-1], W.shape[0])
 
     # ------------------------------------------------------------------ public API
 
@@ -253,7 +262,7 @@ class RWKV7:
         if logits == "last":
             x = x[:, -1:]
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
-        return self._mm(x, self.head).float().contiguous(), new  # (B, T, V)
+        return self._mm(x, self.head, contiguous=True).float(), new  # (B, T, V)
 
     def loglikelihood(self, pairs, **kwargs):
         from .scoring import loglikelihood

@@ -145,3 +145,11 @@ def test_model_products_equal_linear_for_any_row_count(dtype):
         assert y.shape == (B, T, W.shape[0]) and y.dtype == model.dtype
         assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item(), (B, T)
         assert torch.equal(y.reshape(-1), y.contiguous().view(-1))
+        yc = model._mm(x, W, contiguous=True)  # the head's form: row-major, built block by block
+        assert yc.is_contiguous() and torch.allclose(yc, y, atol=1e-6, rtol=0)
+    big = model.head  # [65536, 96]: more than one block of rows
+    x = torch.randn(64, 1, big.shape[1], generator=g).to(model.dtype)
+    ref = torch.nn.functional.linear(x.float(), big.float())
+    y = model._mm(x, big, contiguous=True)
+    assert y.is_contiguous() and y.shape == (64, 1, big.shape[0])
+    assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item()
