@@ -78,9 +78,10 @@ def wkv7_reference(
 ) -> torch.Tensor:
     """The WKV-7 recurrence, one step at a time, updating ``state`` in place.
 
-    state: [B, H, N, N] float32, state[..., i, j] for value index i and key index j
-    r, w, k, v, a, b: [B, T, H, N] float32 (w is the decay in (0, 1); a = -kk, b = kk * a_gate)
-    returns y: [B, T, H, N] float32
+    state: [B, H, N, N] float32 (float64 for golden values), contiguous, state[..., i, j] for value
+    index i and key index j
+    r, w, k, v, a, b: [B, T, H, N] in state's dtype (w is the decay in (0, 1); a = -kk, b = kk * a_gate)
+    returns y: [B, T, H, N] in state's dtype
 
         S_t = S_{t-1} diag(w_t) + (S_{t-1} a_t) b_t^T + v_t k_t^T,   y_t = S_t r_t
     """
@@ -94,7 +95,7 @@ def wkv7_reference(
     v_ = tm(v).unsqueeze(-1)  # (T, BH, N, 1)
     # the rank-2 update [S a, v] @ [b; k] in one baddbmm: the [b; k] rows are known up front
     bk = torch.stack((tm(b), tm(k)), dim=2)  # (T, BH, 2, N)
-    y = torch.empty(T, B * H, N, 1, dtype=torch.float32, device=r.device)  # (T, BH, N, 1)
+    y = torch.empty(T, B * H, N, 1, dtype=state.dtype, device=r.device)  # (T, BH, N, 1)
     for t in range(T):
         sa = torch.bmm(S, a_[t])  # S a                                    (BH, N, 1)
         S.mul_(w_[t])  # S diag(w)                                          (BH, N, N)

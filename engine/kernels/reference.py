@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from engine.model import wkv7_reference
+
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (the kernels' arithmetic)."""
@@ -32,22 +34,16 @@ def wkv7_forward(
     """WKV-7 over a sequence; twin of ``ops.wkv7_forward``.
 
     state [B, H, N, N] (S[i, j]: i value, j key) is updated in place;
-    r w k v a b [B, T, H, N] -> y [B, T, H, N] in the compute dtype.
+    r w k v a b [B, T, H, N] -> y [B, T, H, N] (contiguous) in the compute dtype.
+    The recurrence is the model's own, :func:`engine.model.wkv7_reference`; this adds the
+    kernels' dtype rule and their log-decay input.
     """
     dt = _compute_dtype(state, r)
-    B, T, H, N = r.shape
-    S = state.to(dt)                                          # [B, H, N, N]
-    r, k, v, a, b = (x.to(dt) for x in (r, k, v, a, b))       # [B, T, H, N]
+    S = state.to(dt).contiguous()                             # [B, H, N, N]; state itself if it fits
     w = w.to(dt).exp() if w_log else w.to(dt)                 # decay in (0, 1)
-    y = torch.empty((B, T, H, N), dtype=dt, device=r.device)
-    for t in range(T):
-        sa = S @ a[:, t, :, :, None]                          # [B, H, N, 1]  sum_j S[i, j] a[j]
-        S = (S * w[:, t, :, None, :]                          # decay along the key index j
-             + sa * b[:, t, :, None, :]                       # [B, H, N, N]
-             + v[:, t, :, :, None] * k[:, t, :, None, :])     # v k^T
-        y[:, t] = (S @ r[:, t, :, :, None]).squeeze(-1)       # [B, H, N]
+    y = wkv7_reference(S, *(x.to(dt) for x in (r, w, k, v, a, b)))
     state.copy_(S)
-    return y
+    return y.contiguous()
 
 
 def wkv7_step(
