@@ -94,6 +94,14 @@ def load():
     return _lib
 
 
+def _loaded(kernel: str):
+    """The library for a kernel's call; RuntimeError saying why if it could not be built."""
+    lib = load()
+    if lib is None:
+        raise RuntimeError(f"the CPU {kernel} kernel is unavailable: {UNAVAILABLE_REASON}")
+    return lib
+
+
 def check_inputs(state: torch.Tensor, *xs: torch.Tensor) -> tuple[int, int, int, int]:
     """Validate the kernel's inputs; returns (B, T, H, N). Raises ValueError naming what is wrong."""
     names = ("r", "w", "k", "v", "a", "b")
@@ -120,9 +128,7 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
              a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Same contract as :func:`engine.model.wkv7_reference`: state [B, H, N, N] updated in place,
     r w k v a b [B, T, H, N] float32, returns y [B, T, H, N] float32."""
-    lib = load()
-    if lib is None:
-        raise RuntimeError(f"the CPU WKV kernel is unavailable: {UNAVAILABLE_REASON}")
+    lib = _loaded("WKV")
     xs = [x.contiguous() for x in (r, w, k, v, a, b)]
     B, T, H, N = check_inputs(state, *xs)
     y = torch.empty_like(xs[0])
@@ -137,9 +143,7 @@ def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, W)`` for a few rows: x [M, C] float32, W [R, C] float32 contiguous (a linear
     weight, [out, in]); returns y [M, R] float32. One pass over W serves all M rows, so it is
     meant for M up to ~8 (decode steps); raises ValueError naming a wrong input."""
-    lib = load()
-    if lib is None:
-        raise RuntimeError(f"the CPU matvec kernel is unavailable: {UNAVAILABLE_REASON}")
+    lib = _loaded("matvec")
     for name, t in (("x", x), ("W", W)):
         if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2:
             raise ValueError(f"{name}: expected a 2-D float32 CPU tensor, found {t.dtype} on {t.device}, "
