@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from evals.cli import main
 from evals.compare import compare_runs, load_run
 from evals.paired import binomial_cdf_half, mcnemar_exact, paired_difference
 

@@ -164,7 +164,7 @@ def test_corrupt_cache_is_a_usage_error_and_clear_cache_recovers(suite):
 
 def test_cache_command_info_and_clear(suite):
     assert run(suite)[0].returncode == 0
-    from engine.cli import main
+    from evals.cli import main
 
     cache_dir = str(suite.path / "reports" / "cache")
     assert main(["cache", "info", "--cache-dir", cache_dir]) == 0

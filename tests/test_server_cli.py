@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.cli import build_parser, main
+from evals.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,7 +22,7 @@ def test_serve_parses_its_options():
 
 
 def test_serve_starts_answers_and_stops(tiny_model_path):
-    command = [sys.executable, "-m", "engine.cli", "serve", "--model", str(tiny_model_path), "--port", "0",
+    command = [sys.executable, "-m", "evals.cli", "serve", "--model", str(tiny_model_path), "--port", "0",
                "--threads", "1", "--name", "tiny", "--log-level", "info"]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:

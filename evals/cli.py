@@ -1,6 +1,7 @@
 """The ``rwkveval`` command. Each subcommand lives in its own module, which adds its parser with
 ``add_parser(subparsers)`` and sets ``run`` (a function of the parsed arguments returning an exit
-code); this file only lists them.
+code); this file only lists them. It lives in ``evals`` (the top layer) because its subcommands
+span both layers; the engine never imports ``evals``.
 
     rwkveval serve --model path/to/rwkv7.pth      # OpenAI-compatible server (engine/server/command.py)
     rwkveval compare RUN_A RUN_B                  # paired comparison of two report folders (evals/compare.py)
