@@ -22,6 +22,9 @@ MAX_TOKENS_PER_CALL = 8192
 # on_logits(rows, starts, logits): rows are the caller's row indices, starts the position in each
 # row's sequence of logits[:, 0], logits float32 [len(rows), T, V] (the logits after each token).
 LogitsCallback = Callable[[list[int], list[int], torch.Tensor], None]
+# on_tokens(prompt_tokens, generated_tokens): what the engine just ran, so callers can show honest
+# rates (a shared prefix counts once, a cached continuation not at all)
+TokensCallback = Callable[[int, int], None]
 
 
 def max_tokens_per_call(vocab_size: int, want_logits: bool) -> int:
@@ -31,8 +34,8 @@ def max_tokens_per_call(vocab_size: int, want_logits: bool) -> int:
 
 
 def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
-            on_logits: LogitsCallback | None = None, want_last: bool = False
-            ) -> tuple[State, torch.Tensor | None]:
+            on_logits: LogitsCallback | None = None, want_last: bool = False,
+            on_tokens: TokensCallback | None = None) -> tuple[State, torch.Tensor | None]:
     """Run ``seqs[i]`` from row i of ``state`` (zeros if None) to its end.
 
     Returns the final state (row i for seqs[i]; the input state is not changed) and, with
@@ -40,6 +43,7 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
     keeps its row's state (its last logits are then undefined: NaN).
     ``on_logits`` receives the logits of every position, segment by segment, so that callers
     reduce them at once (log-probabilities of targets) instead of keeping [n, T, V] around.
+    ``on_tokens(count, 0)`` is told the tokens of each forward call as it returns.
     """
     n = len(seqs)
     if n == 0:
@@ -65,6 +69,8 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
         mode = "all" if on_logits is not None else ("last" if want_last and ends_here else "none")
         view = State(work.att_x[:, :running], work.wkv[:, :running], work.ffn_x[:, :running])
         logits, _ = model.forward(tokens, view, logits=mode, inplace=True)
+        if on_tokens is not None:
+            on_tokens(tokens.numel(), 0)
         if on_logits is not None:
             on_logits(rows, [pos] * running, logits)
         if want_last and ends_here:

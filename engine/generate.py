@@ -14,9 +14,9 @@ from typing import Sequence
 
 import torch
 
-from .batching import advance
+from .batching import TokensCallback, advance
 from .errors import InputError
-from .scoring import _check_ids
+from .scoring import ResultCallback, _check_ids
 from .state import State
 
 DOCUMENT_END = 0  # token 0 separates documents: generation always stops there
@@ -75,8 +75,13 @@ def _check_options(max_new_tokens, temperature, top_p, top_k, batch_size) -> Non
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=None,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-             batch_size: int = 16) -> list[Generation]:
-    """Generate for every prompt (token ids); see the module docstring for the batching."""
+             batch_size: int = 16, *, on_result: ResultCallback | None = None,
+             on_tokens: TokensCallback | None = None) -> list[Generation]:
+    """Generate for every prompt (token ids); see the module docstring for the batching.
+
+    ``on_result(i, generation)`` is called the moment prompt i finishes (so a caller can store
+    it before the batch ends); ``on_tokens(prompt_tokens, generated_tokens)`` after each prefill
+    and each decoding step."""
     _check_options(max_new_tokens, temperature, top_p, top_k, batch_size)
     V = model.config.vocab_size
     checked = []
@@ -102,7 +107,11 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
 
     results: list[Generation | None] = [None] * len(checked)
     if max_new_tokens == 0:
-        return [Generation([], "", "length", None, len(p)) for p in checked]
+        results = [Generation([], "", "length", None, len(p)) for p in checked]
+        for i, generation in enumerate(results):
+            if on_result is not None:
+                on_result(i, generation)
+        return results
     queue = deque(range(len(checked)))
     live: list[_Live] = []
     state: State | None = None
@@ -112,11 +121,13 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
         data = bytes(item.data if cut is None else item.data[:cut])
         results[item.index] = Generation(item.tokens, data.decode("utf-8", errors="replace"), reason, what,
                                          len(checked[item.index]))
+        if on_result is not None:
+            on_result(item.index, results[item.index])
 
     while queue or live:
         if queue and len(live) < batch_size:
             admit = [queue.popleft() for _ in range(min(batch_size - len(live), len(queue)))]
-            new_state, new_logits = advance(model, [checked[i] for i in admit], want_last=True)
+            new_state, new_logits = advance(model, [checked[i] for i in admit], want_last=True, on_tokens=on_tokens)
             for i in admit:
                 gen = None
                 if temperature > 0:
@@ -126,6 +137,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
             logits = new_logits if logits is None else torch.cat([logits, new_logits])
 
         keep, next_tokens = [], []
+        if on_tokens is not None:
+            on_tokens(0, len(live))  # one token sampled per live row (a stop token included)
         for row, item in enumerate(live):
             t = sample_token(logits[row], temperature, top_p, top_k, item.generator)
             if t in stop_ids:

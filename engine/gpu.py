@@ -328,8 +328,8 @@ class RWKV7CUDA(RWKV7):
         return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, batch_size: int = 16):
+                 top_k: int = 0, seed: int | None = None, batch_size: int = 16, **callbacks):
         from .generate import generate
 
         return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,
-                        top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size)
+                        top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, **callbacks)

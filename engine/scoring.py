@@ -7,15 +7,17 @@ few-shot header); a batch of contexts runs its common prefix once and fans its s
 from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from .batching import advance, common_prefix
+from .batching import TokensCallback, advance, common_prefix
 from .errors import InputError
 from .state import State
 
 Pair = tuple[Sequence[int], Sequence[int]]
+# on_result(index, value): request ``index`` is finished (called as each batch completes, in any order)
+ResultCallback = Callable[[int, Any], None]
 
 
 def _check_ids(ids, vocab_size: int, what: str) -> list[int]:
@@ -56,12 +58,15 @@ class _TargetScorer:
         self.greedy[i] = self.greedy[i] and bool((chosen >= lp.max(dim=-1).values).all())
 
 
-def loglikelihood(model, pairs: Sequence[Pair], batch_size: int = 32, prefix_cache_size: int = 8
+def loglikelihood(model, pairs: Sequence[Pair], batch_size: int = 32, prefix_cache_size: int = 8, *,
+                  on_result: ResultCallback | None = None, on_tokens: TokensCallback | None = None
                   ) -> list[tuple[float, bool]]:
     """For each (context_ids, continuation_ids): (sum of log p(continuation | context), is_greedy).
 
     ``is_greedy`` is True when every continuation token is the model's argmax choice.
     The context must hold at least one token: RWKV evaluations start with token 0.
+    ``on_result(i, (logprob, is_greedy))`` is called as each batch finishes; ``on_tokens`` is told
+    every token the engine runs (a shared prefix once).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, found {batch_size}")
@@ -92,14 +97,14 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int = 32, prefix_cac
         prefix = chunk[0][:plen]
         if plen:
             if prefix not in prefix_states:
-                prefix_states[prefix], _ = advance(model, [prefix])
+                prefix_states[prefix], _ = advance(model, [prefix], on_tokens=on_tokens)
                 while len(prefix_states) > prefix_cache_size:
                     prefix_states.popitem(last=False)
             prefix_states.move_to_end(prefix)
             init = prefix_states[prefix].expand(len(chunk))
         else:
             init = None
-        ctx_states, ctx_last = advance(model, [c[plen:] for c in chunk], init, want_last=True)
+        ctx_states, ctx_last = advance(model, [c[plen:] for c in chunk], init, want_last=True, on_tokens=on_tokens)
 
         # every continuation of every context in this chunk: first token from the context's
         # last logits, the rest by running continuation[:-1] from the context's state
@@ -112,14 +117,18 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int = 32, prefix_cac
                 scorer.add(row, ctx_last[j].unsqueeze(0), checked[n][1][:1])
             feeds = [checked[n][1][:-1] for _, n in part]
             if any(feeds):
-                advance(model, feeds, ctx_states.select([j for j, _ in part]), on_logits=scorer)
+                advance(model, feeds, ctx_states.select([j for j, _ in part]), on_logits=scorer,
+                        on_tokens=on_tokens)
             for row, (_, n) in enumerate(part):
                 results[n] = (scorer.logprob[row], scorer.greedy[row])
+                if on_result is not None:
+                    on_result(n, results[n])
     return results  # type: ignore[return-value]
 
 
 def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int | None = 0,
-                          batch_size: int = 16) -> list[float]:
+                          batch_size: int = 16, *, on_result: ResultCallback | None = None,
+                          on_tokens: TokensCallback | None = None) -> list[float]:
     """Sum of log p(token_i | tokens before it) over whole texts.
 
     With ``bos`` (default 0, RWKV's document separator) every token is scored, the first one
@@ -142,7 +151,9 @@ def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int 
     for start in range(0, len(order), batch_size):
         part = order[start:start + batch_size]
         scorer = _TargetScorer([seqs[i][1:] for i in part])
-        advance(model, [seqs[i][:-1] for i in part], on_logits=scorer)
+        advance(model, [seqs[i][:-1] for i in part], on_logits=scorer, on_tokens=on_tokens)
         for row, i in enumerate(part):
             out[i] = scorer.logprob[row]
+            if on_result is not None:
+                on_result(i, out[i])
     return out

@@ -220,3 +220,70 @@ def test_bfloat16_matches_float32_loosely():
     c, _ = bf16.forward(toks)
     assert ((b - c).norm() / a.norm()).item() < 2e-2
     assert math.isfinite(rel)
+
+
+class _ForwardCounter:
+    """Wraps ``model.forward`` to count the tokens the engine really runs (B * T per call)."""
+
+    def __init__(self, model):
+        self.model, self.tokens, self._forward = model, 0, model.forward
+
+    def __enter__(self):
+        def counted(tokens, *args, **kwargs):
+            self.tokens += tokens.numel()
+            return self._forward(tokens, *args, **kwargs)
+
+        self.model.forward = counted
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward  # back to the class's method
+
+
+def test_scoring_reports_each_result_and_the_tokens_it_ran(small):
+    header = [0, 5, 9, 13, 2, 7, 7, 1]  # a shared few-shot-like prefix, run once
+    pairs = [(header + [i, i + 1], [3, 4, i]) for i in range(6)] + [(header + [1, 2], [8])]
+    results, tokens = {}, [0, 0]
+
+    def on_tokens(prompt, generated):
+        tokens[0] += prompt
+        tokens[1] += generated
+
+    with _ForwardCounter(small) as counter:
+        out = small.loglikelihood(pairs, batch_size=3, on_result=results.__setitem__, on_tokens=on_tokens)
+    assert results == dict(enumerate(out))
+    assert tokens == [counter.tokens, 0]
+    # sharing the prefix ran fewer tokens than the contexts and continuations hold
+    assert counter.tokens < sum(len(c) + len(x) for c, x in pairs)
+
+
+def test_rolling_scoring_reports_results_and_tokens(small):
+    texts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    results, tokens = {}, []
+    with _ForwardCounter(small) as counter:
+        out = small.loglikelihood_rolling(texts, batch_size=2, on_result=results.__setitem__,
+                                          on_tokens=lambda p, g: tokens.append(p))
+    assert results == dict(enumerate(out))
+    assert sum(tokens) == counter.tokens == sum(len(t) for t in texts)  # token 0 plus all but the last
+
+
+def test_generation_reports_each_sequence_as_it_finishes(small):
+    prompts = [[0, 3, 4], [0, 5], [0, 6, 7, 8], [0, 9]]
+    finished, generated, prompt_tokens = [], [0], [0]
+
+    def on_result(i, generation):
+        finished.append((i, len(generation.tokens)))
+
+    def on_tokens(prompt, new):
+        prompt_tokens[0] += prompt
+        generated[0] += new
+
+    with _ForwardCounter(small) as counter:
+        out = small.generate(prompts, max_new_tokens=5, batch_size=2, on_result=on_result, on_tokens=on_tokens)
+    assert sorted(i for i, _ in finished) == [0, 1, 2, 3]
+    assert dict(finished) == {i: len(g.tokens) for i, g in enumerate(out)}
+    assert prompt_tokens[0] == sum(len(p) for p in prompts)
+    # every sampled token counts; each but a finishing one is fed back for the next step
+    stops = sum(g.finish_reason == "stop" and isinstance(g.stop, int) for g in out)
+    assert generated[0] == sum(len(g.tokens) for g in out) + stops
+    assert counter.tokens == prompt_tokens[0] + generated[0] - len(prompts)
