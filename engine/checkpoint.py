@@ -241,3 +241,38 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 def _natural(key: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key))
+
+
+def inspect_checkpoint(path: str | Path) -> ModelConfig:
+    """The shape of the checkpoint at ``path``, with every key and shape checked, without reading
+    its weights (a .pth is memory-mapped, a .safetensors read by its header): what a run checks
+    before it starts, so a wrong file fails in a second instead of after a multi-gigabyte load."""
+    path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size > 0:
+        sd = _safetensors_shapes(path)
+    else:
+        sd = read_state_dict(path)
+    cfg = infer_config(sd)
+    check_state_dict(sd, cfg)
+    return cfg
+
+
+def _safetensors_shapes(path: Path) -> StateDict:
+    """Empty tensors of a safetensors file's shapes and dtypes (its header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            out = {}
+            for key in handle.keys():
+                part = handle.get_slice(key)
+                out[key] = torch.empty(part.get_shape(), dtype=_SAFETENSORS_DTYPES.get(part.get_dtype(), torch.uint8),
+                                       device="meta")
+            return out
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt (not a readable safetensors file): {e}") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}

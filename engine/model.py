@@ -351,8 +351,11 @@ class RWKV7:
         return self._mm(k, p.ffn_value)  # (B, T, C)
 
 
-def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *, checksum: bool = True) -> RWKV7:
-    """Load an RWKV-7 checkpoint (.pth or .safetensors) and check every key and shape."""
+def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *, checksum: bool = True,
+               sha256: str | None = None) -> RWKV7:
+    """Load an RWKV-7 checkpoint (.pth or .safetensors) and check every key and shape.
+
+    ``sha256``: the file's checksum when the caller computed it already (it is not read again)."""
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
     if str(device).startswith("cuda"):
@@ -363,8 +366,9 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *,
     sd = read_state_dict(path)
     cfg = infer_config(sd)
     check_state_dict(sd, cfg)
-    return model_class(device)(sd, cfg, device=device, dtype=dtype, path=str(path),
-                               sha256=file_sha256(path) if checksum else None)
+    if sha256 is None and checksum:
+        sha256 = file_sha256(path)
+    return model_class(device)(sd, cfg, device=device, dtype=dtype, path=str(path), sha256=sha256)
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32") -> RWKV7:

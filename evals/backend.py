@@ -8,6 +8,9 @@ TEXT, so they can be hashed, cached and sent over the wire):
 - :class:`RollingRequest`: log P(text), every token scored.
 - :class:`GenerateRequest`: greedy or sampled generation until a stop string or a token budget.
 
+While it works, a backend reports each finished request and the tokens it ran to a
+:class:`Listener` (the response cache stores each response as it arrives; the recorder shows progress).
+
 ``bos=True`` means the context starts with RWKV's token 0 (end of document), as RWKV's own
 evaluations do; ``bos=False`` matches lm-evaluation-harness's protocol for Hugging Face models.
 
@@ -18,12 +21,50 @@ same :class:`Backend` protocol.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-Progress = Callable[[int], None]
-"""Called with the number of requests just finished (an increment), so callers can show a rate."""
+
+class Listener:
+    """What a backend tells its caller while it works; every method is a no-op here.
+
+    A backend calls :meth:`on_result` for every request the moment its response exists (in any
+    order; a request answered from a cache too), so a caller can store it at once and show
+    progress, and :meth:`on_tokens` with the tokens the model really ran (a shared prefix once,
+    a stored response not at all), so rates are honest.
+    """
+
+    def on_result(self, index: int, response: Any) -> None:
+        """Request ``index`` of the current call is answered with ``response``."""
+
+    def on_tokens(self, prompt: int, generated: int) -> None:
+        """The model ran ``prompt`` input tokens and generated ``generated`` tokens since the last call."""
+
+
+SILENT = Listener()
+
+
+class ResponseError(RuntimeError):
+    """Some requests got answers that cannot be right (a non-finite log-likelihood, say); they are
+    named, and none of them is scored or stored."""
+
+    def __init__(self, kind: str, total: int, failed: dict[int, str]):
+        self.failed = dict(sorted(failed.items()))
+        listed = "; ".join(f"[{i}] {reason}" for i, reason in list(self.failed.items())[:5])
+        more = f"; ... and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
+        super().__init__(f"{len(self.failed)} of {total} {kind} requests got an answer that cannot be right, "
+                         f"none of them is scored: {listed}{more}")
+
+
+def finite_logprob(value: float) -> str | None:
+    """Why a log-likelihood cannot be right, or None: it must be a finite number <= 0."""
+    if not math.isfinite(value):
+        return f"log-likelihood {value} is not finite (NaN or infinite activations in the model?)"
+    if value > 1e-6:
+        return f"log-likelihood {value} is above 0"
+    return None
 
 
 @dataclass(frozen=True)
@@ -86,13 +127,13 @@ class Backend(Protocol):
     def count_tokens(self, text: str, bos: bool = True) -> int: ...
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: Progress | None = None) -> list[LoglikelihoodResponse]: ...
+                      listener: Listener = SILENT) -> list[LoglikelihoodResponse]: ...
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
-                              progress: Progress | None = None) -> list[RollingResponse]: ...
+                              listener: Listener = SILENT) -> list[RollingResponse]: ...
 
     def generate(self, requests: Sequence[GenerateRequest],
-                 progress: Progress | None = None) -> list[GenerateResponse]: ...
+                 listener: Listener = SILENT) -> list[GenerateResponse]: ...
 
 
 @dataclass
@@ -100,14 +141,13 @@ class LocalBackend:
     """The in-process engine behind the :class:`Backend` interface.
 
     Context and continuation are tokenized separately (so the continuation's tokens are exactly
-    those of its own text) and handed to ``model.loglikelihood`` in chunks of ``chunk_size``
-    requests; the chunks exist only so a progress line can move during a long case (the engine
-    batches and shares prefixes inside each chunk).
+    those of its own text) and handed to the engine in one call per kind (the engine batches and
+    shares prefixes); the engine reports each finished request and the tokens it ran, which go
+    straight to the listener.
     """
 
     model: Any
     batch_size: int = 16
-    chunk_size: int = 512
     extra_info: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
@@ -123,7 +163,7 @@ class LocalBackend:
         return len(self._context_ids(text, bos))
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: Progress | None = None) -> list[LoglikelihoodResponse]:
+                      listener: Listener = SILENT) -> list[LoglikelihoodResponse]:
         pairs = []
         for request in requests:
             context = self._context_ids(request.context, request.bos)
@@ -134,52 +174,65 @@ class LocalBackend:
             if not continuation:
                 raise ValueError(f"empty continuation for context ending {request.context[-40:]!r}")
             pairs.append((context, continuation))
-        responses: list[LoglikelihoodResponse] = []
-        for start in range(0, len(pairs), self.chunk_size):
-            chunk = pairs[start:start + self.chunk_size]
-            for (context, continuation), (logprob, greedy) in zip(chunk, self.model.loglikelihood(chunk, batch_size=self.batch_size)):
-                responses.append(LoglikelihoodResponse(float(logprob), bool(greedy),
-                                                       len(context), len(continuation)))
-            if progress:
-                progress(len(chunk))
-        return responses
+        out: list[LoglikelihoodResponse | None] = [None] * len(pairs)
+        failed: dict[int, str] = {}
+
+        def on_result(i: int, value: tuple[float, bool]) -> None:
+            context, continuation = pairs[i]
+            out[i] = LoglikelihoodResponse(float(value[0]), bool(value[1]), len(context), len(continuation))
+            if (reason := finite_logprob(out[i].logprob)) is not None:
+                failed[i] = reason  # never passed on: not stored, not scored
+                return
+            listener.on_result(i, out[i])
+
+        self.model.loglikelihood(pairs, batch_size=self.batch_size, on_result=on_result,
+                                 on_tokens=listener.on_tokens)
+        if failed:
+            raise ResponseError("loglikelihood", len(pairs), failed)
+        return out  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
-                              progress: Progress | None = None) -> list[RollingResponse]:
+                              listener: Listener = SILENT) -> list[RollingResponse]:
         # With token 0 every token of the text is scored; without it the text's first token is
         # context only (the engine's bos=None).
         out: list[RollingResponse | None] = [None] * len(requests)
+        failed: dict[int, str] = {}
         for bos in (True, False):
             index = [i for i, r in enumerate(requests) if r.bos == bos]
-            for start in range(0, len(index), self.chunk_size):
-                part = index[start:start + self.chunk_size]
-                token_lists = [self._encode(requests[i].text) for i in part]
-                values = self.model.loglikelihood_rolling(token_lists, bos=0 if bos else None,
-                                                          batch_size=self.batch_size)
-                for i, tokens, value in zip(part, token_lists, values):
-                    out[i] = RollingResponse(float(value), len(tokens) if bos else len(tokens) - 1)
-                if progress:
-                    progress(len(part))
+            if not index:
+                continue
+            token_lists = [self._encode(requests[i].text) for i in index]
+
+            def on_result(j: int, value: float, index=index, token_lists=token_lists, bos=bos) -> None:
+                scored = len(token_lists[j]) if bos else len(token_lists[j]) - 1
+                out[index[j]] = RollingResponse(float(value), scored)
+                if (reason := finite_logprob(out[index[j]].logprob)) is not None:
+                    failed[index[j]] = reason
+                    return
+                listener.on_result(index[j], out[index[j]])
+
+            self.model.loglikelihood_rolling(token_lists, bos=0 if bos else None, batch_size=self.batch_size,
+                                             on_result=on_result, on_tokens=listener.on_tokens)
+        if failed:
+            raise ResponseError("loglikelihood_rolling", len(requests), failed)
         return out  # type: ignore[return-value]
 
     def generate(self, requests: Sequence[GenerateRequest],
-                 progress: Progress | None = None) -> list[GenerateResponse]:
+                 listener: Listener = SILENT) -> list[GenerateResponse]:
         out: list[GenerateResponse | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
             groups.setdefault(request.settings(), []).append(i)
         for settings, index in groups.items():
             stop, max_new_tokens, temperature, top_p, top_k, seed = settings
-            for start in range(0, len(index), self.chunk_size):
-                part = index[start:start + self.chunk_size]
-                prompts = [self._context_ids(requests[i].context, requests[i].bos) for i in part]
-                generations = self.model.generate(
-                    prompts, max_new_tokens, stop=list(stop) or None, temperature=temperature,
-                    top_p=top_p, top_k=top_k, seed=seed, batch_size=self.batch_size)
-                for i, prompt, generation in zip(part, prompts, generations):
-                    out[i] = GenerateResponse(generation.text, len(prompt), len(generation.tokens),
-                                              generation.finish_reason)
-                if progress:
-                    progress(len(part))
-        assert all(r is not None for r in out)
+            prompts = [self._context_ids(requests[i].context, requests[i].bos) for i in index]
+
+            def on_result(j: int, generation, index=index, prompts=prompts) -> None:
+                out[index[j]] = GenerateResponse(generation.text, len(prompts[j]), len(generation.tokens),
+                                                 generation.finish_reason)
+                listener.on_result(index[j], out[index[j]])
+
+            self.model.generate(prompts, max_new_tokens, stop=list(stop) or None, temperature=temperature,
+                                top_p=top_p, top_k=top_k, seed=seed, batch_size=self.batch_size,
+                                on_result=on_result, on_tokens=listener.on_tokens)
         return out  # type: ignore[return-value]

@@ -8,8 +8,9 @@ seed). The device and the batch size are deliberately not part of the key, so xd
 different GPUs share one cache.
 
 - :class:`CachedBackend` wraps any :class:`evals.backend.Backend`: it answers stored requests from
-  the file and sends only the rest to the model, in chunks, committing each chunk as soon as it
-  comes back (a SIGKILL loses at most the chunk in flight).
+  the file and sends only the rest to the model in one call, storing each response as the model
+  reports it (:class:`evals.backend.Listener`), each in its own short transaction, so a SIGKILL
+  loses only the requests in flight.
 - :class:`ReplayBackend` answers only from the file (``--rescore``): no model is loaded, and a
   request that was never stored is an error, never a silent zero.
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from evals.backend import (
-    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Progress, RollingRequest,
-    RollingResponse,
+    SILENT, GenerateRequest, GenerateResponse, Listener, LoglikelihoodRequest, LoglikelihoodResponse,
+    RollingRequest, RollingResponse,
 )
 
 FILENAME = "responses.sqlite"
@@ -40,7 +43,6 @@ APPLICATION_ID = 0x72776B76  # "rwkv": what `PRAGMA application_id` says in ever
 FORMAT = "rwkveval-response-cache"
 VERSION = 1
 BUSY_TIMEOUT_S = 120.0
-DEFAULT_CHUNK = 256  # requests per model call when the wrapped backend does not say (its chunk_size)
 _SQL_VARIABLES = 500  # keys per SELECT ... IN (...), well under SQLite's limit
 
 RESPONSE_TYPES: dict[str, type] = {
@@ -116,13 +118,27 @@ class ResponseCache:
     def __init__(self, path: Path, connection: sqlite3.Connection):
         self.path = path
         self._db = connection
+        self._lock = threading.RLock()  # one connection; the server's threads may share it
 
     @classmethod
     def open(cls, cache_dir: Path, create: bool = True) -> ResponseCache:
         path = cache_file(cache_dir)
         if not path.exists() and not create:
             raise CacheError(f"no response cache at {path} (nothing was stored there; run without --rescore first)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CacheError(f"cannot make the cache folder {path.parent}: {error}; pass --cache-dir to a "
+                             f"writable folder, or --no-cache") from None
+        if create and not os.access(path.parent, os.W_OK):
+            raise CacheError(f"the cache folder {path.parent} is not writable; pass --cache-dir to a writable "
+                             f"folder, or --no-cache")
+        if path.exists() and path.stat().st_size == 0:
+            # a cache file is created whole (see _create), so an empty one was truncated or made by
+            # something else; starting it over would hide that
+            raise CacheError(f"{path} is empty (0 bytes), not an rwkveval response cache; {_how_to_clear(path)}")
+        if not path.exists():
+            _create(path)
         try:
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as error:
@@ -142,6 +158,7 @@ class ResponseCache:
         return cache
 
     def _initialise(self) -> None:
+        """Check the header and format (and write the schema into a new, empty file)."""
         db = self._db
         db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         # Reading the header first: a foreign or corrupt file fails here, before anything is written.
@@ -183,12 +200,14 @@ class ResponseCache:
         self._db.close()
 
     def _guard(self, what: str, action: Callable[[], Any]) -> Any:
-        try:
-            return action()
-        except sqlite3.DatabaseError as error:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise CacheError(f"response cache {self.path}: {what} failed ({error}); {_how_to_clear(self.path)}") from None
+        with self._lock:
+            try:
+                return action()
+            except sqlite3.DatabaseError as error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise CacheError(f"response cache {self.path}: {what} failed ({error}); "
+                                 f"{_how_to_clear(self.path)}") from None
 
     # ------------------------------------------------------------------ models
 
@@ -246,6 +265,35 @@ class ResponseCache:
         return self._guard("counting responses", lambda: self._db.execute(sql, args).fetchone()[0])
 
 
+def _create(path: Path) -> None:
+    """Make ``path`` a new, complete cache file: the schema is written into a file beside it, which
+    is then linked into place (an atomic create-if-absent), so no process ever sees a half-made or
+    empty cache; when another process got there first, its file is kept."""
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute("INSERT INTO meta VALUES ('format', ?), ('version', ?)", (FORMAT, str(VERSION)))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    except (OSError, sqlite3.Error) as error:
+        raise CacheError(f"cannot create the response cache {path}: {error}; pass --cache-dir to a writable "
+                         f"folder, or --no-cache") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            if leftover.exists():
+                leftover.unlink()
+
+
 def clear(cache_dir: Path) -> list[Path]:
     """Delete the cache file of ``cache_dir`` (and its WAL/shared-memory files); the removed paths."""
     base = cache_file(cache_dir)
@@ -274,26 +322,48 @@ class CacheStats:
         return {"reused": self.reused, "computed": self.computed}
 
 
+class _Storing(Listener):
+    """Stores each response the model reports, then passes it on under its caller-side indices."""
+
+    def __init__(self, kind: str, keys: list[str], todo: dict[str, list[int]], keyed: list[tuple[str, str]],
+                 out: list[Any], cache: ResponseCache, model_id: str, outer: Listener, stats: CacheStats):
+        self.kind, self.keys, self.todo, self.keyed = kind, keys, todo, keyed
+        self.out, self.cache, self.model_id, self.outer, self.stats = out, cache, model_id, outer, stats
+
+    def on_result(self, index: int, response: Any) -> None:
+        key = self.keys[index]
+        positions = self.todo[key]
+        if self.out[positions[0]] is not None:
+            return  # already reported
+        # committed before the model goes on: a kill after this line cannot lose it (WAL: the commit
+        # is in the log file, which survives the process); ~0.1 ms per answer, see tests/test_cache_overhead.py
+        self.cache.put_many(self.model_id, [(key, self.kind, self.keyed[positions[0]][1], json.dumps(asdict(response)))])
+        for i in positions:
+            self.out[i] = response
+            self.outer.on_result(i, response)
+        self.stats.computed += len(positions)
+
+    def on_tokens(self, prompt: int, generated: int) -> None:
+        self.outer.on_tokens(prompt, generated)
+
+
 @dataclass
 class CachedBackend:
     """``backend`` behind the cache: stored responses are reused, the rest computed and stored.
 
-    The missing requests go to the model in chunks of ``chunk_size`` (default: the wrapped
-    backend's own ``chunk_size``), and each chunk is committed before the next starts.
+    The missing requests go to the model in one call; each response is committed the moment the
+    model reports it, so a killed run loses only the requests in flight.
     """
 
     backend: Any
     cache: ResponseCache
     registration: Mapping[str, Any] = field(default_factory=dict)  # extra naming kept for --rescore
-    chunk_size: int | None = None
     stats: CacheStats = field(default_factory=CacheStats)
 
     def __post_init__(self) -> None:
         self._info = self.backend.info()
         self.model_id = model_identity(self._info)
         self.cache.register_model(self.model_id, {"info": self._info, **self.registration})
-        if self.chunk_size is None:
-            self.chunk_size = int(getattr(self.backend, "chunk_size", DEFAULT_CHUNK))
 
     def info(self) -> dict[str, Any]:
         return self._info
@@ -307,7 +377,7 @@ class CachedBackend:
         self.cache.put_many(self.model_id, [(key, "count_tokens", canonical, json.dumps(value))])
         return value
 
-    def _answer(self, kind: str, requests: Sequence[Any], progress: Progress | None) -> list[Any]:
+    def _answer(self, kind: str, requests: Sequence[Any], listener: Listener) -> list[Any]:
         keyed = [request_key(kind, r) for r in requests]
         found = self.cache.get_many(self.model_id, [k for k, _ in keyed])
         out: list[Any] = [None] * len(requests)
@@ -315,41 +385,32 @@ class CachedBackend:
         for i, (key, _) in enumerate(keyed):
             if key in found:
                 out[i] = _decode(kind, key, found[key][1], self.cache.path)
+                self.stats.reused += 1
+                listener.on_result(i, out[i])
             else:
                 todo.setdefault(key, []).append(i)
-        reused = len(requests) - sum(len(v) for v in todo.values())
-        self.stats.reused += reused
-        if progress and reused:
-            progress(reused)
-        order = list(todo)
-        for start in range(0, len(order), self.chunk_size):
-            part = order[start:start + self.chunk_size]
-            responses = getattr(self.backend, kind)([requests[todo[k][0]] for k in part])
-            if len(responses) != len(part):
-                raise RuntimeError(f"backend answered {len(responses)} of {len(part)} {kind} requests")
-            self.cache.put_many(self.model_id, [(k, kind, keyed[todo[k][0]][1], json.dumps(asdict(r)))
-                                                for k, r in zip(part, responses)])
-            done = 0
-            for k, response in zip(part, responses):
-                for i in todo[k]:
-                    out[i] = response
-                done += len(todo[k])
-            self.stats.computed += done
-            if progress:
-                progress(done)
+        if not todo:
+            return out
+        keys = list(todo)
+        storing = _Storing(kind, keys, todo, keyed, out, self.cache, self.model_id, listener, self.stats)
+        responses = getattr(self.backend, kind)([requests[todo[k][0]] for k in keys], storing)
+        if len(responses) != len(keys):
+            raise RuntimeError(f"backend answered {len(responses)} of {len(keys)} {kind} requests")
+        for index, response in enumerate(responses):  # a backend that did not report them as it went
+            storing.on_result(index, response)
         return out
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: Progress | None = None) -> list[LoglikelihoodResponse]:
-        return self._answer("loglikelihood", requests, progress)
+                      listener: Listener = SILENT) -> list[LoglikelihoodResponse]:
+        return self._answer("loglikelihood", requests, listener)
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
-                              progress: Progress | None = None) -> list[RollingResponse]:
-        return self._answer("loglikelihood_rolling", requests, progress)
+                              listener: Listener = SILENT) -> list[RollingResponse]:
+        return self._answer("loglikelihood_rolling", requests, listener)
 
     def generate(self, requests: Sequence[GenerateRequest],
-                 progress: Progress | None = None) -> list[GenerateResponse]:
-        return self._answer("generate", requests, progress)
+                 listener: Listener = SILENT) -> list[GenerateResponse]:
+        return self._answer("generate", requests, listener)
 
 
 @dataclass
@@ -375,25 +436,26 @@ class ReplayBackend:
             raise self._missing("token counts", 1, 1, canonical)
         return int(json.loads(found[key][1]))
 
-    def _answer(self, kind: str, requests: Sequence[Any], progress: Progress | None) -> list[Any]:
+    def _answer(self, kind: str, requests: Sequence[Any], listener: Listener) -> list[Any]:
         keyed = [request_key(kind, r) for r in requests]
         found = self.cache.get_many(self.model_id, [k for k, _ in keyed])
         missing = [text for key, text in keyed if key not in found]
         if missing:
             raise self._missing(f"{kind} requests", len(missing), len(requests), missing[0])
+        out = [_decode(kind, key, found[key][1], self.cache.path) for key, _ in keyed]
         self.stats.reused += len(requests)
-        if progress:
-            progress(len(requests))
-        return [_decode(kind, key, found[key][1], self.cache.path) for key, _ in keyed]
+        for i, response in enumerate(out):
+            listener.on_result(i, response)
+        return out
 
-    def loglikelihood(self, requests, progress=None):
-        return self._answer("loglikelihood", requests, progress)
+    def loglikelihood(self, requests, listener: Listener = SILENT):
+        return self._answer("loglikelihood", requests, listener)
 
-    def loglikelihood_rolling(self, requests, progress=None):
-        return self._answer("loglikelihood_rolling", requests, progress)
+    def loglikelihood_rolling(self, requests, listener: Listener = SILENT):
+        return self._answer("loglikelihood_rolling", requests, listener)
 
-    def generate(self, requests, progress=None):
-        return self._answer("generate", requests, progress)
+    def generate(self, requests, listener: Listener = SILENT):
+        return self._answer("generate", requests, listener)
 
 
 def choose_model(models: Mapping[str, Mapping[str, Any]], spec: str | None, dtype: str | None,

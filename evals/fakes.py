@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from evals.backend import (
-    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Progress, RollingRequest,
-    RollingResponse,
+    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Listener, RollingRequest,
+    RollingResponse, SILENT,
 )
 
 
@@ -36,26 +36,28 @@ class FakeBackend:
     def count_tokens(self, text: str, bos: bool = True) -> int:
         return len(text.encode("utf-8")) + int(bos)
 
+    def _report(self, out: list, listener: Listener, prompt: int, generated: int = 0) -> list:
+        for i, response in enumerate(out):
+            listener.on_result(i, response)
+        listener.on_tokens(prompt, generated)
+        return out
+
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: Progress | None = None) -> list[LoglikelihoodResponse]:
+                      listener: Listener = SILENT) -> list[LoglikelihoodResponse]:
         out = []
         for r in requests:
             u = _unit(r.context, r.continuation, str(r.bos))
             n = len(r.continuation.encode("utf-8"))
             out.append(LoglikelihoodResponse(-n * (0.5 + 4 * u), u < 0.3, self.count_tokens(r.context, r.bos), n))
-        if progress:
-            progress(len(requests))
-        return out
+        return self._report(out, listener, sum(r.context_tokens + r.continuation_tokens for r in out))
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
-                              progress: Progress | None = None) -> list[RollingResponse]:
+                              listener: Listener = SILENT) -> list[RollingResponse]:
         out = [RollingResponse(-len(r.text) * (1 + _unit(r.text)), len(r.text.encode("utf-8"))) for r in requests]
-        if progress:
-            progress(len(requests))
-        return out
+        return self._report(out, listener, sum(r.tokens for r in out))
 
     def generate(self, requests: Sequence[GenerateRequest],
-                 progress: Progress | None = None) -> list[GenerateResponse]:
+                 listener: Listener = SILENT) -> list[GenerateResponse]:
         out = []
         for i, r in enumerate(requests):
             if self.answers:
@@ -66,9 +68,7 @@ class FakeBackend:
                 text = f"Some reasoning. The answer is ({letter})." if u < 0.7 else "I am not sure."
             text = text[: r.max_new_tokens * 4]
             out.append(GenerateResponse(text, self.count_tokens(r.context, r.bos), len(text), "stop"))
-        if progress:
-            progress(len(requests))
-        return out
+        return self._report(out, listener, sum(r.prompt_tokens for r in out), sum(r.generated_tokens for r in out))
 
 
 # A conftest for pytester runs of the plugin against the fake backend (no model is loaded).
@@ -77,6 +77,10 @@ import pytest
 from evals.fakes import FakeBackend
 
 pytest_plugins = ["evals.plugin"]
+
+def pytest_configure(config):
+    from evals.plugin.keys import NO_CHECKPOINT_KEY
+    config.stash[NO_CHECKPOINT_KEY] = "the backend is evals.fakes.FakeBackend"
 
 @pytest.fixture(scope="session")
 def eval_backend():

@@ -105,6 +105,14 @@ def _cached_ok(path: Path, expected: str | None) -> bool:
     return expected is None or record.get("sha256") == expected
 
 
+def checkpoint_sha256(path: Path) -> str:
+    """The checkpoint's sha256: from the download's sidecar when it is current, else read."""
+    sidecar = path.with_name(path.name + ".sha256.json")
+    if _cached_ok(path, None):
+        return json.loads(sidecar.read_text())["sha256"]
+    return sha256_file(path)
+
+
 def resolve(spec: str, cache_dir: Path | None = None, endpoint: str = DEFAULT_ENDPOINT) -> ResolvedModel:
     """The local checkpoint for ``spec``, downloading an official one into the cache if needed."""
     check_spec(spec)

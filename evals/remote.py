@@ -40,8 +40,8 @@ from typing import Any
 import httpx
 
 from evals.backend import (
-    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Progress, RollingRequest,
-    RollingResponse,
+    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Listener, RollingRequest,
+    RollingResponse, SILENT,
 )
 
 API_MODES = ("completion", "chat")
@@ -130,6 +130,15 @@ class RemoteOptions:
                              f"{self.concurrency}, {self.max_retries}, {self.timeout}, {self.wait}")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"the endpoint must be an http:// or https:// URL, found {self.url!r}")
+
+
+def _usage(response: Any) -> tuple[int, int]:
+    """(input tokens, generated tokens) the server processed for one answer."""
+    if isinstance(response, GenerateResponse):
+        return response.prompt_tokens, response.generated_tokens
+    if isinstance(response, LoglikelihoodResponse):
+        return response.context_tokens + response.continuation_tokens, 0
+    return response.tokens, 0
 
 
 def base_url(url: str) -> str:
@@ -295,8 +304,11 @@ class RemoteBackend:
         raise RequestFailed(f"{reason} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})")
 
     def _map(self, kind: str, requests: Sequence[Any], run: Callable[[Any], Any],
-             progress: Progress | None) -> list[Any]:
-        """``run`` every request with bounded concurrency; collect failures, stop at a fatal error."""
+             listener: Listener) -> list[Any]:
+        """``run`` every request with bounded concurrency; collect failures, stop at a fatal error.
+
+        Each answer goes to ``listener`` as it arrives (so the cache keeps the requests that
+        succeeded even when others fail), with the tokens the server says it processed."""
         self._require_ready()
         results: list[Any] = [None] * len(requests)
         failed: dict[int, str] = {}
@@ -310,12 +322,13 @@ class RemoteBackend:
                         results[i] = future.result()
                     except RequestFailed as error:
                         failed[i] = str(error)
+                        continue
                     except BaseException:
                         for other in pending:
                             other.cancel()
                         raise
-                    if progress:
-                        progress(1)
+                    listener.on_result(i, results[i])
+                    listener.on_tokens(*_usage(results[i]))
         if failed:
             raise RemoteFailures(kind, len(requests), failed, requests, self.url)
         return results
@@ -418,11 +431,11 @@ class RemoteBackend:
         return LoglikelihoodResponse(logprob, greedy, start, n_prompt - start)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
-                      progress: Progress | None = None) -> list[LoglikelihoodResponse]:
+                      listener: Listener = SILENT) -> list[LoglikelihoodResponse]:
         self._require_ready()
         for bos in {r.bos for r in requests}:
             self._check_bos(bos)
-        return self._map("loglikelihood", requests, self._loglikelihood_one, progress)
+        return self._map("loglikelihood", requests, self._loglikelihood_one, listener)
 
     def _rolling_one(self, request: RollingRequest) -> RollingResponse:
         if self.tokenized:
@@ -439,11 +452,11 @@ class RemoteBackend:
         return RollingResponse(logprob, len(ids) if request.bos else len(ids) - 1)
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
-                              progress: Progress | None = None) -> list[RollingResponse]:
+                              listener: Listener = SILENT) -> list[RollingResponse]:
         self._require_ready()
         for bos in {r.bos for r in requests}:
             self._check_bos(bos)
-        return self._map("loglikelihood_rolling", requests, self._rolling_one, progress)
+        return self._map("loglikelihood_rolling", requests, self._rolling_one, listener)
 
     # ------------------------------------------------------------------ generation
 
@@ -484,7 +497,7 @@ class RemoteBackend:
                                 "length" if reason == "length" else "stop")
 
     def generate(self, requests: Sequence[GenerateRequest],
-                 progress: Progress | None = None) -> list[GenerateResponse]:
+                 listener: Listener = SILENT) -> list[GenerateResponse]:
         self._require_ready()
         if self.options.api_mode == "chat" and any(r.bos for r in requests):
             raise RemoteError("--api-mode chat sends text messages, which cannot start with RWKV's token 0; "
@@ -492,4 +505,4 @@ class RemoteBackend:
         if self.options.api_mode == "completion":
             for bos in {r.bos for r in requests}:
                 self._check_bos(bos)
-        return self._map("generate", requests, self._generate_one, progress)
+        return self._map("generate", requests, self._generate_one, listener)

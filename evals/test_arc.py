@@ -31,10 +31,16 @@ import pytest
 from benchmarkdata.loader import describe, read_jsonl
 from evals.backend import LoglikelihoodRequest
 from evals.multiple_choice import ACC_AND_NORM, choose, requests_for, split_flat
+from evals.suite import Declared
 
 BENCHMARK = "arc"
 FILES = {"easy": ("arc/ARC-Easy-test.jsonl", "arc/ARC-Easy-validation.jsonl"),
          "challenge": ("arc/ARC-Challenge-test.jsonl", "arc/ARC-Challenge-validation.jsonl")}
+CASE_PARAM = "case"
+
+
+def declare(config) -> list[Declared]:
+    return [Declared(BENCHMARK, tuple(FILES), tuple(ACC_AND_NORM), tuple(f for pair in FILES.values() for f in pair))]
 
 
 def preprocess(row: dict[str, Any], where: str) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import pytest
 from benchmarkdata.loader import describe, locate
 from evals.backend import LoglikelihoodRequest
 from evals.multiple_choice import ACC, LETTERS, choose, lettered, requests_for, split_flat
+from evals.suite import Declared
 
 BENCHMARK = "cmmlu"
 DEFAULT_FEWSHOT = 5
@@ -59,6 +60,12 @@ SUBJECT_NAMES = {  # the official subject names, as in the paper and the reposit
 }
 SUBJECTS = tuple(sorted(SUBJECT_NAMES))
 COLUMNS = ["", "Question", "A", "B", "C", "D", "Answer"]
+CASE_PARAM = "subject"
+
+
+def declare(config) -> list[Declared]:
+    files = tuple(f"cmmlu/{split}/{s}.csv" for s in SUBJECTS for split in ("test", "dev"))
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)]
 
 
 def read_csv(name: str, data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from evals.answer_checking import exact_match, normalize_text
 from evals.backend import GenerateRequest, LoglikelihoodRequest
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
 from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
+from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
 
 BENCHMARK = "custom"
@@ -54,6 +55,7 @@ METRICS = {"exact_match": {"exact_match": ("mean", "exact_match")},
            "rouge": {"rouge1": ("mean", "rouge1"), "rouge2": ("mean", "rouge2"), "rougeL": ("mean", "rougeL")},
            "semantic": {"semantic_similarity": ("mean", "semantic_similarity")},
            "multiple_choice": ACC_AND_NORM}
+CASE_PARAM = "custom_case"
 
 
 def data_files(path: Path) -> dict[str, Path]:
@@ -64,6 +66,37 @@ def data_files(path: Path) -> dict[str, Path]:
             raise DataError(f"--data-file {path}: the folder holds no *.jsonl files")
         return {f.stem: f for f in files}
     return {path.stem: path}
+
+
+def file_metric(path: Path, option: str | None) -> str:
+    """The metric a file is scored by: ``--custom-metric``, else by its first row."""
+    if option is not None:
+        return option
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # load() names the line
+                return "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
+    return "exact_match"
+
+
+def declare(config) -> list[Declared]:
+    """One benchmark per metric (custom_exact_match, ...), its cases the files scored by it."""
+    if config.data_file is None:
+        return []
+    by_metric: dict[str, list[str]] = {}
+    for case, path in data_files(Path(config.data_file)).items():
+        by_metric.setdefault(file_metric(path, config.custom_metric), []).append(case)
+    out = []
+    for metric, cases in sorted(by_metric.items()):
+        names = dict(METRICS[metric])
+        if metric == "exact_match" and config.samples:
+            names.update(sampling_metrics(config.samples))
+        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names)))
+    return out
 
 
 def check_row(row: Any, where: str, multiple_choice: bool) -> dict[str, Any]:
@@ -146,14 +179,13 @@ def semantic_similarity(predictions: list[str], references: list[str], path: Pat
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "custom_file" not in metafunc.fixturenames:
+    if "custom_case" not in metafunc.fixturenames:
         return
     path = metafunc.config.getoption("data_file", None)
     if path is None:
-        metafunc.parametrize("custom_file", [None], ids=["no-data-file"])
+        metafunc.parametrize("custom_case", [None], ids=["no-data-file"])
         return
-    files = data_files(Path(path))
-    metafunc.parametrize("custom_file", list(files.values()), ids=list(files))
+    metafunc.parametrize("custom_case", list(data_files(Path(path))))
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +200,11 @@ def custom_selection(eval_config, eval_select) -> dict[str, list[int]]:
     return eval_select(BENCHMARK, sizes)
 
 
-def test_custom(custom_file, evaluation, eval_config, custom_selection):
-    if custom_file is None:
+def test_custom(custom_case, evaluation, eval_config, custom_selection):
+    if custom_case is None:
         pytest.skip("no question set: pass --data-file my.jsonl (or a folder of JSONL files)")
-    cfg, case = eval_config, custom_file.stem
+    cfg, case = eval_config, custom_case
+    custom_file = data_files(cfg.data_file)[case]
     all_docs, metric = load(custom_file, cfg.custom_metric)
     docs = [all_docs[i] for i in custom_selection[case]]
     prompts = [render_prompt(d["prompt"], cfg.template) for d in docs]

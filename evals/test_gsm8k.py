@@ -37,6 +37,7 @@ from benchmarkdata.loader import describe, read_jsonl
 from evals.answer_checking import numbers_equal, parse_number
 from evals.backend import GenerateRequest, GenerateResponse
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
 
 BENCHMARK, CASE = "gsm8k", "test"
@@ -77,6 +78,12 @@ EXEMPLARS = (  # lm-eval gsm8k-cot.yaml fewshot_config.samples (Wei et al. 2022,
      "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has 23 - 15 dollars "
      "left. 23 - 15 is 8. The answer is 8."),
 )
+
+
+
+def declare(config) -> list[Declared]:
+    metrics = {**METRICS, **(sampling_metrics(config.samples) if config.samples else {})}
+    return [Declared(BENCHMARK, (CASE,), tuple(metrics), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

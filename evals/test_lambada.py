@@ -23,11 +23,16 @@ import pytest
 
 from benchmarkdata.loader import describe, read_jsonl
 from evals.backend import LoglikelihoodRequest, LoglikelihoodResponse
+from evals.suite import Declared
 
 BENCHMARK = "lambada"
 CASE = "openai"
 DATA_FILE = "lambada_openai/lambada_test.jsonl"
 METRICS = {"acc": ("mean", "acc"), "ppl": ("perplexity", "logprob")}
+
+
+def declare(config) -> list[Declared]:
+    return [Declared(BENCHMARK, (CASE,), tuple(METRICS), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

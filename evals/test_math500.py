@@ -35,6 +35,7 @@ import pytest
 from benchmarkdata.loader import describe, read_jsonl
 from evals.backend import GenerateRequest, GenerateResponse
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
 
 BENCHMARK, CASE = "math500", "test"
@@ -44,6 +45,12 @@ COMPLETION = "Problem:\n{instruction}\n\nSolution:"
 STOP = ("\n\nProblem:",)
 METRICS = {"acc": ("mean", "acc"), "no_boxed": ("sum", "no_boxed"), "unparsable": ("sum", "unparsable")}
 _BOX = re.compile(r"\\(?:boxed|fbox)")
+
+
+
+def declare(config) -> list[Declared]:
+    metrics = {**METRICS, **(sampling_metrics(config.samples) if config.samples else {})}
+    return [Declared(BENCHMARK, (CASE,), tuple(metrics), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ import pytest
 from benchmarkdata.loader import describe, read_parquet
 from evals.backend import LoglikelihoodRequest
 from evals.multiple_choice import ACC, LETTERS, choose, lettered, requests_for, split_flat
+from evals.suite import Declared
 
 BENCHMARK = "mmlu"
 TEST_FILE = "mmlu/test-00000-of-00001.parquet"
@@ -57,6 +58,14 @@ GROUPS = {
 }
 GROUP_OF = {subject: group for group, subjects in GROUPS.items() for subject in subjects}
 SUBJECTS = tuple(sorted(GROUP_OF))
+CASE_PARAM = "subject"
+
+
+def declare(config) -> list[Declared]:
+    """MMLU, and one benchmark per subject group (its overall row is the group's score)."""
+    files = (TEST_FILE, DEV_FILE)
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)] + [
+        Declared(f"{BENCHMARK}_{group}", tuple(sorted(subjects)), tuple(ACC), files) for group, subjects in GROUPS.items()]
 
 
 def load(data_dir: Path | None = None) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:

@@ -38,6 +38,7 @@ import pytest
 
 from benchmarkdata.loader import describe, read_parquet
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse
+from evals.suite import Declared
 
 BENCHMARK = "mmlu_pro"
 TEST_FILE = "mmlu_pro/test-00000-of-00001.parquet"
@@ -58,6 +59,14 @@ FINAL_PATTERN = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
 DIRECT_METRICS = {"acc": ("mean", "acc")}
 COT_METRICS = {"acc": ("mean", "acc"), "acc_first_pattern": ("mean", "acc_first_pattern"),
                "guessed": ("sum", "guessed")}
+# a case is named as its test id (computer_science); the prompt names the category as the data does
+CASES = tuple(c.replace(" ", "_") for c in CATEGORIES)
+CATEGORY_OF = dict(zip(CASES, CATEGORIES))
+CASE_PARAM = "case"
+
+
+def declare(config) -> list[Declared]:
+    return [Declared(BENCHMARK, CASES, tuple(COT_METRICS if config.cot else DIRECT_METRICS), (TEST_FILE, VALIDATION_FILE))]
 
 
 def preprocess(row: dict[str, Any]) -> dict[str, Any]:
@@ -171,13 +180,13 @@ def protocol(cot: bool, k: int, bos: bool, max_new_tokens: int, context_budget: 
 @pytest.fixture(scope="module")
 def mmlu_pro_data(eval_config, eval_select):
     test, validation = load(eval_config.data_dir)
-    chosen = eval_select(BENCHMARK, {c: len(test[c]) for c in CATEGORIES})
-    return {c: [test[c][i] for i in chosen[c]] for c in CATEGORIES}, validation
+    chosen = eval_select(BENCHMARK, {case: len(test[CATEGORY_OF[case]]) for case in CASES})
+    return {case: [test[CATEGORY_OF[case]][i] for i in chosen[case]] for case in CASES}, validation
 
 
-@pytest.mark.parametrize("category", CATEGORIES, ids=[c.replace(" ", "_") for c in CATEGORIES])
-def test_mmlu_pro(category, mmlu_pro_data, evaluation, eval_config):
-    docs, validation = mmlu_pro_data[0][category], mmlu_pro_data[1][category]
+@pytest.mark.parametrize("case", CASES)
+def test_mmlu_pro(case, mmlu_pro_data, evaluation, eval_config):
+    docs, validation = mmlu_pro_data[0][case], mmlu_pro_data[1][CATEGORY_OF[case]]
     cfg = eval_config
     k = DEFAULT_FEWSHOT if cfg.num_fewshot is None else cfg.num_fewshot
     if cfg.cot:
@@ -198,5 +207,5 @@ def test_mmlu_pro(category, mmlu_pro_data, evaluation, eval_config):
             at += len(requests)
         metrics = DIRECT_METRICS
     data = [describe(TEST_FILE, cfg.data_dir), describe(VALIDATION_FILE, cfg.data_dir)]
-    evaluation.record(BENCHMARK, category, rows, metrics,
+    evaluation.record(BENCHMARK, case, rows, metrics,
                       protocol(cfg.cot, k, cfg.bos, cfg.max_new_tokens, cfg.context_budget), data)

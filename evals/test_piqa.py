@@ -25,9 +25,15 @@ import pytest
 from benchmarkdata.loader import describe, locate, read_jsonl
 from evals.backend import LoglikelihoodRequest
 from evals.multiple_choice import ACC_AND_NORM, choose, requests_for
+from evals.suite import Declared
 
 BENCHMARK, CASE = "piqa", "validation"
 QUESTIONS, LABELS = "piqa/valid.jsonl", "piqa/valid-labels.lst"
+
+
+
+def declare(config) -> list[Declared]:
+    return [Declared(BENCHMARK, (CASE,), tuple(ACC_AND_NORM), (QUESTIONS, LABELS))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -28,9 +28,15 @@ import pytest
 from benchmarkdata.loader import describe, read_jsonl
 from evals.backend import LoglikelihoodRequest
 from evals.multiple_choice import ACC, choose
+from evals.suite import Declared
 
 BENCHMARK, CASE = "winogrande", "dev"
 DATA_FILE = "winogrande/dev_mosaicml_gauntlet.jsonl"
+
+
+
+def declare(config) -> list[Declared]:
+    return [Declared(BENCHMARK, (CASE,), tuple(ACC), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

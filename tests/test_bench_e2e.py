@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_suite(model: Path, report_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
-    command = [sys.executable, "-m", "pytest", "evals", "-p", "no:cacheprovider", "--model", str(model),
+def run_suite(model: Path, report_dir: Path, *args: str, target: str = "evals") -> tuple[subprocess.CompletedProcess, Path]:
+    command = [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "--model", str(model),
                "--report-dir", str(report_dir), *args]
     env = {k: v for k, v in os.environ.items() if k != "RWKV_MODEL"} | {"HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=1200)
@@ -43,7 +43,8 @@ def first_row(run_dir: Path, benchmark: str, case: str) -> dict:
 
 
 def test_mmlu_subjects_and_groups(tiny_model_path, tmp_path):
-    result, run_dir = run_suite(tiny_model_path, tmp_path, "evals/test_mmlu.py", "--limit", "20", "--num-fewshot", "0")
+    result, run_dir = run_suite(tiny_model_path, tmp_path, "--limit", "20", "--num-fewshot", "0",
+                                 target="evals/test_mmlu.py")
     assert result.returncode == 0, result.stdout[-3000:]
     bench = full_report(run_dir, "mmlu", 57, 57)  # every subject gets at least one question
     assert 0.0 <= bench["overall"]["metrics"]["acc"]["value"] <= 1.0 and bench["protocol"]["num_fewshot"] == 0

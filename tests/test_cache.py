@@ -1,14 +1,18 @@
-"""The SQLite response cache on its own: keys, reuse, chunked commits, errors on foreign or corrupt
-files, replay without a model, and several processes writing at once."""
+"""The SQLite response cache on its own: keys, reuse, responses stored as they arrive (also when
+the call dies part way), errors on foreign, corrupt, empty or unwritable files, replay without a
+model, and several processes writing at once."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sqlite3
+import threading
+import time
 from dataclasses import dataclass, field
 
 import pytest
 
-from evals.backend import GenerateRequest, LoglikelihoodRequest, RollingRequest
+from evals.backend import SILENT, GenerateRequest, Listener, LoglikelihoodRequest, RollingRequest
 from evals.cache import (
     APPLICATION_ID, FILENAME, CachedBackend, CacheError, ReplayBackend, ResponseCache, choose_model, clear,
     model_identity, request_key,
@@ -18,17 +22,32 @@ from evals.fakes import FakeBackend
 
 @dataclass
 class CountingFake(FakeBackend):
-    """A fake that counts the requests it answers and can die after some of them."""
+    """A fake that answers one request at a time through the listener, counts its calls, can die
+    after ``fail_after`` answers and can pause after ``pause_after`` until ``resume`` is set."""
 
-    chunk_size: int = 3
     calls: list[int] = field(default_factory=list)
     fail_after: int | None = None
+    pause_after: int | None = None
+    resume: threading.Event = field(default_factory=threading.Event)
 
-    def loglikelihood(self, requests, progress=None):
-        if self.fail_after is not None and sum(self.calls) + len(requests) > self.fail_after:
-            raise RuntimeError("simulated crash")
+    def loglikelihood(self, requests, listener=SILENT):
         self.calls.append(len(requests))
-        return super().loglikelihood(requests, progress)
+        answers = super().loglikelihood(requests)
+        for i, answer in enumerate(answers):
+            if i == self.fail_after:
+                raise RuntimeError("simulated crash")
+            if i == self.pause_after:
+                assert self.resume.wait(30), "the test never resumed the backend"
+            listener.on_result(i, answer)
+        return answers
+
+
+class Seen(Listener):
+    def __init__(self):
+        self.indices = []
+
+    def on_result(self, index, response):
+        self.indices.append(index)
 
 
 def requests(n: int) -> list[LoglikelihoodRequest]:
@@ -39,29 +58,49 @@ def test_second_pass_is_served_from_the_file(tmp_path):
     inner = CountingFake()
     backend = CachedBackend(inner, ResponseCache.open(tmp_path))
     first = backend.loglikelihood(requests(7))
-    assert inner.calls == [3, 3, 1]  # chunks of the wrapped backend's chunk_size, each committed
+    assert inner.calls == [7]  # one call with everything missing
     again = CachedBackend(CountingFake(), ResponseCache.open(tmp_path))
     assert again.loglikelihood(requests(7)) == first
     assert again.stats.to_dict() == {"reused": 7, "computed": 0} and again.backend.calls == []
 
 
-def test_a_crash_keeps_the_committed_chunks(tmp_path):
+def test_a_crash_keeps_every_answer_that_arrived(tmp_path):
     backend = CachedBackend(CountingFake(fail_after=7), ResponseCache.open(tmp_path))
     with pytest.raises(RuntimeError, match="simulated crash"):
         backend.loglikelihood(requests(10))
-    assert backend.cache.count() == 6  # two chunks of 3 were stored before the third failed
+    assert backend.cache.count() == 7  # each answer reported before the crash is in the file
     inner = CountingFake()
     resumed = CachedBackend(inner, ResponseCache.open(tmp_path))
     assert resumed.loglikelihood(requests(10)) == FakeBackend().loglikelihood(requests(10))
-    assert sum(inner.calls) == 4 and resumed.stats.to_dict() == {"reused": 6, "computed": 4}
+    assert inner.calls == [3] and resumed.stats.to_dict() == {"reused": 7, "computed": 3}
 
 
-def test_duplicates_are_computed_once_and_progress_counts_all(tmp_path):
-    inner, seen = CountingFake(), []
+def test_answers_reach_the_file_while_the_call_runs(tmp_path):
+    inner = CountingFake(pause_after=4)
+    backend = CachedBackend(inner, ResponseCache.open(tmp_path))
+    call = threading.Thread(target=backend.loglikelihood, args=(requests(9),))
+    call.start()
+    try:
+        reader, deadline = ResponseCache.open(tmp_path), time.monotonic() + 10
+        while reader.count() < 4:  # another connection sees them: committed, not buffered
+            assert time.monotonic() < deadline, "answers were not committed while the call was running"
+            time.sleep(0.05)
+        assert reader.count() == 4 and call.is_alive()
+    finally:
+        inner.resume.set()
+        call.join(30)
+    assert reader.count() == 9
+
+
+def test_duplicates_are_computed_once_and_every_request_is_reported(tmp_path):
+    inner, seen = CountingFake(), Seen()
     backend = CachedBackend(inner, ResponseCache.open(tmp_path))
     batch = requests(2) * 3
-    out = backend.loglikelihood(batch, progress=seen.append)
-    assert sum(inner.calls) == 2 and sum(seen) == 6 and out[0] == out[2] == out[4]
+    out = backend.loglikelihood(batch, seen)
+    assert inner.calls == [2] and sorted(seen.indices) == list(range(6)) and out[0] == out[2] == out[4]
+    again = Seen()
+    CachedBackend(CountingFake(), ResponseCache.open(tmp_path)).loglikelihood(batch, again)
+    assert sorted(again.indices) == list(range(6))  # answers from the file are reported too
 
 
 def test_key_covers_text_bos_and_generation_settings():
@@ -103,6 +142,26 @@ def test_corrupt_file_is_an_error_not_a_fresh_start(tmp_path):
     assert (tmp_path / FILENAME).read_bytes().startswith(b"\x00garbage")  # left as it was
 
 
+def test_empty_file_is_an_error_not_a_fresh_start(tmp_path):
+    (tmp_path / FILENAME).write_bytes(b"")
+    with pytest.raises(CacheError, match=r"is empty \(0 bytes\).*rwkveval cache clear"):
+        ResponseCache.open(tmp_path)
+    assert (tmp_path / FILENAME).stat().st_size == 0  # left as it was
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and os.environ.get("RWKVEVAL_ROOT_CHMOD") != "1",
+                    reason="root ignores directory permissions; see test_read_only_folder_with_chattr")
+def test_read_only_folder_is_an_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(CacheError, match="not writable.*--cache-dir"):
+            ResponseCache.open(folder)
+    finally:
+        folder.chmod(0o755)
+
+
 def test_foreign_database_is_an_error(tmp_path):
     db = sqlite3.connect(tmp_path / FILENAME)
     db.execute("CREATE TABLE notes (text)")
@@ -134,7 +193,7 @@ def test_newer_format_is_an_error_and_clear_removes_the_files(tmp_path):
 
 
 def _writer(directory: str, worker: int, n: int) -> None:
-    backend = CachedBackend(FakeBackend(), ResponseCache.open(directory), chunk_size=4)
+    backend = CachedBackend(FakeBackend(), ResponseCache.open(directory))
     # overlapping request sets: every worker stores half its requests that another one also stores
     backend.loglikelihood([LoglikelihoodRequest(f"c{i}", f" w{i}") for i in range(worker * n // 2, worker * n // 2 + n)])
 

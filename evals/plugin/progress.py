@@ -1,73 +1,209 @@
-"""Progress while a case runs: lines appended to ``<run>/progress.log`` and a live terminal line.
+"""Progress while a case runs: ``progress.log`` lines, a live terminal line, and totals over workers.
 
-Each backend call of a case reports the requests it has finished; at most every
-``interval`` seconds (and at the end) a line ``time worker benchmark/case done/total rate ETA``
-is appended to the log, so ``tail -f reports/latest/progress.log`` follows a long run, including
-one spread over xdist workers (each appends whole lines). In a single-process run on a terminal
-the same text is shown on one live line that is cleared when the case ends.
+The backend reports every finished request and the tokens the model ran (:class:`Listener`), so
+progress moves inside one long backend call. :class:`CaseProgress` turns those events into a line
+``time worker benchmark/case kind done/total requests (~docs), docs/s, tokens/s, elapsed, ETA``:
+
+- appended to ``<run>/progress.log`` at most every ``interval`` seconds (and when a call ends),
+  so ``tail -f reports/<run>/progress.log`` follows a run of hours; each line is one ``write`` of
+  a whole line to a file opened for appending, so xdist workers' lines never interleave;
+- on a terminal, shown on one live line that is cleared when the call ends; when stdout is not
+  a terminal (CI logs, ``nohup``), printed as a plain line every ``plain_interval`` seconds;
+- in an xdist worker, also written as ``<run>/.progress/<worker>.json``, which the controller's
+  :class:`WorkerTotals` reads to print the total across workers every ``plain_interval``.
+
+The ETA is the requests left over the rate so far; it converges as the call goes on.
 """
 from __future__ import annotations
 
+import json
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from evals.backend import Listener
+from evals.plugin.writers.atomic import atomic_path
 
-def _eta(seconds: float) -> str:
+
+def duration(seconds: float) -> str:
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
 @dataclass
-class ProgressLog:
-    path: Path | None
-    worker: str = "main"
-    terminal: Any = None  # a TerminalWriter for the live line, or None
-    capture: Any = None  # pytest's capture manager, suspended while writing the live line
-    interval: float = 2.0
-    label: str = ""
-    total: int = 0
-    done: int = 0
-    started: float = field(default=0.0)
-    last_write: float = field(default=0.0)
+class Snapshot:
+    """Where one backend call stands."""
 
-    def start(self, label: str, total: int) -> None:
-        self.label, self.total, self.done = label, total, 0
-        self.started = self.last_write = time.perf_counter()
-        self._emit(force=True)
+    label: str
+    done: int
+    total: int
+    documents: int  # documents the call serves (requests are spread over them evenly)
+    prompt_tokens: int
+    generated_tokens: int
+    elapsed: float
 
-    def advance(self, count: int) -> None:
-        self.done += count
-        self._emit(force=self.done >= self.total)
+    @property
+    def documents_done(self) -> float:
+        return self.done * self.documents / self.total if self.total else 0.0
+
+    def eta(self) -> float | None:
+        if self.done <= 0 or self.done >= self.total or self.elapsed <= 0:
+            return None
+        return (self.total - self.done) * self.elapsed / self.done
 
     def line(self) -> str:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = self.done / elapsed
-        eta = _eta((self.total - self.done) / rate) if rate > 0 and self.done < self.total else "-"
-        return f"{self.label} {self.done}/{self.total} requests, {rate:.1f}/s, ETA {eta}"
+        elapsed = max(self.elapsed, 1e-9)
+        eta = self.eta()
+        tokens = (self.prompt_tokens + self.generated_tokens) / elapsed
+        generated = f" (generated {_rate(self.generated_tokens / elapsed)}/s)" if self.generated_tokens else ""
+        return (f"{self.label} {self.done}/{self.total} requests (~{self.documents_done:.0f}/{self.documents} docs), "
+                f"{_rate(self.documents_done / elapsed)} docs/s, {_rate(tokens)} tokens/s{generated}, "
+                f"elapsed {duration(self.elapsed)}, ETA {duration(eta) if eta is not None else '-'}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class CaseProgress(Listener):
+    """The listener of one process's backend calls; see the module docstring."""
+
+    log: Path | None
+    worker: str = "main"
+    live: Callable[[str], None] | None = None  # writes to the live terminal line (a TTY)
+    plain: Callable[[str], None] | None = None  # writes a whole line to the terminal (not a TTY)
+    status: Path | None = None  # the worker's JSON status file for the controller (xdist)
+    interval: float = 2.0
+    plain_interval: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+    label: str = ""
+    total: int = 0
+    documents: int = 0
+    done: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    started: float = 0.0
+    _last_log: float = field(default=0.0, repr=False)
+    _last_plain: float = field(default=0.0, repr=False)
+    _dirty: bool = field(default=False, repr=False)  # events since the last line
+
+    def start(self, label: str, total: int, documents: int) -> None:
+        self.label, self.total, self.documents = label, total, documents or total
+        self.done = self.prompt_tokens = self.generated_tokens = 0
+        self.started = self._last_log = self._last_plain = self.clock()
+        self._emit(force=True)
+
+    def on_result(self, index: int, response: Any) -> None:
+        self.done += 1
+        self._dirty = True
+        self._emit(force=False)
+
+    def on_tokens(self, prompt: int, generated: int) -> None:
+        self.prompt_tokens += prompt
+        self.generated_tokens += generated
+        self._dirty = True
+        self._emit(force=False)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.label, self.done, self.total, self.documents, self.prompt_tokens,
+                        self.generated_tokens, self.clock() - self.started)
 
     def _emit(self, force: bool) -> None:
-        now = time.perf_counter()
-        if not force and now - self.last_write < self.interval:
+        now = self.clock()
+        if not force and now - self._last_log < self.interval:
             return
-        self.last_write = now
-        text = self.line()
-        if self.path is not None:
-            stamp = datetime.now().isoformat(timespec="seconds")
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(f"{stamp} {self.worker} {text}\n")
-        if self.terminal is not None:
-            self._live(f"\r    {text}\x1b[K")
+        self._last_log, self._dirty = now, False
+        snapshot = self.snapshot()
+        text = snapshot.line()
+        try:
+            if self.log is not None:
+                stamp = datetime.now().isoformat(timespec="seconds")
+                with open(self.log, "a", encoding="utf-8") as handle:
+                    handle.write(f"{stamp} {self.worker} {text}\n")
+            if self.status is not None:
+                with atomic_path(self.status) as tmp:
+                    tmp.write_text(json.dumps(snapshot.to_json()), encoding="utf-8")
+        except OSError as error:  # a full disk must not fail the evaluation: progress is best effort
+            warnings.warn(f"progress is no longer written to {self.log.parent if self.log else self.status}: "
+                          f"{error}", stacklevel=2)
+            self.log = self.status = None
+        if self.live is not None:
+            self.live(f"\r    {text}\x1b[K")
+        elif self.plain is not None and (force or now - self._last_plain >= self.plain_interval):
+            self._last_plain = now
+            self.plain(f"    {text}")
 
     def finish(self) -> None:
-        if self.terminal is not None:
-            self._live("\r\x1b[K")
+        """The call is over: its last line (final counts), then the live line is cleared."""
+        if self._dirty:
+            self._emit(force=True)
+        if self.live is not None:
+            self.live("\r\x1b[K")
 
-    def _live(self, text: str) -> None:
-        if self.capture is not None:
-            with self.capture.global_and_fixture_disabled():
-                self.terminal.write(text, flush=True)
-        else:
-            self.terminal.write(text, flush=True)
+
+def total_line(snapshots: dict[str, Snapshot]) -> str:
+    """One line for the controller: each worker's current call and the sum over workers."""
+    done = sum(s.done for s in snapshots.values())
+    total = sum(s.total for s in snapshots.values())
+    docs = sum(s.documents_done / max(s.elapsed, 1e-9) for s in snapshots.values())
+    tokens = sum((s.prompt_tokens + s.generated_tokens) / max(s.elapsed, 1e-9) for s in snapshots.values())
+    etas = [s.eta() for s in snapshots.values() if s.eta() is not None]
+    parts = ", ".join(f"{worker} {s.label} {s.done}/{s.total}" for worker, s in sorted(snapshots.items()))
+    eta = f", ETA of the running calls {duration(max(etas))}" if etas else ""
+    return (f"{len(snapshots)} workers: {parts}; total {done}/{total} requests, {_rate(docs)} docs/s, "
+            f"{_rate(tokens)} tokens/s{eta}")
+
+
+class WorkerTotals:
+    """In the xdist controller: every ``interval`` seconds, the workers' status files summed into
+    one line, printed with ``write`` and appended to progress.log (as worker ``total``)."""
+
+    def __init__(self, folder: Path, write: Callable[[str], None], log: Path | None, interval: float = 30.0):
+        self.folder, self.write, self.log, self.interval = folder, write, log, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rwkveval-progress", daemon=True)
+
+    def read(self) -> dict[str, Snapshot]:
+        out = {}
+        for path in sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []:
+            try:
+                out[path.stem] = Snapshot(**json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                continue  # a worker is replacing it (atomically) right now: read it next time
+        return out
+
+    def tick(self) -> str | None:
+        snapshots = self.read()
+        if not snapshots:
+            return None
+        line = total_line(snapshots)
+        self.write(line)
+        if self.log is not None:
+            stamp = datetime.now().isoformat(timespec="seconds")
+            with open(self.log, "a", encoding="utf-8") as handle:
+                handle.write(f"{stamp} total {line}\n")
+        return line
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except OSError:
+                continue  # a full disk: the report writer says so; progress is best effort
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,13 +1,14 @@
-"""What a benchmark test talks to: the backend (timed, counted, with progress) and the result record.
+"""What a benchmark test talks to: the backend (timed, counted, with progress) and the case record.
 
 A benchmark test hands all its requests to :meth:`CaseRecorder.loglikelihood` (or the rolling and
 generation twins), scores the responses into rows, then calls :meth:`CaseRecorder.record`. That
-aggregates the rows, attaches everything the report needs to ``item.user_properties`` (from where
-the controller collects it, also across xdist workers) and asserts the case's threshold gates.
+builds the case's :class:`~evals.plugin.result.CaseResult`, attaches it to ``item.user_properties``
+(from where the controller collects it, also across xdist workers, and writes it to the run
+folder at once) and, for a case that is not split into shards, fails the test with the message of
+any gate or ``--baseline`` check that does not hold.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,18 +16,29 @@ from typing import Any
 
 import pytest
 
-from evals.backend import Backend
+from evals.backend import Backend, Listener, ResponseError
 from evals.metrics import Metric, aggregate
 from evals.plugin.options import EvalConfig
-from evals.plugin.progress import ProgressLog
+from evals.plugin.progress import CaseProgress
+from evals.plugin.result import PROPERTY, CaseResult, Counts, judge
 from evals.remote import RemoteError
-from evals.thresholds import OVERALL, Gate, check
-
-PROPERTY = "rwkveval"  # the user_properties key carrying a case's payload
+from evals.thresholds import Gate
 
 
-def prompt_hash(prompt: str) -> str:
-    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()
+class _Counting(Listener):
+    """Counts what the backend reports and passes it on to the progress line."""
+
+    def __init__(self, progress: CaseProgress):
+        self.progress = progress
+        self.prompt_tokens = self.generated_tokens = 0
+
+    def on_result(self, index: int, response: Any) -> None:
+        self.progress.on_result(index, response)
+
+    def on_tokens(self, prompt: int, generated: int) -> None:
+        self.prompt_tokens += prompt
+        self.generated_tokens += generated
+        self.progress.on_tokens(prompt, generated)
 
 
 @dataclass
@@ -35,83 +47,71 @@ class CaseRecorder:
     backend: Backend
     config: EvalConfig
     gates: Sequence[Gate]
-    progress: ProgressLog
-    wall_s: float = 0.0
-    tokens: int = 0
-    requests: int = 0
-    label: str = field(default="")
+    progress: CaseProgress
+    case: tuple[str, str]  # (the module's benchmark, the case) this test evaluates
+    documents: int = 0  # documents selected for the case (for the progress line's docs/s)
+    shard: tuple[int, int] = (0, 1)
+    baseline: Any = None  # an evals.baseline.Baseline
+    expected_cases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # benchmark -> selected cases
+    _counts: Counts = field(default_factory=Counts)
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard[1] > 1
 
     def _call(self, kind: str, requests: Sequence[Any]) -> list[Any]:
-        self.progress.start(self.label or self.item.name, len(requests))
+        counting = _Counting(self.progress)
+        stats = getattr(self.backend, "stats", None)
+        before = stats.to_dict() if stats else {"reused": 0, "computed": 0}
+        self.progress.start(f"{self.case[0]}/{self.case[1]} {kind}", len(requests), self.documents)
         started = time.perf_counter()
         try:
-            responses = getattr(self.backend, kind)(requests, progress=self.progress.advance)
-        except RemoteError as error:  # an endpoint that failed for good: one clear failure, nothing scored
-            pytest.fail(f"{self.label or self.item.name}: {error}", pytrace=False)
+            responses = getattr(self.backend, kind)(requests, counting)
+        except (RemoteError, ResponseError) as error:  # answers that cannot be scored: one clear failure
+            pytest.fail(f"{self.case[0]}/{self.case[1]}: {error}", pytrace=False)
         finally:
-            self.wall_s += time.perf_counter() - started
+            after = stats.to_dict() if stats else before
+            self._counts = self._counts + Counts(
+                requests=len(requests), prompt_tokens=counting.prompt_tokens,
+                generated_tokens=counting.generated_tokens, reused=after["reused"] - before["reused"],
+                computed=after["computed"] - before["computed"], wall_s=time.perf_counter() - started)
             self.progress.finish()
         if len(responses) != len(requests):
             raise RuntimeError(f"backend answered {len(responses)} of {len(requests)} {kind} requests")
-        self.requests += len(requests)
         return responses
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[Any]:
-        responses = self._call("loglikelihood", requests)
-        self.tokens += sum(r.context_tokens + r.continuation_tokens for r in responses)
-        return responses
+        return self._call("loglikelihood", requests)
 
     def loglikelihood_rolling(self, requests: Sequence[Any]) -> list[Any]:
-        responses = self._call("loglikelihood_rolling", requests)
-        self.tokens += sum(r.tokens for r in responses)
-        return responses
+        return self._call("loglikelihood_rolling", requests)
 
     def generate(self, requests: Sequence[Any]) -> list[Any]:
-        responses = self._call("generate", requests)
-        self.tokens += sum(r.prompt_tokens + r.generated_tokens for r in responses)
-        return responses
-
-    def _rows_for_report(self, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        keep = self.config.sample_prompts
-        out = []
-        for index, row in enumerate(rows):
-            row = dict(row)
-            if "prompt" in row:
-                row["prompt_sha256"] = prompt_hash(row["prompt"])
-                if keep >= 0 and index >= keep:
-                    del row["prompt"]
-            out.append(row)
-        return out
+        return self._call("generate", requests)
 
     def record(self, benchmark: str, case: str, rows: Sequence[Mapping[str, Any]],
                metrics: Mapping[str, tuple[str, str]], protocol: Mapping[str, Any],
                data: Sequence[Mapping[str, Any]] = (), single_case: bool = False) -> dict[str, Metric]:
-        """Aggregate ``rows`` by ``metrics`` ({name: (aggregation, score key)}), attach the payload,
-        then fail the test with the gate's message if a bound is not met.
+        """Record ``rows`` scored by ``metrics`` ({name: (aggregation, score key)}) as this case's
+        result; fail the test when a gate or the baseline says so (unsharded cases; a sharded
+        case is judged at the controller once all its shards are in).
 
         ``single_case``: the benchmark has only this case, so its overall gates are decided here.
+        The work counted since the previous ``record`` (a test may record twice) goes with it.
         """
-        if not rows:
+        if not rows and not self.sharded:  # a shard of a small case may hold no documents
             raise ValueError(f"{benchmark}/{case}: no documents were evaluated")
-        values = aggregate(rows, metrics)
-        outcomes = check(self.gates, benchmark, case, values)
-        if single_case:
-            outcomes += check(self.gates, benchmark, OVERALL, values)
-        wall = max(self.wall_s, 1e-9)
-        payload = {
-            "benchmark": benchmark, "case": case, "nodeid": self.item.nodeid, "single_case": single_case,
-            "metrics": {name: m.to_dict() for name, m in values.items()},
-            "spec": {name: list(pair) for name, pair in metrics.items()},
-            "n": len(rows), "requests": self.requests, "tokens": self.tokens, "wall_s": self.wall_s,
-            "samples_per_s": len(rows) / wall, "tokens_per_s": self.tokens / wall,
-            "protocol": dict(protocol), "data": [dict(d) for d in data],
-            "model": self.backend.info(),
-            "gates": [o.to_dict() for o in outcomes],
-            "overall_gates": [g.__dict__ for g in self.gates if g.benchmark == benchmark and g.case == OVERALL],
-            "rows": self._rows_for_report(rows),
-        }
-        self.item.user_properties.append((PROPERTY, payload))
-        failed = [o.message for o in outcomes if not o.passed]
-        if failed:
-            pytest.fail("threshold gate failed: " + "; ".join(failed), pytrace=False)
-        return values
+        counts, self._counts = self._counts, Counts()
+        result = CaseResult(
+            benchmark=benchmark, case=case, nodeid=self.item.nodeid, rows=tuple(dict(r) for r in rows),
+            spec={name: tuple(pair) for name, pair in metrics.items()}, protocol=dict(protocol),
+            data=tuple(dict(d) for d in data), model=self.backend.info(),
+            counts=Counts(**{**counts.__dict__, "documents": len(rows)}), single_case=single_case,
+            shard=self.shard, expected_cases=tuple(self.expected_cases.get(benchmark, (case,))))
+        self.item.user_properties.append((PROPERTY, result.to_json()))
+        if self.sharded:  # judged at the controller once every shard is in
+            return aggregate(result.rows, result.spec) if result.rows else {}
+        verdict = judge(result, self.gates, self.baseline)
+        if verdict.failures:
+            pytest.fail("; ".join(verdict.failures), pytrace=False)
+        return verdict.metrics

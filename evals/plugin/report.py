@@ -1,13 +1,11 @@
-"""Building a run's report from the collected case payloads, and the run folder around it.
+"""The content of a run's report: results.json, built from the case results judged so far.
 
-Layout of ``reports/<timestamp>-<model>/`` (``reports/latest`` points at the newest run):
-
-- ``results.json``: the envelope (options, model, git commit, machine, versions, start and end
-  time) and per benchmark the cases' metrics, n, wall time, tokens, rates and gate outcomes,
-  plus an ``overall`` entry pooling the documents of all cases;
-- ``samples/<benchmark>-<case>.jsonl``: one row per document;
-- ``summary.xlsx``: the aggregate sheet and one sheet per benchmark;
-- ``progress.log``: appended while running.
+``results.json`` holds the envelope (command, options, model, git commit, machine, versions,
+start and update times, ``status``), per benchmark its protocol, data files, every case (metrics
+with standard errors and intervals, gates, outcome, counts and rates) and an ``overall`` entry
+pooling the documents of its cases. The overall row of a multi-case benchmark is judged against
+its gates only when every selected case is in; until then it says which cases are missing and
+its gates are undecided, so a partial run never reports a pooled gate as passed.
 """
 from __future__ import annotations
 
@@ -17,34 +15,29 @@ import re
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from evals.metrics import Metric, aggregate
-from evals.plugin.writers import write_json, write_jsonl, write_xlsx
-from evals.plugin.writers.atomic import atomic_symlink
+from evals.metrics import Metric
+from evals.plugin.result import CaseResult, Verdict, judge, pool
 from evals.thresholds import OVERALL, Gate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+STATUSES = ("running", "complete", "interrupted", "failed")
+COUNTS_NOTE = ("prompt_tokens: input tokens the model ran (a shared few-shot prefix once, continuations scored, "
+               "cached answers none; for an endpoint, what the server reported); generated_tokens: tokens "
+               "generated; rates are per second of waiting for the backend (wall_s)")
 
 
 def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
-def new_run_dir_name(report_root: Path, model_name: str, now: datetime | None = None) -> str:
-    """A fresh ``<YYYYmmdd-HHMMSS>-<model>`` folder name under ``report_root`` (suffixed when two
-    runs share a second). The folder itself is made when the first file is written."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{safe_name(model_name)}"
-    name, k = base, 2
-    while (report_root / name).exists():
-        name, k = f"{base}-{k}", k + 1
-    return name
+def samples_file(benchmark: str, case: str) -> str:
+    return f"samples/{safe_name(benchmark)}-{safe_name(case)}.jsonl"
 
 
-def git_info(cwd: Path) -> dict[str, Any]:
+def git_info(cwd) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
             result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -84,77 +77,108 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def overall(cases: Mapping[str, Mapping[str, Any]], payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The benchmark's pooled aggregate over every document of every case, and its gates."""
-    if not payloads:
-        return None
-    spec = {name: tuple(pair) for name, pair in payloads[0]["spec"].items()}
-    rows = [row for p in payloads for row in p["rows"]]
-    values = aggregate(rows, spec)
-    outcomes = []
-    if payloads[0]["single_case"]:
-        outcomes = [g for p in payloads for g in p["gates"] if g["case"] == OVERALL]
-    else:
-        for gate_fields in payloads[0]["overall_gates"]:
-            gate = Gate(**gate_fields)
-            if gate.metric not in values:
-                raise ValueError(f"threshold {gate.label(OVERALL)} ({gate.source}) names metric {gate.metric!r}, "
-                                 f"but the benchmark reports {sorted(values)}")
-            outcomes.append(gate.check(OVERALL, values[gate.metric]).to_dict())
-    return {"metrics": {k: m.to_dict() for k, m in values.items()}, "n": len(rows),
-            "cases": sorted(cases), "gates": outcomes, "decided_in_test": bool(payloads[0]["single_case"])}
+@dataclass(frozen=True)
+class Judged:
+    """A case result with its verdict and its test's outcome, as the controller holds it."""
+
+    result: CaseResult
+    verdict: Verdict
+    outcome: str | None
 
 
-def build(payloads: Sequence[Mapping[str, Any]], outcomes: Mapping[str, str], envelope: Mapping[str, Any]
-          ) -> tuple[dict[str, Any], dict[tuple[str, str], list[dict[str, Any]]]]:
-    """results.json content and the per-case sample rows, in a deterministic order
-    (benchmarks and cases sorted by name), so a run spread over xdist workers equals a serial one."""
-    by_bench: dict[str, list[Mapping[str, Any]]] = {}
-    for payload in payloads:
-        by_bench.setdefault(payload["benchmark"], []).append(payload)
-    benchmarks: dict[str, Any] = {}
-    samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    gates: list[dict[str, Any]] = []
-    for bench in sorted(by_bench):
-        items = sorted(by_bench[bench], key=lambda p: p["case"])
-        cases = {}
-        for p in items:
-            case_gates = [g for g in p["gates"] if g["case"] != OVERALL]
-            cases[p["case"]] = {
-                "metrics": p["metrics"], "n": p["n"], "requests": p["requests"], "tokens": p["tokens"],
-                "wall_s": p["wall_s"], "samples_per_s": p["samples_per_s"], "tokens_per_s": p["tokens_per_s"],
-                "nodeid": p["nodeid"], "outcome": outcomes.get(p["nodeid"]), "gates": case_gates,
-                "gated": bool(case_gates), "samples": f"samples/{safe_name(bench)}-{safe_name(p['case'])}.jsonl",
-                "spec": p["spec"],  # {metric: [aggregation, score key]}: compare and --baseline rescore from samples
-            }
-            if "baseline" in p:
-                cases[p["case"]]["baseline"] = p["baseline"]
-            gates += case_gates
-            samples[(bench, p["case"])] = list(p["rows"])
-        summary = overall(cases, items)
-        gates += summary["gates"] if summary else []
-        benchmarks[bench] = {"protocol": items[0]["protocol"], "data": items[0]["data"],
-                             "cases": cases, "overall": summary}
-    model = dict(envelope.get("model") or {})
-    if payloads:
-        model.update(payloads[0]["model"])
-    results = {
-        "schema_version": SCHEMA_VERSION, **envelope, "model": model, "benchmarks": benchmarks,
-        "gates": {"passed": sum(g["passed"] for g in gates), "failed": sum(not g["passed"] for g in gates),
-                  "outcomes": gates},
+def _metrics(metrics: Mapping[str, Metric]) -> dict[str, Any]:
+    return {name: m.to_dict() for name, m in metrics.items()}
+
+
+def _rates(wall: float, value: float) -> float | None:
+    return value / wall if wall > 0 else None
+
+
+def case_entry(judged: Judged) -> dict[str, Any]:
+    r, counts = judged.result, judged.result.counts
+    entry = {
+        "metrics": _metrics(judged.verdict.metrics), "n": len(r.rows), "requests": counts.requests,
+        "prompt_tokens": counts.prompt_tokens, "generated_tokens": counts.generated_tokens, "wall_s": counts.wall_s,
+        "documents_per_s": _rates(counts.wall_s, len(r.rows)),
+        "prompt_tokens_per_s": _rates(counts.wall_s, counts.prompt_tokens),
+        "generated_tokens_per_s": _rates(counts.wall_s, counts.generated_tokens),
+        "cache": {"reused": counts.reused, "computed": counts.computed},
+        "nodeid": r.nodeid, "outcome": judged.outcome,
+        "gates": [o.to_dict() for o in judged.verdict.gates if o.case != OVERALL],
+        "samples": samples_file(r.benchmark, r.case),
+        "spec": {name: list(pair) for name, pair in r.spec.items()},  # compare and --baseline rescore from samples
     }
-    return results, samples
+    entry["gated"] = bool(entry["gates"])
+    if judged.verdict.baseline is not None:
+        entry["baseline"] = judged.verdict.baseline
+    return entry
 
 
-def write_run(run_dir: Path, results: Mapping[str, Any], samples: Mapping[tuple[str, str], list[dict[str, Any]]],
-              latest: bool = True) -> None:
-    """Write every report file (each atomically) and point ``<root>/latest`` at ``run_dir``."""
-    for (bench, case), rows in samples.items():
-        write_jsonl(run_dir / "samples" / f"{safe_name(bench)}-{safe_name(case)}.jsonl", rows)
-    write_xlsx(run_dir / "summary.xlsx", results["benchmarks"])
-    write_json(run_dir / "results.json", dict(results))
-    if latest:
-        atomic_symlink(run_dir.parent / "latest", run_dir.name)
+def overall_entry(cases: Sequence[Judged], gates: Sequence[Gate]) -> tuple[dict[str, Any], list[str]]:
+    """The pooled row of one benchmark and the failure messages of its gates (decided only when
+    every selected case is in)."""
+    results = [j.result for j in cases]
+    expected = set(results[0].expected_cases) | {r.case for r in results}
+    present = {r.case for r in results}
+    missing = sorted(expected - present)
+    pooled = pool(results)
+    single = results[0].single_case
+    entry: dict[str, Any] = {"n": len(pooled.rows), "cases": sorted(present), "complete": not missing,
+                             "decided_in_test": single}
+    failures: list[str] = []
+    if single:  # the one case's verdict holds the overall gates already
+        entry["metrics"] = _metrics(cases[0].verdict.metrics)
+        entry["gates"] = [o.to_dict() for o in cases[0].verdict.gates if o.case == OVERALL]
+        return entry, failures
+    verdict = judge(pooled, gates)
+    entry["metrics"] = _metrics(verdict.metrics)
+    if missing:
+        entry["missing"] = missing
+        entry["gates"] = []
+        entry["undecided"] = [{"label": g.label(OVERALL), "source": g.source,
+                               "reason": f"{len(present)} of {len(expected)} cases ran"}
+                              for g in gates if g.applies_to(pooled.benchmark, OVERALL)]
+    else:
+        entry["gates"] = [o.to_dict() for o in verdict.gates]
+        failures = verdict.failures
+    return entry, failures
+
+
+def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged], gates: Sequence[Gate],
+          status: str) -> tuple[dict[str, Any], list[str]]:
+    """results.json content (benchmarks and cases sorted by name, so an xdist run equals a serial
+    one) and the failure messages of the overall gates decided here."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, found {status!r}")
+    by_bench: dict[str, list[Judged]] = {}
+    for (bench, _), item in sorted(judged.items()):
+        by_bench.setdefault(bench, []).append(item)
+    benchmarks: dict[str, Any] = {}
+    outcomes: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for bench, items in by_bench.items():
+        cases = {j.result.case: case_entry(j) for j in items}
+        overall, failed = overall_entry(items, gates)
+        failures += failed
+        for entry in cases.values():
+            outcomes += entry["gates"]
+        outcomes += overall["gates"]
+        first = items[0].result
+        benchmarks[bench] = {"protocol": first.protocol, "data": list(first.data), "cases": cases, "overall": overall}
+    model = dict(envelope.get("model") or {})
+    if judged:
+        model.update(next(iter(judged.values())).result.model)
+    reused = sum(j.result.counts.reused for j in judged.values())
+    computed = sum(j.result.counts.computed for j in judged.values())
+    results = {
+        "schema_version": SCHEMA_VERSION, "status": status, **envelope, "model": model,
+        "cache": {**envelope.get("cache", {}), "reused": reused, "computed": computed},
+        "counts_note": COUNTS_NOTE, "benchmarks": benchmarks,
+        "gates": {"passed": sum(g["passed"] for g in outcomes), "failed": sum(not g["passed"] for g in outcomes),
+                  "undecided": sum(len(b["overall"].get("undecided", [])) for b in benchmarks.values()),
+                  "outcomes": outcomes},
+    }
+    return results, failures
 
 
 def metric_line(m: Mapping[str, Any]) -> str:

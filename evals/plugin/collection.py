@@ -1,0 +1,126 @@
+"""Collection-time work: which cases ``-k`` and node ids left selected, and the checks that need
+the benchmark modules' declarations (:mod:`evals.suite`), all before any model is loaded.
+
+- ``--limit`` is drawn over the selected cases only (``pytest evals/test_mmlu.py -k
+  abstract_algebra --limit 10`` evaluates ten abstract-algebra questions); every xdist worker
+  collects and deselects alike, so all agree on the sample.
+- Every gate must name a benchmark the collected modules declare, one of its cases (or ``*`` or
+  the overall), and a metric it reports under the run's options; a gate from the thresholds file
+  on a benchmark this run does not collect is ignored, one given with ``--threshold`` is an error.
+- Every data file a selected benchmark reads must be present with its pinned sha256.
+
+A problem is one ``pytest.UsageError`` (exit 4) listing everything found.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+
+import pytest
+
+from evals.suite import Declared, benchmark_module, item_case, known
+from evals.thresholds import OVERALL, Gate
+
+SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> selected cases
+EXPECTED_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> its selected cases
+CASE_COUNT_KEY = pytest.StashKey[int]()  # distinct cases (tests without their shard) selected
+_ALL_MODULES_KEY = pytest.StashKey[list[ModuleType]]()
+
+
+def _modules(items: Iterable[pytest.Item]) -> list[ModuleType]:
+    seen: dict[str, ModuleType] = {}
+    for item in items:
+        module = benchmark_module(item)
+        if module is not None:
+            seen.setdefault(module.__name__, module)
+    return list(seen.values())
+
+
+def _params(item: pytest.Item) -> dict:
+    callspec = getattr(item, "callspec", None)
+    return dict(callspec.params) if callspec is not None else {}
+
+
+def selection(items: Sequence[pytest.Item]) -> dict[str, set[str]]:
+    selected: dict[str, set[str]] = {}
+    for item in items:
+        module = benchmark_module(item)
+        if module is not None:
+            benchmark, case = item_case(module, _params(item))
+            selected.setdefault(benchmark, set()).add(case)
+    return selected
+
+
+def expected_cases(modules: Iterable[ModuleType], selected: dict[str, set[str]], config) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for module in modules:
+        chosen = selected.get(module.BENCHMARK, set())
+        for declared in module.declare(config):
+            cases = tuple(c for c in declared.cases if c in chosen)
+            if cases:
+                out[declared.benchmark] = cases
+    return out
+
+
+def gate_problems(gates: Sequence[Gate], declared: dict[str, Declared]) -> list[str]:
+    problems = []
+    for gate in gates:
+        entry = declared.get(gate.benchmark)
+        if entry is None:
+            if gate.source == "cli":
+                problems.append(f"--threshold {gate.label(gate.case)}: no collected benchmark is named "
+                                f"{gate.benchmark!r}; known: {', '.join(sorted(declared)) or 'none'}")
+            continue
+        if gate.case not in (OVERALL, "*") and gate.case not in entry.cases:
+            problems.append(f"gate {gate.label(gate.case)} ({gate.source}): {gate.benchmark} has no case "
+                            f"{gate.case!r}; its cases: {', '.join(entry.cases[:20])}"
+                            + (" ..." if len(entry.cases) > 20 else ""))
+        if gate.metric not in entry.metrics:
+            problems.append(f"gate {gate.label(gate.case)} ({gate.source}): {gate.benchmark} does not report "
+                            f"{gate.metric!r} with these options; it reports {', '.join(entry.metrics)}")
+    return problems
+
+
+def data_problems(modules: Iterable[ModuleType], config, data_dir) -> list[str]:
+    from benchmarkdata.loader import DataError, locate
+
+    problems, seen = [], set()
+    for module in modules:
+        for declared in module.declare(config):
+            for name in declared.data:
+                if name in seen:
+                    continue
+                seen.add(name)
+                try:
+                    locate(name, data_dir)
+                except DataError as error:
+                    problems.append(f"{declared.benchmark}: {error}")
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Before ``-k``/``-m`` deselect: every collected benchmark module (for the gate names)."""
+    config.stash[_ALL_MODULES_KEY] = _modules(items)
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def pytest_collection_modifyitems_selection(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    from evals.plugin.keys import CONFIG_KEY, GATES_KEY
+    from evals.shard import case_nodeid
+
+    cfg = config.stash.get(CONFIG_KEY, None)
+    if cfg is None:
+        return
+    selected = selection(items)
+    modules = [m for m in config.stash.get(_ALL_MODULES_KEY, []) if m.BENCHMARK in selected]
+    config.stash[SELECTED_KEY] = selected
+    config.stash[EXPECTED_KEY] = expected_cases(modules, selected, cfg)
+    config.stash[CASE_COUNT_KEY] = len({case_nodeid(item.nodeid) for item in items})
+    if GATES_KEY not in config.stash:  # --collect-only and friends: nothing will run
+        return
+    declared = known(d for m in config.stash.get(_ALL_MODULES_KEY, []) for d in m.declare(cfg))
+    # data files also for --rescore: it renders the requests again to find their stored answers
+    problems = gate_problems(config.stash[GATES_KEY], declared) + data_problems(modules, cfg, cfg.data_dir)
+    if problems:
+        raise pytest.UsageError("this run cannot start:\n  " + "\n  ".join(problems))
