@@ -96,3 +96,8 @@ def pytest_addoption(parser):
         help="official shapes of the GPU throughput benchmarks, comma-separated from 0.1B,0.4B,1.5B,2.9B,7.2B, "
              "or 'all' (random seeded weights, float16; default: %(default)s)",
     )
+    group.addoption(
+        "--gpu-bench-log", default=None, metavar="FILE",
+        help="append each GPU benchmark's extra_info to FILE as one JSON line the moment it ends "
+             "(a run killed part way keeps what ran; docs/perf/gpu_tasks.py table reads it)",
+    )

@@ -336,6 +336,29 @@ def test_reference_wkv7_half_inputs_compute_in_float32(dtype):
     assert rel_rms(d["state"], state64) < 1e-5
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
+def test_chunked_formulation_equals_the_recurrence(chunk):
+    # the formulation GPU_PLAN.md proposes for the prefill kernel, in float64 against the steps
+    d = reference.random_wkv7_inputs(2, 37, 3, 32, dtype=torch.float64, seed=chunk)
+    d["state"] = d["state"].double()
+    state_steps, state_chunks = d["state"].clone(), d["state"].clone()
+    y_steps = reference.wkv7_forward(state_steps, *(d[n] for n in VECTORS))
+    y_chunks = reference.wkv7_chunked(state_chunks, *(d[n] for n in VECTORS), chunk=chunk)
+    assert rel_rms(y_chunks, y_steps) <= 1e-10
+    assert rel_rms(state_chunks, state_steps) <= 1e-10
+
+
+def test_chunked_formulation_in_float32_with_chunks_of_16():
+    # a kernel would compute in float32: chunks of 16 keep e^(-g) at most e^9.8 (decay >= e^-0.61)
+    d = reference.random_wkv7_inputs(1, 256, 2, 64, seed=3)
+    exact_state = d["state"].double()
+    y_exact = reference.wkv7_forward(exact_state, *(d[n].double() for n in VECTORS))
+    state = d["state"].clone()
+    y = reference.wkv7_chunked(state, *(d[n] for n in VECTORS), chunk=16)
+    assert y.dtype == torch.float32
+    assert rel_rms(y, y_exact) <= 1e-5 and rel_rms(state, exact_state) <= 1e-5
+
+
 def test_reference_wkv7_matches_engine_reference():
     """The twin (the model's recurrence behind the kernels' dtype rule) gives what the model's own
     WKV step gives on the model's float32 inputs, so ops.wkv7_forward can replace the latter."""
