@@ -16,15 +16,7 @@ import pytest
 import torch
 
 from engine.kernels import CUPY_WHEELS, cupy_available, cupy_install_hint, cupy_wheel, loader, ops, reference
-
-VECTORS = ("r", "w", "k", "v", "a", "b")
-
-
-def wkv_inputs(B=2, T=3, H=2, N=64, dtype=torch.float32, step=False):
-    d = reference.random_wkv7_inputs(B, T, H, N, dtype=dtype)
-    if step:
-        d.update({name: d[name][:, 0].contiguous() for name in VECTORS})  # [B, H, N]
-    return d
+from helpers import VECTORS, wkv_inputs
 
 
 # ---------------------------------------------------------------------------------------------

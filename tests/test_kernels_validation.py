@@ -13,15 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.kernels import SOURCES, loader, ops, reference
-
-VECTORS = ("r", "w", "k", "v", "a", "b")
-
-
-def wkv_inputs(B=2, T=3, H=2, N=64, dtype=torch.float32, step=False):
-    d = reference.random_wkv7_inputs(B, T, H, N, dtype=dtype)
-    if step:
-        d.update({name: d[name][:, 0].contiguous() for name in VECTORS})  # [B, H, N]
-    return d
+from helpers import VECTORS, wkv_inputs
 
 
 def check_wkv(d, *, step=False, out=None, device_type="cpu"):

@@ -396,6 +396,8 @@ def run_stages(names: list[str], out: Path) -> int:
     stages = [stage_named(n) for n in names]
     tmp = Path(os.environ.get("RWKVEVAL_GPU_TMP", "/tmp/rwkveval-gpu"))
     tmp.mkdir(parents=True, exist_ok=True)
+    for stale in tmp.glob("bench-*.json"):  # an earlier run's, which the table would merge
+        stale.unlink()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with (out / "run.log").open("a") as log:
