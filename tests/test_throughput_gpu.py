@@ -44,7 +44,7 @@ import math
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -265,7 +265,6 @@ class Bench:
     _official: object | None = None
     official_missing: str | None = None
     _max_batch: int | None = None
-    info: dict = field(default_factory=dict)
 
     @property
     def model(self) -> engine.RWKV7:
@@ -281,7 +280,7 @@ class Bench:
         return self._max_batch
 
     def official(self):
-        """The official model, or a skip with the reason it cannot be had (tried once per shape)."""
+        """The official model, or None with ``official_missing`` saying why (tried once per shape)."""
         if self.official_missing is None and self._official is None:
             status = os.environ.get(OFFICIAL_BUILD_ENV)
             self.official_missing = official_build_outcome(Path(status)) if status else None

@@ -176,7 +176,10 @@ def check_launch(plan_doc: Path, carry: Path) -> list[str]:
 
 
 def collect(args: list[str]) -> tuple[int, str]:
-    env = {**os.environ, "RWKVEVAL_REQUIRE_GPU": "1", "PYTHONPATH": str(REPO)}
+    # a pytest-xdist worker's variables would make the child think it is a worker too (and
+    # pytest-benchmark then refuses --benchmark-only)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env.update(RWKVEVAL_REQUIRE_GPU="1", PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     return done.returncode, done.stdout + done.stderr
