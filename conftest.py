@@ -2,6 +2,9 @@
 
 A test that needs shared data calls :func:`require_shared`; outside CI a missing file skips
 with the reason, and in CI (``CI=true``) it fails, so a broken checkout never passes vacuously.
+GPU tests use the ``cuda_ready`` fixture: without a GPU or CuPy they skip, except in the GPU run
+(``RWKVEVAL_REQUIRE_GPU=1``, set by docs/perf/run_gpu.sh), where that and missing shared data
+fail, so the one run on a lent GPU cannot pass by skipping.
 """
 from __future__ import annotations
 
@@ -24,8 +27,16 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
+REQUIRE_GPU_ENV = "RWKVEVAL_REQUIRE_GPU"
+
+
+def gpu_run() -> bool:
+    """True in the GPU run (``RWKVEVAL_REQUIRE_GPU=1``): GPU tests and their data must be there."""
+    return os.environ.get(REQUIRE_GPU_ENV) == "1"
+
+
 def require_shared(path: Path) -> Path:
-    """Return ``path`` if it exists; otherwise skip (or fail under CI) naming what is missing."""
+    """Return ``path`` if it exists; otherwise skip (or fail under CI or the GPU run) naming what is missing."""
     if path.exists():
         return path
     message = (
@@ -34,6 +45,28 @@ def require_shared(path: Path) -> Path:
     )
     if in_ci():
         pytest.fail(message + " [CI=true: missing shared data is an error]", pytrace=False)
+    if gpu_run():
+        pytest.fail(message + f" [{REQUIRE_GPU_ENV}=1: the GPU run must have it]", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def cuda_ready() -> None:
+    """A CUDA GPU and CuPy, or a skip naming what is missing (a failure in the GPU run)."""
+    import torch
+
+    from engine.kernels import cupy_available, cupy_install_hint
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch.cuda.is_available() is False)")
+    if not cupy_available():
+        missing.append(f"CuPy ({cupy_install_hint()})" if torch.version.cuda else "CuPy")
+    if not missing:
+        return
+    message = "needs " + " and ".join(missing)
+    if gpu_run():
+        pytest.fail(message + f" [{REQUIRE_GPU_ENV}=1: GPU tests must run, not skip]", pytrace=False)
     pytest.skip(message)
 
 
@@ -62,4 +95,9 @@ def pytest_addoption(parser):
         "--gpu-shapes", default="0.1B",
         help="official shapes of the GPU throughput benchmarks, comma-separated from 0.1B,0.4B,1.5B,2.9B,7.2B, "
              "or 'all' (random seeded weights, float16; default: %(default)s)",
+    )
+    group.addoption(
+        "--gpu-bench-log", default=None, metavar="FILE",
+        help="append each GPU benchmark's extra_info to FILE as one JSON line the moment it ends "
+             "(a run killed part way keeps what ran; docs/perf/gpu_tasks.py table reads it)",
     )

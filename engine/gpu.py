@@ -16,12 +16,19 @@ CUDA graphs, since a small model's step is bound by kernel launches, not by the 
 in the addresses of every tensor it touches, so it is keyed on the batch size, the logits mode and
 the caller's state tensors (address, shape, strides): the caller's state *is* the graph's static
 state buffer and nothing is copied in or out, while the token ids go through a static input
-buffer. A key seen for the first time runs eagerly, its second sighting captures, later ones
-replay; graphs of other shapes or states stay cached, the least recently used evicted first. ``use_graphs=False`` keeps the plain launch-per-op path.
+buffer. A key seen for the first time runs eagerly (so every kernel, and cuBLAS for that batch
+size, has run once before any capture: a first-ever launch inside a capture can fail), its second
+sighting captures, later ones replay; graphs of other shapes or states stay cached, the least
+recently used evicted first. ``use_graphs=False`` keeps the plain launch-per-op path.
+
+A capture that fails (an operation the driver refuses while capturing, say) costs nothing but
+time: nothing ran during the capture, so the step runs eagerly instead, the key decodes without
+graphs from then on, the model warns once and counts it in ``graph_stats["capture_failed"]``.
 """
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Hashable, Literal
@@ -30,7 +37,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import InputError
-from .kernels import cupy_available, ops
+from .kernels import cupy_available, cupy_install_hint, ops
 from .model import _DECAY_SCALE, _LN_X_EPS, DTYPES, LayerWeights, RWKV7
 from .state import State
 
@@ -62,8 +69,8 @@ def check_gpu_target(device: str | torch.device, dtype: str, head_size: int, *,
         raise InputError(f"device {str(device)!r} asked for, but torch sees {cuda_devices} CUDA GPU(s) "
                          f"(indices 0 to {cuda_devices - 1})")
     if not has_cupy:
-        raise InputError("the GPU path launches its kernels through CuPy, which is not installed: "
-                         "pip install 'rwkveval[gpu]' (the cupy-cudaNNx matching torch's CUDA version)")
+        raise InputError(f"the GPU path launches its kernels through CuPy, which is not installed: "
+                         f"{cupy_install_hint()}")
     if head_size not in ops.HEAD_SIZES:
         raise InputError(f"the GPU kernels take head sizes {ops.HEAD_SIZES}, found a model with "
                          f"head size {head_size}; run it on the CPU reference path (device='cpu')")
@@ -95,24 +102,33 @@ class GraphCache:
     """Captured decode graphs by key, least recently used evicted first.
 
     ``plan(key)``: "replay" when the key has a graph; "capture" on its ``capture_after``-th
-    sighting; "eager" before that. States that live for one step (rows leaving the batch, ragged
-    segments) so never pay for a capture, which costs about two eager steps.
+    sighting; "eager" before that, and always for a key whose capture failed (``disable``).
+    States that live for one step (rows leaving the batch, ragged segments) so never pay for a
+    capture, which costs about two eager steps. ``capture_after`` is at least 2: the eager
+    first sighting launches every kernel of the step once before any capture records it.
     """
 
     def __init__(self, max_graphs: int = 8, capture_after: int = 2, max_seen: int = 64):
-        if max_graphs < 1 or capture_after < 1 or max_seen < 1:
-            raise InputError(f"GraphCache: expected max_graphs, capture_after and max_seen >= 1, found "
-                             f"{max_graphs}, {capture_after}, {max_seen}")
+        if max_graphs < 1 or max_seen < 1:
+            raise InputError(f"GraphCache: expected max_graphs and max_seen >= 1, found "
+                             f"{max_graphs}, {max_seen}")
+        if capture_after < 2:
+            raise InputError(f"GraphCache: expected capture_after >= 2 (a key's first step runs eagerly, so "
+                             f"no kernel is launched for the first time inside a capture), found {capture_after}")
         self.max_graphs = max_graphs
         self.capture_after = capture_after
         self.max_seen = max_seen
         self._graphs: OrderedDict[Hashable, Any] = OrderedDict()
         self._seen: OrderedDict[Hashable, int] = OrderedDict()
+        self._disabled: OrderedDict[Hashable, None] = OrderedDict()
 
     def plan(self, key: Hashable) -> Plan:
         if key in self._graphs:
             self._graphs.move_to_end(key)
             return "replay"
+        if key in self._disabled:
+            self._disabled.move_to_end(key)
+            return "eager"
         count = self._seen.pop(key, 0) + 1
         if count >= self.capture_after:
             return "capture"
@@ -123,6 +139,17 @@ class GraphCache:
 
     def get(self, key: Hashable) -> Any:
         return self._graphs[key]
+
+    def disable(self, key: Hashable) -> None:
+        """Never capture ``key`` again (its capture failed); remembered for the latest ``max_seen`` keys."""
+        self._seen.pop(key, None)
+        self._disabled[key] = None
+        self._disabled.move_to_end(key)
+        while len(self._disabled) > self.max_seen:
+            self._disabled.popitem(last=False)
+
+    def is_disabled(self, key: Hashable) -> bool:
+        return key in self._disabled
 
     def store(self, key: Hashable, entry: Any) -> list[Any]:
         """Keep ``entry`` for ``key``; return the entries evicted to make room."""
@@ -137,6 +164,7 @@ class GraphCache:
     def clear(self) -> None:
         self._graphs.clear()
         self._seen.clear()
+        self._disabled.clear()
 
     def __len__(self) -> int:
         return len(self._graphs)
@@ -159,6 +187,45 @@ class DecodeGraph:
         self.graph.replay()
         # a copy: the next replay overwrites the captured output, and callers may keep logits
         return None if self.logits is None else self.logits.clone()
+
+
+class GraphRuntime:
+    """The torch.cuda calls a decode capture makes, in one place (CPU tests put a stand-in here)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._side: torch.cuda.Stream | None = None
+
+    def side_stream(self) -> torch.cuda.Stream:
+        """The stream captures run on (one per model: capturing on the current stream is refused
+        when it is the legacy default stream)."""
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        return self._side
+
+    def current_stream(self) -> torch.cuda.Stream:
+        return torch.cuda.current_stream(self.device)
+
+    def use(self, stream: torch.cuda.Stream):
+        return torch.cuda.stream(stream)
+
+    def new_graph(self) -> torch.cuda.CUDAGraph:
+        return torch.cuda.CUDAGraph()
+
+    def recover(self) -> str | None:
+        """After a failed capture: wait for the device and leave no error pending.
+
+        torch's and CuPy's error checks reset the runtime's error state (cudaGetLastError) when
+        they raise, so what can remain is an asynchronous error, which a synchronise reports (and
+        torch's check resets). Returns that report, or None. A second synchronise that fails too
+        means the context itself is broken (a sticky error): that raises.
+        """
+        try:
+            torch.cuda.synchronize(self.device)
+        except RuntimeError as exc:
+            torch.cuda.synchronize(self.device)
+            return str(exc).strip().splitlines()[0]
+        return None
 
 
 class HostLogits:
@@ -203,9 +270,10 @@ class RWKV7CUDA(RWKV7):
         super().__init__(sd, cfg, device=str(dev), dtype=dtype, path=path, sha256=sha256)
         self.use_graphs = use_graphs
         self.graphs = GraphCache(max_graphs, capture_after)
-        self.graph_stats: Counter[str] = Counter()  # plans taken: eager / capture / replay
+        self.graph_stats: Counter[str] = Counter()  # plans taken: eager / capture / replay; capture_failed
         self._capturing = False
-        self._capture_stream: torch.cuda.Stream | None = None
+        self._capture_warned = False
+        self._runtime = GraphRuntime(self.device)
 
     def info(self) -> dict:
         info = super().info()
@@ -237,7 +305,13 @@ class RWKV7CUDA(RWKV7):
         self.graph_stats[plan] += 1
         if plan == "eager":  # the caller's tokens: checking ids on the device would sync
             return super().forward(tokens, state, logits, inplace=True)
-        entry = self.graphs.get(key) if plan == "replay" else self._capture_decode(key, checked, state, logits)
+        if plan == "replay":
+            return self.graphs.get(key).run(checked), state
+        try:
+            entry = self._capture_decode(key, checked, state, logits)
+        except RuntimeError as exc:  # nothing ran while capturing: the step is still to do
+            self._capture_failed(key, checked.shape[0], exc)
+            return super().forward(tokens, state, logits, inplace=True)
         return entry.run(checked), state
 
     def check_tokens(self, tokens) -> torch.Tensor:
@@ -253,15 +327,14 @@ class RWKV7CUDA(RWKV7):
 
     def _capture_decode(self, key: tuple, tokens: torch.Tensor, state: State, logits: str) -> DecodeGraph:
         """Record one decode step on ``state``'s tensors; nothing runs until the graph replays."""
-        if self._capture_stream is None:
-            self._capture_stream = torch.cuda.Stream(self.device)
-        stream, current = self._capture_stream, torch.cuda.current_stream(self.device)
+        runtime = self._runtime
+        stream, current = runtime.side_stream(), runtime.current_stream()
         static_tokens = tokens.clone()
-        graph = torch.cuda.CUDAGraph()
+        graph = runtime.new_graph()
         stream.wait_stream(current)
         self._capturing = True
         try:
-            with torch.cuda.stream(stream):
+            with runtime.use(stream):
                 # capture_begin/end rather than torch.cuda.graph(), which runs gc.collect() and
                 # empty_cache() on entry: tens of ms, paid each time generate's batch changes
                 graph.capture_begin()
@@ -274,10 +347,25 @@ class RWKV7CUDA(RWKV7):
                 graph.capture_end()
         finally:
             self._capturing = False
-        current.wait_stream(stream)
+            current.wait_stream(stream)
         entry = DecodeGraph(graph, static_tokens, out)
         self.graphs.store(key, entry)
         return entry
+
+    def _capture_failed(self, key: tuple, batch_size: int, exc: RuntimeError) -> None:
+        """Graphs off for ``key``; the device synchronised with no error left pending; warn once."""
+        self.graphs.disable(key)
+        self.graph_stats["capture_failed"] += 1
+        pending = self._runtime.recover()
+        if self._capture_warned:
+            return
+        self._capture_warned = True
+        after = f"; the device then reported: {pending}" if pending else ""
+        warnings.warn(
+            f"CUDA graph capture of a decode step (batch {batch_size}) failed: {exc}{after}. That state "
+            "decodes with plain launches from now on (same results, more launch overhead); later "
+            "failures are counted in graph_stats['capture_failed'] without a warning",
+            RuntimeWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ the math, kernels swapped in
 

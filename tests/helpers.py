@@ -1,7 +1,11 @@
-"""Small model shapes shared by the engine tests (seeded random weights, official layout)."""
+"""Small model shapes shared by the engine tests (seeded random weights, official layout), and
+the kernel tests' WKV inputs."""
 from __future__ import annotations
 
+import torch
+
 from engine import ModelConfig
+from engine.kernels import reference
 
 # Several heads, head sizes 64 and 32, the World vocabulary, small and unequal LoRA ranks.
 SHAPES = {
@@ -15,3 +19,14 @@ SHAPES = {
 
 SMALL = ModelConfig(n_layer=2, n_embd=64, n_head=2, head_size=32, vocab_size=256,
                     ffn_size=128, rank_w=8, rank_a=8, rank_v=8, rank_g=8)
+
+
+VECTORS = ("r", "w", "k", "v", "a", "b")  # the WKV-7 inputs besides the state, in the kernels' order
+
+
+def wkv_inputs(B=2, T=3, H=2, N=64, dtype=torch.float32, step=False) -> dict[str, torch.Tensor]:
+    """reference.random_wkv7_inputs on the CPU; ``step``: vectors [B, H, N] (the first step)."""
+    d = reference.random_wkv7_inputs(B, T, H, N, dtype=dtype)
+    if step:
+        d.update({name: d[name][:, 0].contiguous() for name in VECTORS})  # [B, H, N]
+    return d

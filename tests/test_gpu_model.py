@@ -3,14 +3,17 @@
 Without a GPU: the class chosen by device, the device/dtype/head-size checks, the decode-graph
 keys and cache policy, and the whole model with the kernels' plain-PyTorch twins standing in for
 the kernels (each call first passing the wrapper's own input checks), against the reference.
-With a GPU (``-m gpu``; skips otherwise): the real kernels and CUDA graphs against the CPU
-reference, on the tiny model in ../shared/models and on random models of several shapes.
+With a GPU (``-m gpu``; skips otherwise, fails under RWKVEVAL_REQUIRE_GPU=1): the real kernels
+and CUDA graphs against the CPU reference, on the tiny model in ../shared/models and on random
+models of several shapes.
 
     python -m pytest tests/test_gpu_model.py -q
 """
 from __future__ import annotations
 
+import contextlib
 import types
+import warnings
 
 import pytest
 import torch
@@ -18,8 +21,8 @@ import torch
 import engine
 from engine import State, gpu
 from engine.errors import InputError
-from engine.gpu import DecodeGraph, GraphCache, RWKV7CUDA, decode_graph_key, is_decode_step
-from engine.kernels import cupy_available, ops, reference
+from engine.gpu import DecodeGraph, GraphCache, GraphRuntime, RWKV7CUDA, decode_graph_key, is_decode_step
+from engine.kernels import ops, reference
 from engine.model import RWKV7, model_class
 from helpers import SHAPES, SMALL
 
@@ -145,15 +148,32 @@ def test_graph_cache_runs_eager_then_captures_then_replays():
     assert len(cache) == 0 and cache.plan("a") == "eager"
 
 
-def test_graph_cache_capture_after_one_and_bounded_memory_of_sightings():
-    assert GraphCache(capture_after=1).plan("x") == "capture"
+def test_graph_cache_needs_an_eager_step_first_and_bounds_its_memory_of_sightings():
+    three = GraphCache(capture_after=3)
+    assert [three.plan("x") for _ in range(3)] == ["eager", "eager", "capture"]
     cache = GraphCache(capture_after=2, max_seen=3)
     for key in "abcd":
         assert cache.plan(key) == "eager"
     assert cache.plan("a") == "eager"  # forgotten: only the 3 latest sightings are kept
     assert cache.plan("d") == "capture"
-    with pytest.raises(InputError, match="max_graphs, capture_after and max_seen >= 1"):
+    with pytest.raises(InputError, match="max_graphs and max_seen >= 1"):
         GraphCache(max_graphs=0)
+    # a capture as a key's first step would launch kernels for the first time inside it
+    with pytest.raises(InputError, match=r"capture_after >= 2 .* found 1"):
+        GraphCache(capture_after=1)
+
+
+def test_graph_cache_disabled_keys_stay_eager():
+    cache = GraphCache(capture_after=2, max_seen=2)
+    assert cache.plan("a") == "eager"
+    cache.disable("a")
+    assert [cache.plan("a") for _ in range(3)] == ["eager"] * 3 and cache.is_disabled("a")
+    cache.disable("b")
+    cache.disable("c")  # bounded like the sightings: "a" is forgotten and may be tried again
+    assert not cache.is_disabled("a") and cache.is_disabled("c")
+    assert [cache.plan("a"), cache.plan("a")] == ["eager", "capture"]
+    cache.clear()
+    assert not cache.is_disabled("c")
 
 
 def test_decode_graph_run_fills_the_input_buffer_and_returns_a_copy():
@@ -314,6 +334,96 @@ def test_decode_with_graphs_equals_without(twins, fake_graphs):
     assert sum(graphed.graph_stats.values()) == 9  # none of them counted
 
 
+class RefusingCapture:
+    """GraphRuntime's stand-in on the CPU: streams and a graph that log what the capture does;
+    ending the capture raises, as the driver does for a capture it invalidated."""
+
+    def __init__(self, pending: str | None = None):
+        self.events: list[str] = []
+        self.pending = pending
+
+    def _stream(self, name):
+        return types.SimpleNamespace(wait_stream=lambda other: self.events.append(f"{name} waits"))
+
+    def side_stream(self):
+        return self._stream("side")
+
+    def current_stream(self):
+        return self._stream("current")
+
+    def use(self, stream):
+        return contextlib.nullcontext()
+
+    def new_graph(self):
+        events = self.events
+
+        def capture_end():
+            events.append("capture_end")
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+
+        return types.SimpleNamespace(capture_begin=lambda: events.append("capture_begin"), capture_end=capture_end)
+
+    def recover(self):
+        self.events.append("recover")
+        return self.pending
+
+
+def test_failed_capture_warns_once_then_decodes_without_graphs(twins, monkeypatch):
+    sd = engine.random_state_dict(SMALL, seed=11)
+    plain, graphed = twin_model(sd, use_graphs=False), twin_model(sd)
+    graphed._runtime = runtime = RefusingCapture(pending="cudaErrorStreamCaptureInvalidated")
+    shift = twins.token_shift_mix
+
+    def refuse_while_capturing(x, x_prev, mix):  # the first kernel of a step, as a driver refuses it
+        if graphed._capturing:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        return shift(x, x_prev, mix)
+
+    monkeypatch.setattr(twins, "token_shift_mix", refuse_while_capturing)
+    toks = _toks(SMALL.vocab_size, 2, 5, seed=12)
+    s_plain, s_graph = plain.zero_state(2), graphed.zero_state(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(5):
+            want, _ = plain.forward(toks[:, t:t + 1], s_plain, logits="last", inplace=True)
+            got, _ = graphed.forward(toks[:, t:t + 1], s_graph, logits="last", inplace=True)
+            assert torch.equal(got, want), f"step {t}"  # the failed step ran once, eagerly
+        assert torch.equal(s_graph.wkv, s_plain.wkv) and torch.equal(s_graph.att_x, s_plain.att_x)
+        assert dict(graphed.graph_stats) == {"eager": 4, "capture": 1, "capture_failed": 1}
+        assert not graphed._capturing
+        # the capture ended, the current stream waited for the side stream, the device recovered
+        assert runtime.events == ["side waits", "capture_begin", "capture_end", "current waits", "recover"]
+        # another state fails too: counted, not warned again
+        s_one = graphed.zero_state(1)
+        for t in range(3):
+            graphed.forward(toks[:1, t:t + 1], s_one, logits="last", inplace=True)
+        assert graphed.graph_stats["capture_failed"] == 2
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1, messages
+    assert "capture of a decode step (batch 2) failed: CUDA error: operation not permitted" in messages[0]
+    assert "the device then reported: cudaErrorStreamCaptureInvalidated" in messages[0]
+    assert "plain launches from now on" in messages[0]
+
+
+def test_graph_runtime_recover_reports_a_pending_error_and_raises_on_a_broken_context(monkeypatch):
+    calls = []
+
+    def synchronize(device, errors):
+        calls.append(device)
+        if errors:
+            raise RuntimeError(errors.pop(0))
+
+    runtime = GraphRuntime(torch.device("cuda", 0))
+    pending = ["CUDA error: an asynchronous launch failed\nmore detail"]
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: synchronize(device, pending))
+    assert runtime.recover() == "CUDA error: an asynchronous launch failed" and len(calls) == 2
+    assert runtime.recover() is None and len(calls) == 3
+    sticky = ["CUDA error: illegal memory access", "CUDA error: illegal memory access"]
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: synchronize(device, sticky))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        runtime.recover()
+
+
 def test_twin_path_scoring_and_generation_equal_the_reference(twins, fake_graphs):
     sd = engine.random_state_dict(SMALL, seed=9)
     ref, ours = engine.from_state_dict(sd), twin_model(sd)
@@ -333,11 +443,7 @@ def test_twin_path_scoring_and_generation_equal_the_reference(twins, fake_graphs
 # ---------------------------------------------------------------------------------------------
 # On a GPU: the real kernels and graphs against the CPU reference
 
-requires_gpu = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
-    pytest.mark.skipif(not cupy_available(), reason="needs CuPy (pip install 'rwkveval[gpu]')"),
-]
+requires_gpu = [pytest.mark.gpu, pytest.mark.usefixtures("cuda_ready")]  # skip without (fail in the GPU run)
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-2}
 DTYPE_NAMES = list(TOLERANCE)
 

@@ -7,23 +7,13 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.kernels import SOURCES, cupy_available, loader, ops, reference
-
-VECTORS = ("r", "w", "k", "v", "a", "b")
-
-
-def wkv_inputs(B=2, T=3, H=2, N=64, dtype=torch.float32, step=False):
-    d = reference.random_wkv7_inputs(B, T, H, N, dtype=dtype)
-    if step:
-        d.update({name: d[name][:, 0].contiguous() for name in VECTORS})  # [B, H, N]
-    return d
+from engine.kernels import SOURCES, loader, ops, reference
+from helpers import VECTORS, wkv_inputs
 
 
 def check_wkv(d, *, step=False, out=None, device_type="cpu"):
@@ -178,121 +168,6 @@ def test_wrappers_reject_cpu_tensors(name):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launch glue, checked on the CPU: the wrappers' argument tuples against the kernels' C
-# signatures parsed from the sources (count, numpy scalar type per C type, which tensor each
-# pointer is), and the launch geometry against the work. CuPy would accept a mismatch silently.
-
-_C_SCALARS = {"int": np.int32, "long long": np.int64, "float": np.float32}
-
-
-def kernel_signatures(source: str) -> dict[str, list[tuple[str, type | None]]]:
-    """{kernel base name: [(parameter name, numpy scalar type, None for a pointer)]}."""
-    text = loader.read_source(source).replace("\\\n", "\n")
-    signatures = {}
-    for match in re.finditer(r"(\w+?)_##SUFFIX\(([^)]*)\)", text):
-        params = []
-        for param in match.group(2).split(","):
-            words = param.replace("*", " * ").split()
-            name, ctype = words[-1], " ".join(w for w in words[:-1] if w not in ("const", "__restrict__"))
-            params.append((name, None if "*" in ctype else _C_SCALARS[ctype]))
-        signatures[match.group(1)] = params
-    return signatures
-
-
-@dataclass
-class Launch:
-    source: str
-    function: str
-    head_size: int
-    grid: int
-    block: int
-    args: tuple
-
-
-@pytest.fixture
-def launches(monkeypatch) -> list[Launch]:
-    """Run the wrappers on CPU tensors, recording each launch instead of making it."""
-    calls: list[Launch] = []
-    check_tensors = ops._check_tensors
-    monkeypatch.setattr(ops, "_check_tensors", lambda op, tensors, device_type: check_tensors(op, tensors, "cpu"))
-    monkeypatch.setattr(ops, "_launch", lambda source, function, head_size, device, grid, block, args:
-                        calls.append(Launch(source, function, head_size, grid, block, args)))
-    return calls
-
-
-def assert_args_match(launch: Launch, tensors: dict[str, torch.Tensor], scalars: dict[str, float]) -> None:
-    base, suffix = launch.function.rsplit("_", 1)
-    signature = kernel_signatures(launch.source)[base]
-    assert len(launch.args) == len(signature), f"{launch.function}: {len(launch.args)} args for {signature}"
-    for (name, scalar_type), arg in zip(signature, launch.args):
-        if scalar_type is None:
-            assert isinstance(arg, np.uint64), f"{launch.function}: pointer {name} passed as {type(arg)}"
-            assert int(arg) == tensors[name].data_ptr(), f"{launch.function}: {name} points elsewhere"
-        else:
-            assert type(arg) is scalar_type, f"{launch.function}: {name} passed as {type(arg)}, C wants {scalar_type}"
-            assert arg == pytest.approx(scalars[name]), f"{launch.function}: {name} = {arg}, expected {scalars[name]}"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T", [1, 5])
-def test_wkv7_forward_launch_arguments(launches, T, dtype):
-    B, H, N = 3, 2, 64
-    d = wkv_inputs(B=B, T=T, H=H, N=N, dtype=dtype)
-    y = ops.wkv7_forward(*(d[n] for n in ("state", *VECTORS)), w_log=True)
-    (launch,) = launches
-    suffix = ops.KERNEL_DTYPES[dtype]
-    assert (launch.source, launch.head_size) == ("wkv7.cu", N)
-    if T == 1:  # auto picks the coalesced step kernel
-        assert launch.function == f"wkv7_step_{suffix}"
-        assert launch.block == 32 * ops.WKV7_STEP_WARPS
-        assert launch.grid * ops.WKV7_STEP_WARPS * ops.WKV7_STEP_ROWS >= B * H * N
-    else:
-        assert launch.function == f"wkv7_forward_{suffix}"
-        assert (launch.grid, launch.block) == (B * H, N)
-    assert_args_match(launch, {**d, "y": y}, {"B": B, "T": T, "H": H, "w_log": 1})
-
-
-def test_wkv7_step_launch_arguments(launches):
-    d = wkv_inputs(B=2, H=5, N=128, step=True)
-    y = ops.wkv7_step(*(d[n] for n in ("state", *VECTORS)))
-    (launch,) = launches
-    assert launch.function == "wkv7_step_f32" and launch.head_size == 128
-    assert_args_match(launch, {**d, "y": y}, {"B": 2, "H": 5, "w_log": 0})
-
-
-def test_groupnorm_launch_arguments(launches):
-    B, T, H, N = 2, 3, 5, 32
-    d = reference.random_groupnorm_inputs(B, T, H, N, dtype=torch.float16)
-    out = ops.groupnorm_bonus_gate(**d, eps=1e-3)
-    (launch,) = launches
-    assert (launch.function, launch.head_size) == ("groupnorm_bonus_gate_f16", N)
-    assert launch.block == ops.GROUPNORM_BLOCK and launch.grid * launch.block >= B * T * H * 32
-    assert_args_match(launch, {**d, "out": out}, {"groups": B * T * H, "H": H, "eps": 1e-3})
-
-
-def test_token_shift_launch_arguments(launches):
-    M, B, T, C = 6, 2, 3, 100
-    d = reference.random_token_shift_inputs(M, B, T, C, dtype=torch.bfloat16)
-    out = ops.token_shift_mix(**d)
-    (launch,) = launches
-    assert launch.function == "token_shift_mix_bf16" and out.shape == (M, B, T, C)
-    assert launch.block == ops.TOKEN_SHIFT_BLOCK and launch.grid * launch.block >= B * T * C
-    assert_args_match(launch, {**d, "out": out}, {"n": B * T * C, "T": T, "C": C, "M": M})
-
-
-def test_empty_inputs_launch_nothing(launches):
-    d = wkv_inputs(B=0, T=4)
-    assert ops.wkv7_forward(*(d[n] for n in ("state", *VECTORS))).shape == (0, 4, 2, 64)
-    assert ops.token_shift_mix(**reference.random_token_shift_inputs(6, 2, 0, 8)).shape == (6, 2, 0, 8)
-    assert launches == []
-
-
-def test_signatures_parse_every_kernel():
-    assert set(kernel_signatures("wkv7.cu")) == {"wkv7_forward", "wkv7_step"}
-    assert set(kernel_signatures("fused.cu")) == {"groupnorm_bonus_gate", "token_shift_mix"}
-
-
-# ---------------------------------------------------------------------------------------------
 # Group norm + bonus + gate, token shift validation
 
 
@@ -387,12 +262,6 @@ def test_every_wrapped_function_is_defined(source):
     assert set(ops.KERNEL_FUNCTIONS[source]) <= defined
 
 
-@pytest.mark.skipif(cupy_available(), reason="CuPy is installed here, so it cannot be missing")
-def test_missing_cupy_says_how_to_install():
-    with pytest.raises(ImportError, match=r"the GPU kernels need CuPy.*rwkveval\[gpu\]"):
-        loader.cupy_module()
-
-
 # ---------------------------------------------------------------------------------------------
 # Twins against per-element loops (float64)
 
@@ -457,6 +326,29 @@ def test_reference_wkv7_half_inputs_compute_in_float32(dtype):
     assert y.dtype == torch.float32
     assert rel_rms(y, y64) < 1e-5
     assert rel_rms(d["state"], state64) < 1e-5
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
+def test_chunked_formulation_equals_the_recurrence(chunk):
+    # the formulation GPU_PLAN.md proposes for the prefill kernel, in float64 against the steps
+    d = reference.random_wkv7_inputs(2, 37, 3, 32, dtype=torch.float64, seed=chunk)
+    d["state"] = d["state"].double()
+    state_steps, state_chunks = d["state"].clone(), d["state"].clone()
+    y_steps = reference.wkv7_forward(state_steps, *(d[n] for n in VECTORS))
+    y_chunks = reference.wkv7_chunked(state_chunks, *(d[n] for n in VECTORS), chunk=chunk)
+    assert rel_rms(y_chunks, y_steps) <= 1e-10
+    assert rel_rms(state_chunks, state_steps) <= 1e-10
+
+
+def test_chunked_formulation_in_float32_with_chunks_of_16():
+    # a kernel would compute in float32: chunks of 16 keep e^(-g) at most e^9.8 (decay >= e^-0.61)
+    d = reference.random_wkv7_inputs(1, 256, 2, 64, seed=3)
+    exact_state = d["state"].double()
+    y_exact = reference.wkv7_forward(exact_state, *(d[n].double() for n in VECTORS))
+    state = d["state"].clone()
+    y = reference.wkv7_chunked(state, *(d[n] for n in VECTORS), chunk=16)
+    assert y.dtype == torch.float32
+    assert rel_rms(y, y_exact) <= 1e-5 and rel_rms(state, exact_state) <= 1e-5
 
 
 def test_reference_wkv7_matches_engine_reference():

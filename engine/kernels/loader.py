@@ -1,10 +1,17 @@
-"""Load the CUDA sources in this folder with ``cupy.RawModule``, once per (file, options, device).
+"""Load the CUDA sources in this folder with ``cupy.RawModule``, once per (file, options, device),
+and hand CuPy torch's streams to launch on.
 
 CuPy is imported only when a kernel is first needed, so the rest of the engine (and this module)
 imports on machines without it. Sources are read relative to this file, and local
 ``#include "x.cuh"`` lines are pasted in before compiling: NVRTC gets one self-contained string,
 and CuPy's on-disk kernel cache, which is keyed on that string and the options, sees a change to a
 header as a change to the program.
+
+Streams: a kernel runs on torch's current stream, passed to each launch as ``stream=``. CuPy 14
+deprecated ``cupy.cuda.ExternalStream`` (it warns on every construction) in favour of
+``cupy.cuda.Stream.from_external(obj)``, which reads the CUDA stream protocol
+(``obj.__cuda_stream__() -> (0, pointer)``); :func:`launch_stream` builds that object once per
+(pointer, device) and CuPy 13, which lacks it, gets its ``ExternalStream``.
 """
 from __future__ import annotations
 
@@ -23,9 +30,10 @@ def cupy_module() -> Any:
     try:
         import cupy
     except ImportError as exc:
+        from . import cupy_install_hint
+
         raise ImportError(
-            "the GPU kernels need CuPy: expected an importable `cupy` "
-            "(pip install 'rwkveval[gpu]', i.e. cupy-cuda12x), found none"
+            f"the GPU kernels need CuPy: expected an importable `cupy`, found none ({cupy_install_hint()})"
         ) from exc
     return cupy
 
@@ -86,7 +94,33 @@ def get_kernel(name: str, function: str, options: tuple[str, ...], device: int) 
         return module.get_function(function)
 
 
+class StreamHandle:
+    """A raw ``cudaStream_t`` as an object of the CUDA stream protocol (what
+    ``cupy.cuda.Stream.from_external`` reads); torch's streams are never destroyed, so the
+    pointer stays valid."""
+
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr: int):
+        self.ptr = ptr
+
+    def __cuda_stream__(self) -> tuple[int, int]:
+        return (0, self.ptr)
+
+
+@functools.lru_cache(maxsize=64)
+def launch_stream(ptr: int, device: int) -> Any:
+    """The CuPy stream object for torch's stream ``ptr`` on ``device``, built once per pair
+    (the same pointer value on two devices is two streams; torch's stream pool bounds the pairs)."""
+    cupy = cupy_module()
+    stream_class = cupy.cuda.Stream
+    if hasattr(stream_class, "from_external"):  # CuPy >= 14: the supported API
+        return stream_class.from_external(StreamHandle(ptr))
+    return cupy.cuda.ExternalStream(ptr, device)  # CuPy 13: no from_external, not deprecated there
+
+
 def clear_cache() -> None:
-    """Forget every loaded module (tests use it; kernels compile again on next use)."""
+    """Forget every loaded module and stream object (tests use it; kernels compile again on next use)."""
     get_kernel.cache_clear()
     load_module.cache_clear()
+    launch_stream.cache_clear()

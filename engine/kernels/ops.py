@@ -7,6 +7,8 @@ torch tensors, CPU included, so they are tested without a GPU.
 
 Tensors reach the kernels as raw device pointers (``tensor.data_ptr()``): no copy, no DLPack
 round trip per call, which matters for decode where every layer launches a few small kernels.
+Each launch names torch's current stream (``stream=``, see ``loader.launch_stream``), so kernels
+order with torch's work and are recorded by a CUDA graph captured on that stream.
 
 Shapes (C-contiguous): state [B, H, N, N] float32; r w k v a b [B, T, H, N] (or [B, H, N] for
 a single step) in float32 / float16 / bfloat16; WKV outputs y are float32.
@@ -283,14 +285,19 @@ def _ptr(t: torch.Tensor) -> np.uint64:
     return np.uint64(t.data_ptr())  # a pointer parameter is 8 bytes; CuPy passes numpy scalars as is
 
 
+def current_stream_ptr(device: torch.device) -> int:
+    """torch's current stream on ``device`` as a raw pointer (0: the legacy default stream)."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
 def _launch(source: str, function: str, head_size: int, device: torch.device,
             grid: int, block: int, args: tuple) -> None:
     cupy = loader.cupy_module()
     index = device.index  # a tensor's CUDA device always carries its index
     kernel = loader.get_kernel(source, function, compile_options(head_size), index)
-    stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream.cuda_stream, index):
-        kernel((grid,), (block,), args)
+    stream = loader.launch_stream(current_stream_ptr(device), index)
+    with cupy.cuda.Device(index):  # the module was loaded in this device's context
+        kernel((grid,), (block,), args, stream=stream)
 
 
 def wkv7_forward(

@@ -62,6 +62,66 @@ def wkv7_step(
     return wkv7_forward(state, *seq, w_log=w_log)[:, 0]
 
 
+def wkv7_chunked(
+    state: torch.Tensor,
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    chunk: int = 16,
+) -> torch.Tensor:
+    """WKV-7 over a sequence in chunks of ``chunk`` steps: the formulation docs/perf/GPU_PLAN.md
+    proposes for a tensor-core prefill kernel (the twin of that kernel once it exists).
+
+    Same contract as :func:`wkv7_forward` with the decay ``w`` in (0, 1). Within a chunk that
+    starts from state S0, with g_t the cumulative sum of log w over the chunk up to t (per key
+    index), a~_t = a_t e^(g_(t-1)), r~_t = r_t e^(g_t), b^_s = b_s e^(-g_s), k^_s = k_s e^(-g_s):
+
+        X = (I - A_b)^-1 (A~ S0^T + A_k V)     A_b[t, s] = a~_t . b^_s, A_k[t, s] = a~_t . k^_s (s < t)
+        Y = R~ S0^T + Q_b X + Q_k V            Q_b[t, s] = r~_t . b^_s, Q_k[t, s] = r~_t . k^_s (s <= t)
+        S_L = S0 diag(e^(g_L)) + X^T (b e^(g_L - g)) + V^T (k e^(g_L - g))
+
+    where the rows of X are x_t = S_(t-1) a_t. Only the S0 terms and the state update are serial
+    across chunks; everything else is per chunk, matrix products of chunk x N and chunk x chunk.
+    """
+    dt = _compute_dtype(state, r)
+    B, T, H, N = r.shape
+    S = state.to(dt).reshape(B * H, N, N).clone()                  # [BH, N(value), N(key)]
+
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dt).permute(0, 2, 1, 3).reshape(B * H, T, N)   # [BH, T, N]
+
+    r_, w_, k_, v_, a_, b_ = (heads(x) for x in (r, w, k, v, a, b))
+    y = torch.empty(B * H, T, N, dtype=dt, device=r.device)
+    for lo in range(0, T, chunk):
+        hi = min(lo + chunk, T)
+        L = hi - lo
+        lw = w_[:, lo:hi].log()                                     # [BH, L, N]
+        g = lw.cumsum(1)                                            # inclusive: g_t
+        g_prev = g - lw                                             # exclusive: g_(t-1)
+        a_t, r_t = a_[:, lo:hi] * g_prev.exp(), r_[:, lo:hi] * g.exp()
+        b_h, k_h = b_[:, lo:hi] * (-g).exp(), k_[:, lo:hi] * (-g).exp()
+        V = v_[:, lo:hi]                                            # [BH, L, N]
+        strict = torch.ones(L, L, dtype=torch.bool, device=r.device).tril(-1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=r.device).tril()
+        A_b = (a_t @ b_h.transpose(1, 2)) * strict                  # [BH, L, L]
+        A_k = (a_t @ k_h.transpose(1, 2)) * strict
+        eye = torch.eye(L, dtype=dt, device=r.device)
+        X = torch.linalg.solve_triangular(eye - A_b, a_t @ S.transpose(1, 2) + A_k @ V,
+                                          upper=False, unitriangular=True)  # [BH, L, N]: x_t rows
+        Q_b = (r_t @ b_h.transpose(1, 2)) * causal
+        Q_k = (r_t @ k_h.transpose(1, 2)) * causal
+        y[:, lo:hi] = r_t @ S.transpose(1, 2) + Q_b @ X + Q_k @ V
+        to_end = (g[:, -1:] - g).exp()                              # e^(g_L - g_s)  [BH, L, N]
+        S = S * g[:, -1].exp()[:, None, :] + X.transpose(1, 2) @ (b_[:, lo:hi] * to_end) \
+            + V.transpose(1, 2) @ (k_[:, lo:hi] * to_end)
+    state.copy_(S.view(B, H, N, N))
+    return y.view(B, H, T, N).permute(0, 2, 1, 3).contiguous()
+
+
 def groupnorm_bonus_gate(
     y: torch.Tensor,
     r: torch.Tensor,
