@@ -35,6 +35,7 @@ from evals.multiple_choice import ACC_AND_NORM, choose, requests_for, split_flat
 BENCHMARK = "arc"
 FILES = {"easy": ("arc/ARC-Easy-test.jsonl", "arc/ARC-Easy-validation.jsonl"),
          "challenge": ("arc/ARC-Challenge-test.jsonl", "arc/ARC-Challenge-validation.jsonl")}
+DATA_FILES = tuple(name for pair in FILES.values() for name in pair)  # ensure() before the first test
 
 
 def preprocess(row: dict[str, Any], where: str) -> dict[str, Any]:

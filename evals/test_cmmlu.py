@@ -58,6 +58,7 @@ SUBJECT_NAMES = {  # the official subject names, as in the paper and the reposit
     "world_religions": "世界宗教",
 }
 SUBJECTS = tuple(sorted(SUBJECT_NAMES))
+DATA_FILES = tuple(f"cmmlu/{split}/{s}.csv" for s in SUBJECTS for split in ("test", "dev"))  # for ensure()
 COLUMNS = ["", "Question", "A", "B", "C", "D", "Answer"]
 
 

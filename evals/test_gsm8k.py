@@ -41,6 +41,7 @@ from evals.templates import RWKV_STOP, rwkv_chat
 
 BENCHMARK, CASE = "gsm8k", "test"
 DATA_FILE = "gsm8k/test.jsonl"
+DATA_FILES = (DATA_FILE,)  # every manifest file the benchmark reads: ensure() before the first test
 STOP = ("Q:", "</s>", "<|im_end|>")
 MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks for generate_until
 DEFAULT_FEWSHOT = 8

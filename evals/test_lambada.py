@@ -27,6 +27,7 @@ from evals.backend import LoglikelihoodRequest, LoglikelihoodResponse
 BENCHMARK = "lambada"
 CASE = "openai"
 DATA_FILE = "lambada_openai/lambada_test.jsonl"
+DATA_FILES = (DATA_FILE,)  # every manifest file the benchmark reads: ensure() before the first test
 METRICS = {"acc": ("mean", "acc"), "ppl": ("perplexity", "logprob")}
 
 

@@ -39,6 +39,7 @@ from evals.templates import RWKV_STOP, rwkv_chat
 
 BENCHMARK, CASE = "math500", "test"
 DATA_FILE = "math500/test.jsonl"
+DATA_FILES = (DATA_FILE,)  # every manifest file the benchmark reads: ensure() before the first test
 INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 COMPLETION = "Problem:\n{instruction}\n\nSolution:"
 STOP = ("\n\nProblem:",)

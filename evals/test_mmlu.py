@@ -35,6 +35,7 @@ from evals.multiple_choice import ACC, LETTERS, choose, lettered, requests_for, 
 BENCHMARK = "mmlu"
 TEST_FILE = "mmlu/test-00000-of-00001.parquet"
 DEV_FILE = "mmlu/dev-00000-of-00001.parquet"
+DATA_FILES = (TEST_FILE, DEV_FILE)  # every manifest file the benchmark reads: ensure() before the first test
 DEFAULT_FEWSHOT = 5
 DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
 GROUPS = {

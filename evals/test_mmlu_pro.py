@@ -42,6 +42,7 @@ from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodReques
 BENCHMARK = "mmlu_pro"
 TEST_FILE = "mmlu_pro/test-00000-of-00001.parquet"
 VALIDATION_FILE = "mmlu_pro/validation-00000-of-00001.parquet"
+DATA_FILES = (TEST_FILE, VALIDATION_FILE)  # every manifest file the benchmark reads: ensure() before the first test
 CATEGORIES = ("biology", "business", "chemistry", "computer science", "economics", "engineering", "health",
               "history", "law", "math", "other", "philosophy", "physics", "psychology")
 CHOICES = "ABCDEFGHIJ"

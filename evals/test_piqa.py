@@ -28,6 +28,7 @@ from evals.multiple_choice import ACC_AND_NORM, choose, requests_for
 
 BENCHMARK, CASE = "piqa", "validation"
 QUESTIONS, LABELS = "piqa/valid.jsonl", "piqa/valid-labels.lst"
+DATA_FILES = (QUESTIONS, LABELS)  # every manifest file the benchmark reads: ensure() before the first test
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from evals.multiple_choice import ACC, choose
 
 BENCHMARK, CASE = "winogrande", "dev"
 DATA_FILE = "winogrande/dev_mosaicml_gauntlet.jsonl"
+DATA_FILES = (DATA_FILE,)  # every manifest file the benchmark reads: ensure() before the first test
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
