@@ -132,7 +132,12 @@ def fetch_file(entry: ManifestEntry, dest_root: Path, revision: str | None = Non
     target = Path(dest_root) / entry.file
     part = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
+    existed = target.exists()
     with locked(target):
+        if not existed and target.is_file():  # another process fetched it while this one waited
+            present = identify(entry.known(), entry.file, file_sha256(target), Path(dest_root))
+            if present is not None:
+                return DataFile(entry.file, target.resolve(), present.sha256, present)
         try:
             found = fetch_part(planned.url, part, planned.size, progress, entry.file, token=token)
         except DownloadError as error:
