@@ -41,12 +41,13 @@ class StandInHub:
     url: str = ""
 
     def put(self, repo: str, path: str, body: bytes, repo_type: str = "model", ref: str = "main",
-            lfs: bool = True) -> str:
-        """Commit ``body`` as ``path`` on branch ``ref``; returns the new commit."""
+            lfs: bool = True, commit: str | None = None) -> str:
+        """Commit ``body`` as ``path`` on branch ``ref`` (as ``commit`` if given, e.g. a commit a
+        manifest pins; adding to it when it exists); returns the commit."""
         refs = self.repos.setdefault((repo_type, repo), {})
-        files = dict(self.commits.get(refs.get(ref, ""), {}))
+        files = dict(self.commits.get(commit or refs.get(ref, ""), {}))
         files[path] = Blob(body, lfs)
-        commit = hashlib.sha1(f"{repo}{path}{len(self.commits)}".encode() + body).hexdigest()
+        commit = commit or hashlib.sha1(f"{repo}{path}{len(self.commits)}".encode() + body).hexdigest()
         self.commits[commit] = files
         refs[ref] = commit
         return commit

@@ -228,3 +228,20 @@ def test_shared_mmlu_pro_is_the_2024_revision(shared_dir, tmp_path, monkeypatch)
     monkeypatch.setenv(loader.DATA_CACHE_ENV, str(tmp_path))
     block = describe("mmlu_pro/test-00000-of-00001.parquet")
     assert (block["revision"], block["rows"], block["sha256"][:12]) == ("2024", 12032, "2bd1ae25ec6c")
+
+
+def test_real_manifest_mmlu_pro_fetched_on_first_use(hub, shared_dir, tmp_path, monkeypatch):
+    """The real MMLU-Pro entries against the stand-in: it serves the shared (2024) parquets at the
+    commit the manifest pins, so the fetch finds them to be revision 2024 by their sha256."""
+    names = ("mmlu_pro/test-00000-of-00001.parquet", "mmlu_pro/validation-00000-of-00001.parquet")
+    pinned = manifest()[names[0]].remote["revision"]
+    for name in names:
+        body = (shared_dir / "benchmarkdata" / name).read_bytes()
+        hub.put("TIGER-Lab/MMLU-Pro", "data/" + name.split("/")[1], body, "dataset", commit=pinned)
+    monkeypatch.setenv(loader.DATA_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("RWKVEVAL_SHARED", str(tmp_path / "no-shared"))
+    got = ensure(names, endpoint=hub.url, progress=silent)
+    assert [(f.revision.id, f.fetched, f.revision.hub_commit) for f in got] == [("2024", True, pinned)] * 2
+    assert [f.path.parent for f in got] == [(tmp_path / "cache" / "mmlu_pro").resolve()] * 2
+    assert [f.fetched for f in ensure(names, endpoint=hub.url, progress=silent)] == [False, False]
+    assert len(hub.resolve_paths()) == 2 and describe(names[0])["hub_commit"] == pinned
