@@ -1,15 +1,19 @@
 """Finding, checking and reading the pinned benchmark files listed in ``manifest.json``.
 
-A file named in the manifest (``"lambada_openai/lambada_test.jsonl"``) is looked for in, in order:
-the ``--data-dir`` given by the user, this package's folder (where ``python -m benchmarkdata
-fetch`` puts downloads), and the shared folder (``$RWKVEVAL_SHARED/benchmarkdata``). The first
-copy found must have the manifest's sha256, or loading fails naming the file, the expected and
-the found checksum. A malformed JSONL line is an error naming the file and the line.
+A file named in the manifest (``"lambada_openai/lambada_test.jsonl"``) is looked for in the data
+roots, in order: the ``--data-dir`` given by the user, this package's folder, the user data
+cache (:func:`data_cache`: ``$RWKVEVAL_DATA_CACHE``, else ``$XDG_CACHE_HOME/rwkveval/data``,
+else ``~/.cache/rwkveval/data``; where ``python -m benchmarkdata fetch`` and fetch-on-first-use
+put downloads), and the shared folder (``$RWKVEVAL_SHARED/benchmarkdata``). The first copy found
+must be a known revision of the file (see :mod:`benchmarkdata.revisions`) or loading fails
+naming the file, the known and the found checksum. A malformed JSONL line is an error naming the
+file and the line.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +21,19 @@ from typing import Any
 
 from benchmarkdata import shared_root
 from benchmarkdata.hub import sha256_file
+from benchmarkdata.revisions import Revision, identify
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST = PACKAGE_DIR / "manifest.json"
+DATA_CACHE_ENV = "RWKVEVAL_DATA_CACHE"
 
 
 class DataError(ValueError):
     """A data file that is missing, altered or malformed; the message names file and line."""
+
+
+class MissingDataError(DataError):
+    """A manifest file found in none of the data roots."""
 
 
 @dataclass(frozen=True)
@@ -35,42 +45,93 @@ class ManifestEntry:
     source: str
     fidelity: str
     remote: dict[str, str] | None = None
+    revision: str = "pinned"  # the id of the top-level (pinned) revision
+    hub_commit: str | None = None  # the hub commit serving the pinned revision, where known
+    revisions: tuple[Revision, ...] = ()  # further known revisions
+
+    def known(self) -> tuple[Revision, ...]:
+        """Every known revision, the pinned one first."""
+        return (Revision(self.revision, self.sha256, self.rows, self.hub_commit), *self.revisions)
 
 
 @functools.cache
 def manifest() -> dict[str, ManifestEntry]:
     data = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    return {entry["file"]: ManifestEntry(**entry) for entry in data["files"]}
+    entries = {}
+    for entry in data["files"]:
+        revisions = tuple(Revision(**r) for r in entry.pop("revisions", ()))
+        entries[entry["file"]] = ManifestEntry(**entry, revisions=revisions)
+    return entries
 
 
-def search_path(data_dir: Path | None = None) -> list[Path]:
+def data_cache(cache_dir: Path | None = None) -> Path:
+    """The user data cache: ``cache_dir``, ``$RWKVEVAL_DATA_CACHE``, or ``$XDG_CACHE_HOME/rwkveval/data``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get(DATA_CACHE_ENV):
+        return Path(os.environ[DATA_CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rwkveval" / "data"
+
+
+def search_path(data_dir: Path | None = None, cache_dir: Path | None = None) -> list[Path]:
     roots = [Path(data_dir)] if data_dir else []
-    return roots + [PACKAGE_DIR, shared_root() / "benchmarkdata"]
+    return roots + [PACKAGE_DIR, data_cache(cache_dir), shared_root() / "benchmarkdata"]
 
 
 @functools.cache
-def _checked(path: Path, expected: str) -> str:
-    found = sha256_file(path)
-    if found != expected:
-        raise DataError(f"{path}: sha256 mismatch: expected {expected} (manifest.json), found {found}; "
-                        "the file was altered or is another revision")
-    return found
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
-def locate(name: str, data_dir: Path | None = None, verify: bool = True) -> Path:
-    """The checked path of manifest file ``name``, searching ``search_path(data_dir)``."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of ``path``, hashed once per (size, modification time)."""
+    stat = path.stat()
+    return _sha256(path, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A located, checked data file: where it is and which revision it holds."""
+
+    name: str
+    path: Path
+    sha256: str
+    revision: Revision
+    fetched: bool = False  # True: downloaded by this call of ensure()
+
+
+def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None, verify: bool = True) -> DataFile:
+    """The first copy of manifest file ``name`` in the data roots, with its revision."""
     entries = manifest()
     if name not in entries:
         raise DataError(f"{name!r} is not in {MANIFEST}; known files: {sorted(entries)}")
-    roots = search_path(data_dir)
+    entry = entries[name]
+    roots = search_path(data_dir, cache_dir)
     for root in roots:
         path = (root / name).resolve()
-        if path.is_file():
-            if verify:
-                _checked(path, entries[name].sha256)
-            return path
-    raise DataError(f"data file {name} not found in {[str(r) for r in roots]}; get it with "
-                    f"`python -m benchmarkdata fetch {name}` or point --data-dir at a folder holding it")
+        if not path.is_file():
+            continue
+        if not verify:
+            return DataFile(name, path, entry.sha256, entry.known()[0])
+        found = file_sha256(path)
+        try:
+            revision = identify(entry.known(), name, found, root)
+        except ValueError as error:
+            raise DataError(str(error)) from None
+        if revision is None:
+            known = ", ".join(f"{r.id} {r.sha256}" for r in entry.known())
+            raise DataError(f"{path}: sha256 mismatch: expected a known revision ({known}; manifest.json), "
+                            f"found {found}; the file was altered or is another revision (to keep a new upstream "
+                            f"revision: `python -m benchmarkdata fetch {name} --revision main --accept-new-revision`)")
+        return DataFile(name, path, found, revision)
+    raise MissingDataError(f"data file {name} not found in {[str(r) for r in roots]}; get it with "
+                           f"`python -m benchmarkdata fetch {name}` or point --data-dir at a folder holding it")
+
+
+def locate(name: str, data_dir: Path | None = None, verify: bool = True, cache_dir: Path | None = None) -> Path:
+    """The checked path of manifest file ``name``, searching ``search_path(data_dir)``."""
+    return find(name, data_dir, cache_dir, verify).path
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -103,7 +164,13 @@ def read_parquet(name: str, data_dir: Path | None = None) -> list[dict[str, Any]
 
 
 def describe(name: str, data_dir: Path | None = None) -> dict[str, Any]:
-    """What a report records about a data file: where it was read from and its pinned identity."""
+    """What a report records about a data file: where it was read from and which revision it is."""
     entry = manifest()[name]
-    return {"file": name, "path": str(locate(name, data_dir)), "sha256": entry.sha256, "rows": entry.rows,
-            "source": entry.source, "licence": entry.licence}
+    found = find(name, data_dir)
+    out = {"file": name, "path": str(found.path), "sha256": found.sha256, "revision": found.revision.id,
+           "rows": found.revision.rows, "source": entry.source, "licence": entry.licence}
+    if found.revision.hub_commit:
+        out["hub_commit"] = found.revision.hub_commit
+    if found.revision.accepted:
+        out["accepted_new_revision"] = True
+    return out

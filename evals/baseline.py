@@ -11,6 +11,9 @@ A case fails on a metric when both hold:
 - the mean drop on the shared documents exceeds ``min_effect`` (``--baseline-min-effect``, 0, in
   score units: 0.01 is one accuracy point).
 
+The verdict also lists ``data_warnings``: data files the two runs read at different revisions
+(sha256), whose comparison mixes model and data (see :mod:`benchmarkdata.revisions`).
+
 Documents in only one of the runs are counted and listed in the verdict (and in the message when
 a case fails); a case the baseline does not have is reported, never failed.
 """
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarkdata.revisions import data_revision_warnings
 from evals.compare import Run, compare_rows, load_run
 
 
@@ -34,13 +38,20 @@ class Baseline:
     def load(cls, path: Path, alpha: float = 0.05, min_effect: float = 0.0) -> Baseline:
         return cls(load_run(path), alpha, min_effect)
 
+    def data_warnings(self, benchmark: str, data: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Data files this run (``data``: the ``describe()`` dicts it records) and the baseline
+        read at different revisions."""
+        base = self.run.results.get("benchmarks", {}).get(benchmark, {}).get("data") or []
+        return data_revision_warnings(base, data, "the baseline", "this run", benchmark)
+
     def judge(self, benchmark: str, case: str, rows: Sequence[Mapping[str, Any]],
-              spec: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+              spec: Mapping[str, tuple[str, str]], data: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """The verdict for this run's ``rows`` of one case: per metric the paired statistics and
-        whether it is significantly worse; ``failures`` holds a message per failing metric."""
+        whether it is significantly worse; ``failures`` holds a message per failing metric;
+        ``data_warnings`` one per data file read at another revision than the baseline's."""
         base = self.run.cases.get((benchmark, case))
         verdict: dict[str, Any] = {"run": str(self.run.path), "alpha": self.alpha, "min_effect": self.min_effect,
-                                   "failures": []}
+                                   "failures": [], "data_warnings": self.data_warnings(benchmark, data)}
         if base is None:
             verdict["missing"] = f"the baseline has no case {benchmark}/{case}"
             return verdict

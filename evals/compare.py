@@ -7,6 +7,9 @@ documents A got right and B got wrong (and the reverse) go to ``discordant/<benc
 with both runs' prompts, targets and outputs. Documents present in only one run are counted and
 listed. Output: a terminal table, ``comparison.json`` and ``comparison.xlsx`` in ``--out``.
 
+When the two runs read a data file at different revisions (sha256), the comparison says so
+(``data_warnings``, printed before the table): their difference then mixes model and data.
+
 Documents are matched by ``doc_id``. A perplexity is compared through its per-document score (the
 continuation log-likelihood); a ``sum`` (a count such as ``guessed``) only by its two totals.
 """
@@ -20,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarkdata.revisions import data_revision_warnings
 from evals.paired import is_binary, mcnemar_exact, paired_difference
 from evals.plugin.writers import write_json, write_jsonl
 from evals.plugin.writers.atomic import atomic_path
@@ -127,6 +131,14 @@ def p_value(entry: Mapping[str, Any]) -> float | None:
     return entry.get("paired", {}).get("p_value")
 
 
+def data_warnings(a: Run, b: Run) -> list[str]:
+    """One message per data file both runs' reports list at different sha256s (revisions)."""
+    bench_a, bench_b = a.results.get("benchmarks", {}), b.results.get("benchmarks", {})
+    return [w for bench in sorted(set(bench_a) & set(bench_b))
+            for w in data_revision_warnings(bench_a[bench].get("data") or [], bench_b[bench].get("data") or [],
+                                            "A", "B", bench)]
+
+
 def compare_runs(a: Run, b: Run) -> dict[str, Any]:
     cases = []
     for key in sorted(set(a.cases) | set(b.cases)):
@@ -141,7 +153,8 @@ def compare_runs(a: Run, b: Run) -> dict[str, Any]:
             entry["value_b"] = cb.metrics.get(name, {}).get("value")
         cases.append({"benchmark": bench, "case": case, **stats})
     return {"a": {"path": str(a.path), "model": a.results.get("model", {}).get("name")},
-            "b": {"path": str(b.path), "model": b.results.get("model", {}).get("name")}, "cases": cases}
+            "b": {"path": str(b.path), "model": b.results.get("model", {}).get("name")},
+            "data_warnings": data_warnings(a, b), "cases": cases}
 
 
 def _side(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,6 +262,8 @@ def run_command(args: argparse.Namespace) -> int:
     lines = table(comparison)
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     print(f"A = {a.path}\nB = {b.path}")
+    for warning in comparison["data_warnings"]:
+        print(f"warning: data revision differs: {warning}")
     for line in lines:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
     print(f"written: {out}/ ({', '.join(p.name for p in list(written.values())[:2])}"

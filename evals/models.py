@@ -1,16 +1,22 @@
-"""``--model``: a checkpoint path, or a known official checkpoint fetched from the Hugging Face hub.
+"""``--model``: a checkpoint path, or an official checkpoint downloaded from the Hugging Face hub on first use.
 
 Accepted forms:
 
 - a path to a ``.pth`` or ``.safetensors`` file;
-- an official name such as ``rwkv7-g1-0.1b`` (see :data:`OFFICIAL`), downloaded from the
-  ``BlinkDL/rwkv7-g1`` hub repository;
-- ``hf:OWNER/REPO/FILE.pth`` for any other checkpoint on the hub.
+- an official name such as ``rwkv7-g1-0.1b`` (see :data:`OFFICIAL`, one row per release with
+  its date), or the release's full file name, downloaded from the ``BlinkDL/rwkv7-g1`` hub
+  repository;
+- ``hf:OWNER/REPO/FILE.pth`` for any other checkpoint on the hub, such as a newer official
+  series not yet in the table.
 
-Downloads go to a cache folder (``--model-cache``, default ``$XDG_CACHE_HOME/rwkveval/models``)
-and are checked against a sha256 (pinned here when known, otherwise the hub's LFS checksum), then
-a sidecar ``.sha256.json`` lets later runs skip re-hashing a multi-gigabyte file whose size and
-modification time are unchanged.
+A download goes to a cache folder (``--model-cache``, default ``$XDG_CACHE_HOME/rwkveval/models``,
+as ``<cache>/<OWNER>/<REPO>/<FILE>``). The hub's API names the commit ``main`` stands for and the
+file's size and sha256; the file is fetched from that commit into ``<FILE>.part`` with a progress
+bar, resumed with an HTTP range request when a previous download was cut off, and renamed into
+place only when its sha256 is the pinned one (where :data:`OFFICIAL` pins one) or the hub's. A
+sidecar ``<FILE>.sha256.json`` (sha256, size, modification time, hub commit) lets later runs skip
+re-hashing a multi-gigabyte file whose size and modification time are unchanged; with downloads
+off (``offline=True`` or ``HF_HUB_OFFLINE=1``) only the cache is consulted.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarkdata.hub import DEFAULT_ENDPOINT, download, hub_url, sha256_file
+from benchmarkdata.hub import DEFAULT_ENDPOINT, OFFLINE_ENV, DownloadError, download, file_info, offline_default
+from benchmarkdata.progress import ProgressFactory, terminal
 
 SUFFIXES = (".pth", ".safetensors")
 HOW_TO_GET_ONE = (
@@ -33,21 +40,27 @@ HOW_TO_GET_ONE = (
 class Official:
     repo: str
     filename: str
-    sha256: str | None = None  # None: verified against the hub's LFS checksum header
+    released: str = ""  # the release date, as in the file name
+    sha256: str | None = None  # None: checked against the sha256 the hub's API reports
 
 
-# File names of the BlinkDL/rwkv7-g1 releases. The sha256 values are not pinned here (they could not
-# be verified offline); downloads are checked against the hub's own LFS sha256 instead.
+# The BlinkDL/rwkv7-g1 releases, one row each. The sha256 values are not pinned here (they could not
+# be verified without a network); downloads are checked against the hub's own LFS sha256 instead.
+# A newer series (rwkv7-g1a, rwkv7-g1b, ...) works as hf:OWNER/REPO/FILE.pth until a row is added.
 OFFICIAL: dict[str, Official] = {
-    "rwkv7-g1-0.1b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-0.1b-20250307-ctx4096.pth"),
-    "rwkv7-g1-0.4b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-0.4b-20250324-ctx4096.pth"),
-    "rwkv7-g1-1.5b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-1.5b-20250429-ctx4096.pth"),
-    "rwkv7-g1-2.9b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-2.9b-20250519-ctx4096.pth"),
+    "rwkv7-g1-0.1b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-0.1b-20250307-ctx4096.pth", "2025-03-07"),
+    "rwkv7-g1-0.4b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-0.4b-20250324-ctx4096.pth", "2025-03-24"),
+    "rwkv7-g1-1.5b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-1.5b-20250429-ctx4096.pth", "2025-04-29"),
+    "rwkv7-g1-2.9b": Official("BlinkDL/rwkv7-g1", "rwkv7-g1-2.9b-20250519-ctx4096.pth", "2025-05-19"),
 }
 
 
 class ModelSpecError(ValueError):
     """A --model value that is neither an existing checkpoint file nor a known name."""
+
+
+class ModelOfflineError(ModelSpecError):
+    """An official checkpoint not in the model cache while downloads are off."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class ResolvedModel:
     name: str  # the name thresholds are keyed by: the official name or the file's stem
     path: Path
     source: str  # "file" | "hub"
+    hub_commit: str | None = None  # the hub commit a downloaded checkpoint came from, where recorded
 
 
 def default_cache() -> Path:
@@ -71,7 +85,7 @@ def _official(spec: str) -> Official | None:
             return entry
     if spec.startswith("hf:"):
         parts = spec[3:].split("/", 2)
-        if len(parts) != 3 or not parts[2].endswith(SUFFIXES):
+        if len(parts) != 3 or not all(parts) or not parts[2].endswith(SUFFIXES):
             raise ModelSpecError(f"--model {spec!r}: expected hf:OWNER/REPO/FILE.pth (or .safetensors)")
         return Official(f"{parts[0]}/{parts[1]}", parts[2])
     return None
@@ -94,27 +108,38 @@ def check_spec(spec: str) -> None:
         raise ModelSpecError(f"--model {spec!r}: expected a .pth or .safetensors file, found suffix {path.suffix!r}")
 
 
-def _cached_ok(path: Path, expected: str | None) -> bool:
-    sidecar = path.with_name(path.name + ".sha256.json")
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _cached(path: Path, expected: str | None) -> dict | None:
+    """The sidecar record of a cached checkpoint still matching it, else None."""
+    sidecar = _sidecar(path)
     if not (path.is_file() and sidecar.is_file()):
-        return False
-    record = json.loads(sidecar.read_text())
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # a damaged sidecar: hash the file again
     stat = path.stat()
     if record.get("size") != stat.st_size or record.get("mtime_ns") != stat.st_mtime_ns:
-        return False
-    return expected is None or record.get("sha256") == expected
+        return None
+    return record if expected is None or record.get("sha256") == expected else None
 
 
 def checkpoint_sha256(path: Path) -> str:
     """The checkpoint's sha256: from the download's sidecar when it is current, else read."""
-    sidecar = path.with_name(path.name + ".sha256.json")
-    if _cached_ok(path, None):
-        return json.loads(sidecar.read_text())["sha256"]
-    return sha256_file(path)
+    record = _cached(path, None)
+    return record["sha256"] if record and record.get("sha256") else sha256_file(path)
 
 
-def resolve(spec: str, cache_dir: Path | None = None, endpoint: str = DEFAULT_ENDPOINT) -> ResolvedModel:
-    """The local checkpoint for ``spec``, downloading an official one into the cache if needed."""
+def resolve(spec: str, cache_dir: Path | None = None, endpoint: str = DEFAULT_ENDPOINT, offline: bool | None = None,
+            progress: ProgressFactory = terminal, token: str | None = None) -> ResolvedModel:
+    """The local checkpoint for ``spec``, downloading an official one into the cache if needed.
+
+    Raises :class:`ModelSpecError` for a bad spec, :class:`ModelOfflineError` for a checkpoint
+    not cached while ``offline`` (default: ``HF_HUB_OFFLINE``), and ``DownloadError`` from the hub.
+    """
     check_spec(spec)
     entry = _official(spec)
     if entry is None:
@@ -122,10 +147,21 @@ def resolve(spec: str, cache_dir: Path | None = None, endpoint: str = DEFAULT_EN
         return ResolvedModel(spec, path.stem, path, "file")
     name = next((n for n, e in OFFICIAL.items() if e == entry), Path(entry.filename).stem)
     target = (cache_dir or default_cache()) / entry.repo / entry.filename
-    if not _cached_ok(target, entry.sha256):
-        download(hub_url(entry.repo, entry.filename, endpoint=endpoint), target, sha256=entry.sha256)
+    record = _cached(target, entry.sha256)
+    if record is None:
+        if offline_default() if offline is None else offline:
+            raise ModelOfflineError(
+                f"--model {spec}: {entry.filename} is not in the model cache ({target.parent}) and downloads are off "
+                f"(--offline or {OFFLINE_ENV}=1); download it on a machine with a network (the same --model without "
+                "--offline), copy it into that folder, or pass --model PATH to a local checkpoint")
+        info = file_info(entry.repo, entry.filename, "main", "model", endpoint, token=token)
+        expected = entry.sha256 or info.sha256
+        if not expected:
+            raise DownloadError(f"the hub reports no sha256 for {entry.repo}/{entry.filename} (not an LFS file) and "
+                                "none is pinned; refusing an unchecked checkpoint")
+        download(info.url(endpoint), target, expected, info.size, progress, token=token)
         stat = target.stat()
-        sidecar = target.with_name(target.name + ".sha256.json")
-        sidecar.write_text(json.dumps({"sha256": sha256_file(target), "size": stat.st_size,
-                                       "mtime_ns": stat.st_mtime_ns}))
-    return ResolvedModel(spec, name, target, "hub")
+        record = {"sha256": expected, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                  "hub_commit": info.commit}
+        _sidecar(target).write_text(json.dumps(record))
+    return ResolvedModel(spec, name, target, "hub", record.get("hub_commit"))
