@@ -457,6 +457,12 @@ ADAPTER_OPTIONS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
+def fine_tune_name(base_name: str, adapters: Sequence[str | Path]) -> str:
+    """A fine-tune's name: the base's name and each adapter file's stem, joined by '+'
+    (``rwkv7-g1-0.1b+math-lora``): the served model id, the report folder, the thresholds key."""
+    return "+".join([base_name, *(Path(p).stem for p in adapters)])
+
+
 def add_adapter_options(add) -> None:
     """Register :data:`ADAPTER_OPTIONS` with ``add`` (``parser.add_argument`` or pytest's ``addoption``)."""
     for flag, kwargs in ADAPTER_OPTIONS:

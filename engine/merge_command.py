@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .adapters import AdapterOptions, add_adapter_options, options_from, prepare_checkpoint
+from .adapters import AdapterOptions, add_adapter_options, fine_tune_name, options_from, prepare_checkpoint
 from .checkpoint import StateDict, file_sha256, read_state_dict
 from .errors import InputError
 from .model import DTYPES
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def default_output(base: Path, options: AdapterOptions) -> Path:
-    return Path("+".join([base.stem, *(p.stem for p in options.paths)]) + ".safetensors")
+    return Path(fine_tune_name(base.stem, options.paths) + ".safetensors")
 
 
 def merged_checkpoint(base: Path, options: AdapterOptions, dtype: str = "base") -> tuple[StateDict, dict]:

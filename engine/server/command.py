@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from engine.adapters import add_adapter_options, options_from
+from engine.adapters import add_adapter_options, fine_tune_name, options_from
 from engine.argtypes import positive_int
 
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     adapters = options_from(lambda name: getattr(args, name))
     model = engine.load_model(args.model, device=args.device, dtype=args.dtype, adapters=adapters)
     config = ServerConfig(
-        model_name=args.name or "+".join([args.model.stem, *(p.stem for p in adapters.paths)]), api_key=api_key, max_batch=args.max_batch,
+        model_name=args.name or fine_tune_name(args.model.stem, adapters.paths), api_key=api_key, max_batch=args.max_batch,
         max_queue=max(args.max_queue, args.max_prompts), max_prompt_tokens=args.max_prompt_tokens,
         max_tokens=args.max_tokens, max_prompts=args.max_prompts,
     )

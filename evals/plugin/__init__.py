@@ -14,6 +14,7 @@ root picks it up while the project's own ``pytest`` run does not; tests load it 
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from evals.plugin.report import new_run_dir_name
 from evals.plugin.endpoint import connect, endpoint_options
 from evals.plugin.endpoint import to_json as endpoint_json
 from evals.plugin.runs import rescore_model, run_options
+from engine.adapters import fine_tune_name
 
 # resume and rescore (response cache), --baseline gates, shards over xdist workers: evals/plugin/runs.py;
 # --endpoint and its options (a remote OpenAI-compatible server as the backend): evals/plugin/endpoint.py
@@ -54,14 +56,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = cfg
     if _inspect_only(config):
         return
-    resolved = rescore_model(config, cfg.model, cfg.dtype)  # --rescore: the cached model, nothing loaded
+    # --rescore: the cached model (with these adapters), nothing loaded
+    resolved = rescore_model(config, cfg.model, cfg.dtype, cfg.adapters)
     remote = endpoint_options(config)
     if resolved is None and remote is not None:  # --endpoint: wait for the server, name its model
         resolved = connect(config, remote)
     if resolved is None and cfg.model is None:
         raise pytest.UsageError("no model given. " + models.HOW_TO_GET_ONE.format(names=", ".join(sorted(models.OFFICIAL))))
     try:
-        resolved = resolved or models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
+        if resolved is None:
+            resolved = models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
+            if cfg.adapters:  # a fine-tune is named base+adapter (reports, thresholds, the cache's naming)
+                resolved = dataclasses.replace(resolved, name=fine_tune_name(resolved.name, cfg.adapters))
     except (models.ModelSpecError, DownloadError) as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[MODEL_KEY] = resolved

@@ -36,7 +36,8 @@ def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
     import engine
 
     # under xdist with --device cuda each worker takes its own GPU (evals/shard.py)
-    return engine.load_model(resolved.path, device=engine_device(eval_config.device, pytestconfig), dtype=eval_config.dtype)
+    return engine.load_model(resolved.path, device=engine_device(eval_config.device, pytestconfig),
+                             dtype=eval_config.dtype, adapters=eval_config.adapter_options())
 
 
 @pytest.fixture(scope="session")
@@ -54,13 +55,15 @@ def eval_backend(request: pytest.FixtureRequest, pytestconfig: pytest.Config, ev
 
 @pytest.fixture(scope="session")
 def eval_gates(eval_config: EvalConfig, eval_responses: Backend) -> list[Gate]:
-    """The thresholds file's gates for this model (by name or sha256), overridden by --threshold."""
+    """The thresholds file's gates for this model (by name, or sha256 and adapters' sha256s),
+    overridden by --threshold."""
     info = eval_responses.info()
     name = info.get("name") or ""
     file_gates = []
     if eval_config.thresholds_file is not None:
         try:
-            file_gates = load_file(eval_config.thresholds_file, name, info.get("sha256"))
+            file_gates = load_file(eval_config.thresholds_file, name, info.get("sha256"),
+                                   [a["sha256"] for a in info.get("adapters") or []])
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
     return merge(file_gates, eval_config.thresholds)

@@ -17,6 +17,7 @@ import pytest
 from benchmarkdata.hub import DEFAULT_ENDPOINT
 from evals.sampling import Limit
 from evals.thresholds import DEFAULT_FILE, Gate
+from engine.adapters import AdapterError, AdapterOptions, add_adapter_options
 from engine.argtypes import checked, non_negative_int, positive_int
 
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
@@ -68,6 +69,7 @@ def add_options(parser: pytest.Parser) -> None:
         help="Hugging Face hub endpoint or mirror (default: $HF_ENDPOINT or %(default)s)")
     add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
+    add_adapter_options(add)  # --adapter, --adapter-init, --lora-alpha, --lora-scaling (engine/adapters.py)
     add("--batch-size", type=positive_int, default=16, help="engine batch size (default: %(default)s)")
     add("--limit", type=_limit, default=None, metavar="N|FRACTION",
         help="documents per benchmark in total, a seeded stratified sample over its cases; "
@@ -147,6 +149,14 @@ class EvalConfig:
     custom_metric: str | None = None
     match_normalize: tuple[str, ...] = ("strip",)
     embedding_model: Path | None = None
+    adapters: tuple[Path, ...] = ()
+    adapter_init: Path | None = None
+    lora_alpha: float | None = None
+    lora_scaling: float | None = None
+
+    def adapter_options(self) -> AdapterOptions:
+        """The fine-tune's adapters as the engine takes them (engine.load_model(adapters=...))."""
+        return AdapterOptions(self.adapters, self.adapter_init, self.lora_alpha, self.lora_scaling)
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> EvalConfig:
@@ -166,7 +176,7 @@ class EvalConfig:
             max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=get("thresholds_file"),
-            **_benchmark_options(get),
+            **_benchmark_options(get), **_adapter_options(get),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -176,6 +186,7 @@ class EvalConfig:
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)
+        data["adapters"] = [str(p) for p in self.adapters]
         return data
 
 
@@ -191,3 +202,20 @@ def _benchmark_options(get) -> dict[str, Any]:
             "sampling_seed": get("sampling_seed"), "template": get("template"), "data_file": data_file,
             "custom_metric": get("custom_metric"), "match_normalize": get("match_normalize"),
             "embedding_model": embedding_model}
+
+
+def _adapter_options(get) -> dict[str, Any]:
+    """--adapter and its companions, checked: the files exist and the options agree."""
+    values = {"adapters": tuple(get("adapter") or ()), "adapter_init": get("adapter_init"),
+              "lora_alpha": get("lora_alpha"), "lora_scaling": get("lora_scaling")}
+    for option, path in [*(("--adapter", p) for p in values["adapters"]), ("--adapter-init", values["adapter_init"])]:
+        if path is not None and not path.is_file():
+            raise pytest.UsageError(f"{option} {path}: no such file")
+    if values["adapters"] and get("endpoint", None):
+        raise pytest.UsageError("--adapter applies to the local engine, not to an --endpoint: serve the fine-tune "
+                                "with `rwkveval serve --model BASE --adapter ...` and point --endpoint at it")
+    try:
+        AdapterOptions(values["adapters"], values["adapter_init"], values["lora_alpha"], values["lora_scaling"])
+    except AdapterError as error:
+        raise pytest.UsageError(str(error)) from None
+    return values

@@ -30,6 +30,7 @@ from evals.plugin.recorder import PROPERTY, CaseRecorder
 from evals.shard import shard_count, shard_id, worker_device, worker_index
 from evals.thresholds import OVERALL
 from engine.argtypes import non_negative_float, positive_int, probability
+from engine.checkpoint import file_sha256
 
 RUN_OPTIONS_KEY = pytest.StashKey["RunOptions"]()
 RESCORE_KEY = pytest.StashKey[tuple]()
@@ -101,15 +102,18 @@ def run_options(config: pytest.Config) -> RunOptions:
     return config.stash[RUN_OPTIONS_KEY]
 
 
-def rescore_model(config: pytest.Config, spec: str | None, dtype: str) -> ResolvedModel | None:
-    """With ``--rescore``: the stored model to replay (nothing is loaded or downloaded); else None."""
+def rescore_model(config: pytest.Config, spec: str | None, dtype: str,
+                  adapters: tuple[Path, ...] = ()) -> ResolvedModel | None:
+    """With ``--rescore``: the stored model to replay (nothing is loaded or downloaded), the one
+    with exactly ``adapters`` (by the files' sha256); else None."""
     options = run_options(config)
     if not options.rescore:
         return None
     try:
         cache = ResponseCache.open(options.cache_dir, create=False)
         try:
-            model_id, entry = choose_model(cache.models(), spec, dtype, cache.path)
+            model_id, entry = choose_model(cache.models(), spec, dtype, cache.path,
+                                           [file_sha256(p) for p in adapters])
         finally:
             cache.close()
     except CacheError as error:
