@@ -35,16 +35,21 @@ def make_lora(base: dict, rank: int, seed: int, layers=None, with_ln: bool = Tru
     return adapter
 
 
-def hand_merge_lora(base: dict, adapter: dict, lora_alpha: float) -> dict:
-    """merge/merge.py --type lora: tensors copied over, then W += B @ A * (alpha / r)."""
+def hand_merge_lora(base: dict, adapter: dict, lora_alpha: float | None = None, init: dict | None = None) -> dict:
+    """merge/merge.py: tensors copied over, then --type lora: W += B @ A * (alpha / r), or
+    --type pissa (with ``init``): W = W - B0 @ A0, then W += B @ A (no scale)."""
     w = dict(base)
     w.update(adapter)
     for k in list(w):
         prefix = k[: -len(".weight")] if k.endswith(".weight") else None
-        if prefix is not None and prefix + ".lora_A" in w:
-            A, B = w[prefix + ".lora_A"], w[prefix + ".lora_B"]
-            r = B.shape[1]
-            w[k] = w[k] + B @ A * (lora_alpha / r)
+        if prefix is None or prefix + ".lora_A" not in w:
+            continue
+        A, B = w[prefix + ".lora_A"], w[prefix + ".lora_B"]
+        if init is None:
+            w[k] = w[k] + B @ A * (lora_alpha / B.shape[1])
+        else:
+            w[k] = w[k] - init["model." + prefix + ".init_lora_B"] @ init["model." + prefix + ".init_lora_A"]
+            w[k] = w[k] + B @ A
     return {k: v for k, v in w.items() if "lora" not in k}
 
 
@@ -65,19 +70,6 @@ def make_pissa(base: dict, rank: int, seed: int, layers=None) -> tuple[dict, dic
             trained[prefix + ".lora_A"] = A0 + _randn(A0.shape, g, 0.05 * A0.abs().mean().item())
             trained[prefix + ".lora_B"] = B0 + _randn(B0.shape, g, 0.05 * B0.abs().mean().item())
     return trained, init
-
-
-def hand_merge_pissa(base: dict, adapter: dict, init: dict) -> dict:
-    """merge/merge.py --type pissa: W = W - B0 @ A0, then W += B @ A (no scale)."""
-    w = dict(base)
-    w.update(adapter)
-    for k in list(w):
-        prefix = k[: -len(".weight")] if k.endswith(".weight") else None
-        if prefix is not None and prefix + ".lora_A" in w:
-            A0, B0 = init["model." + prefix + ".init_lora_A"], init["model." + prefix + ".init_lora_B"]
-            w[k] = w[k] - B0 @ A0
-            w[k] = w[k] + w[prefix + ".lora_B"] @ w[prefix + ".lora_A"]
-    return {k: v for k, v in w.items() if "lora" not in k}
 
 
 def make_disha(base: dict, r: int, mode: str, seed: int, layers=None, key: str = "disha") -> dict:

@@ -11,8 +11,8 @@ import engine
 from engine import peft
 from evals.cli import main as rwkveval
 from helpers import SHAPES
-from peft_reference import (hand_merge_disha, hand_merge_lora, hand_merge_pissa, make_disha, make_lora,
-                            make_pissa, make_time_state)
+from peft_reference import (hand_merge_disha, hand_merge_lora, make_disha, make_lora, make_pissa,
+                            make_time_state)
 
 TOL = 1e-5
 WORLD = SHAPES["2x128-h2"]  # vocabulary 65536, two layers: small enough for every case below
@@ -83,7 +83,7 @@ def test_pissa_equals_hand_merge(base, tmp_path):
     torch.save(trained, tmp_path / "rwkv-0.pth")
     torch.save(init, tmp_path / "init_pissa.pth")
     model = engine.load_model(path, adapters=[tmp_path / "rwkv-0.pth"], adapter_init=tmp_path / "init_pissa.pth")
-    assert_same_logits(model, hand_merge_pissa(sd, trained, init), sd)
+    assert_same_logits(model, hand_merge_lora(sd, trained, init=init), sd)
     (record,) = model.info()["adapters"]
     assert record["kind"] == "pissa" and record["init"]["path"] == str(tmp_path / "init_pissa.pth")
 
@@ -94,7 +94,7 @@ def test_pissa_init_without_wrapper_prefix(tiny_sd, tiny_model_path, tmp_path):
     torch.save(trained, tmp_path / "a.pth")
     torch.save({k[len("model."):]: v for k, v in init.items()}, tmp_path / "init.pth")
     model = engine.load_model(tiny_model_path, adapters=[tmp_path / "a.pth"], adapter_init=tmp_path / "init.pth")
-    assert_same_logits(model, hand_merge_pissa(tiny_sd, trained, init), tiny_sd)
+    assert_same_logits(model, hand_merge_lora(tiny_sd, trained, init=init), tiny_sd)
 
 
 @pytest.mark.parametrize("mode, r", [("bone", 48), ("bone", 32), ("bat", 32)])
