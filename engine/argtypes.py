@@ -4,6 +4,7 @@ expected and what was found; pytest turns it into a usage error."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 
@@ -27,4 +28,5 @@ positive_int = checked(int, lambda v: v >= 1, "a positive integer")
 non_negative_int = checked(int, lambda v: v >= 0, "an integer >= 0")
 probability = checked(float, lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
 non_negative_float = checked(float, lambda v: v >= 0, "a number >= 0")
+positive_float = checked(float, lambda v: 0 < v < math.inf, "a finite number > 0")
 positive_seconds = checked(float, lambda v: v > 0, "a number of seconds > 0")

@@ -131,26 +131,41 @@ def _read_safetensors(path: Path) -> StateDict:
         raise CheckpointError(f"{path} is truncated or corrupt (not a readable safetensors file): {e}") from None
 
 
+# Keys that only other architectures or layouts have, in the order they are tested.
+_FOREIGN_MARKERS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("att.time_maa_x", "att.time_decay_w1"), "RWKV-6 (Finch)"),
+    (("att.time_faaaa",), "RWKV-5 (Eagle)"),
+    (("att.time_first",), "RWKV-4 (Raven/Pile)"),
+    ((".attn.r_proj.",), "RWKV-7 in the Hugging Face/flash-linear-attention layout (model.layers.N.attn.*)"),
+    ((".self_attn.q_proj.",), "a transformer (self_attn.q_proj: Llama/Qwen-like)"),
+    ((".lora_A.weight", ".lora_B.weight"), "a Hugging Face PEFT adapter (*.lora_A.weight)"),
+    # RWKV-7 has neither a gate matrix nor a receptance in its channel mix (RWKV-4, 5 and 6 do):
+    # an adapter holding only LoRA pairs shows its architecture by these names alone
+    ((".att.gate.", ".ffn.receptance."), "RWKV-4/5/6 (att.gate / ffn.receptance have no RWKV-7 counterpart)"),
+)
+
+
+def foreign_architecture(keys) -> tuple[str, str] | None:
+    """(what the keys belong to, one key that shows it) if they name another architecture or
+    layout than RWKV-7's official one, else None."""
+    ordered = sorted(keys)
+    for markers, found in _FOREIGN_MARKERS:
+        for key in ordered:
+            if any(m in key for m in markers):
+                return found, key
+    return None
+
+
 def detect_architecture(sd: StateDict) -> str:
     """Name the architecture of a state dict: "rwkv7", or raise naming what was found instead."""
     keys = set(sd)
     if "blocks.0.att.r_k" in keys or any(k.endswith(".att.r_k") for k in keys):
         return "rwkv7"
-    found = None
-    if any(k.endswith("att.time_maa_x") or k.endswith("att.time_decay_w1") for k in keys):
-        found = "RWKV-6 (Finch)"
-    elif any(k.endswith("att.time_faaaa") for k in keys):
-        found = "RWKV-5 (Eagle)"
-    elif any(k.endswith("att.time_first") for k in keys):
-        found = "RWKV-4 (Raven/Pile)"
-    elif any(".attn.r_proj." in k for k in keys):
-        found = "RWKV-7 in the Hugging Face/flash-linear-attention layout (model.layers.N.attn.*)"
-    elif any(".self_attn.q_proj." in k for k in keys):
-        found = "a transformer (self_attn.q_proj: Llama/Qwen-like)"
-    if found:
+    foreign = foreign_architecture(keys)
+    if foreign:
         raise CheckpointError(
-            f"not an RWKV-7 checkpoint: found {found}; rwkveval reads RWKV-7 (x070) checkpoints in "
-            "the official BlinkDL layout (blocks.N.att.r_k, blocks.N.att.x_r, ...)"
+            f"not an RWKV-7 checkpoint: found {foreign[0]} (key {foreign[1]!r}); rwkveval reads RWKV-7 (x070) "
+            "checkpoints in the official BlinkDL layout (blocks.N.att.r_k, blocks.N.att.x_r, ...)"
         )
     sample = ", ".join(sorted(keys)[:5]) or "no keys"
     raise CheckpointError(
@@ -243,15 +258,20 @@ def _natural(key: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key))
 
 
-def inspect_checkpoint(path: str | Path) -> ModelConfig:
-    """The shape of the checkpoint at ``path``, with every key and shape checked, without reading
-    its weights (a .pth is memory-mapped, a .safetensors read by its header): what a run checks
-    before it starts, so a wrong file fails in a second instead of after a multi-gigabyte load."""
+def checkpoint_shapes(path: str | Path) -> StateDict:
+    """The checkpoint's tensors as empty "meta" tensors of their shapes and dtypes, without reading
+    its weights (a .pth is memory-mapped, a .safetensors read by its header)."""
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size > 0:
-        sd = _safetensors_shapes(path)
-    else:
-        sd = read_state_dict(path)
+        return _safetensors_shapes(path)
+    return {key: torch.empty(t.shape, dtype=t.dtype, device="meta") for key, t in read_state_dict(path).items()}
+
+
+def inspect_checkpoint(path: str | Path) -> ModelConfig:
+    """The shape of the checkpoint at ``path``, with every key and shape checked, without reading
+    its weights: what a run checks before it starts, so a wrong file fails in a second instead of
+    after a multi-gigabyte load."""
+    sd = checkpoint_shapes(path)
     cfg = infer_config(sd)
     check_state_dict(sd, cfg)
     return cfg

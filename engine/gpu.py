@@ -262,12 +262,17 @@ class RWKV7CUDA(RWKV7):
 
     def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cuda",
                  dtype: str = "float32", path: str | None = None, sha256: str | None = None,
-                 use_graphs: bool = True, max_graphs: int = 8, capture_after: int = 2):
+                 initial_wkv: torch.Tensor | None = None, state_from: str | None = None,
+                 adapters: tuple[dict, ...] = (), use_graphs: bool = True, max_graphs: int = 8,
+                 capture_after: int = 2):
         dev = check_gpu_target(device, dtype, cfg.head_size, cuda_devices=torch.cuda.device_count(),
                                has_cupy=cupy_available())
         if dev.type == "cuda" and dev.index is None:  # a state made on "cuda" reports cuda:N
             dev = torch.device("cuda", torch.cuda.current_device())
-        super().__init__(sd, cfg, device=str(dev), dtype=dtype, path=path, sha256=sha256)
+        # the tuned initial state and adapter records live in the reference class: zero_state()
+        # (and so batching, scoring, generation and the server) start from it on either path
+        super().__init__(sd, cfg, device=str(dev), dtype=dtype, path=path, sha256=sha256,
+                         initial_wkv=initial_wkv, state_from=state_from, adapters=adapters)
         self.use_graphs = use_graphs
         self.graphs = GraphCache(max_graphs, capture_after)
         self.graph_stats: Counter[str] = Counter()  # plans taken: eager / capture / replay; capture_failed

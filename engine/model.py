@@ -17,7 +17,8 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import check_state_dict, file_sha256, infer_config, read_state_dict
+from .adapters import AdapterOptions, adapter_options, prepare_checkpoint
+from .checkpoint import file_sha256, read_state_dict
 from .config import ModelConfig
 from .errors import InputError
 from .state import State
@@ -105,10 +106,17 @@ def wkv7_reference(
 
 
 class RWKV7:
-    """An RWKV-7 model on one device in one dtype (float32 or bfloat16; the state is float32)."""
+    """An RWKV-7 model on one device in one dtype (float32 or bfloat16; the state is float32).
+
+    ``initial_wkv`` [L, H, N, N] is a tuned initial state (RWKV-PEFT's state tuning): every
+    sequence starts from it instead of zeros. ``adapters`` describes the adapter files merged into
+    ``sd`` (engine/adapters.py), for :meth:`info`.
+    """
 
     def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cpu",
-                 dtype: str = "float32", path: str | None = None, sha256: str | None = None):
+                 dtype: str = "float32", path: str | None = None, sha256: str | None = None,
+                 initial_wkv: torch.Tensor | None = None, state_from: str | None = None,
+                 adapters: Sequence[dict] = ()):
         if dtype not in DTYPES:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
         self.config = cfg
@@ -118,6 +126,15 @@ class RWKV7:
         self.path = path
         self.sha256 = sha256
         dt, dev = self.dtype, self.device
+        self.adapters = tuple(adapters)
+        self.initial_wkv = None
+        self.state_from = state_from
+        if initial_wkv is not None:
+            want = (cfg.n_layer, cfg.n_head, cfg.head_size, cfg.head_size)
+            if tuple(initial_wkv.shape) != want:
+                raise InputError(f"initial_wkv: expected shape (n_layer, n_head, head_size, head_size) = {want}, "
+                                 f"found {tuple(initial_wkv.shape)}")
+            self.initial_wkv = initial_wkv.to(device=dev, dtype=torch.float32).contiguous()  # (L, H, N, N)
 
         def t(key: str) -> torch.Tensor:
             return sd[key].to(device=dev, dtype=dt).contiguous()
@@ -217,10 +234,14 @@ class RWKV7:
             "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
             "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
             "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl,
+            "adapters": [dict(r) for r in self.adapters],
+            "initial_state": "zeros" if self.initial_wkv is None else f"tuned ({self.state_from or 'given'})",
         }
 
     def zero_state(self, batch_size: int) -> State:
-        return State.zeros(self.config, batch_size, self.device)
+        """The state before any token, in every row: zeros, or the tuned initial state. Scoring,
+        generation, batching and the server all start sequences here."""
+        return State.start(self.config, batch_size, self.device, self.initial_wkv)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
@@ -352,10 +373,17 @@ class RWKV7:
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *, checksum: bool = True,
-               sha256: str | None = None) -> RWKV7:
+               sha256: str | None = None, adapters: Sequence[str | Path] | AdapterOptions | None = None,
+               adapter_init: str | Path | None = None, lora_alpha: float | None = None,
+               lora_scaling: float | None = None) -> RWKV7:
     """Load an RWKV-7 checkpoint (.pth or .safetensors) and check every key and shape.
 
-    ``sha256``: the file's checksum when the caller computed it already (it is not read again)."""
+    ``sha256``: the file's checksum when the caller computed it already (it is not read again).
+    ``adapters``: RWKV-PEFT adapter files (LoRA, PiSSA with ``adapter_init``, DiSHA, a tuned state)
+    merged into the checkpoint's tensors before the model is built (engine/adapters.py); LoRA's
+    scale is ``lora_alpha / rank`` or ``lora_scaling``. A ``blocks.N.att.time_state`` in the
+    checkpoint itself (a merged state tuning) is its initial state.
+    """
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
     if str(device).startswith("cuda"):
@@ -363,19 +391,28 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *,
             raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU on this machine")
     elif str(device) != "cpu":
         raise InputError(f"device must be 'cpu' or 'cuda[:N]', found {device!r}")
+    options = adapter_options(adapters, adapter_init=adapter_init, lora_alpha=lora_alpha, lora_scaling=lora_scaling)
     sd = read_state_dict(path)
-    cfg = infer_config(sd)
-    check_state_dict(sd, cfg)
     if sha256 is None and checksum:
         sha256 = file_sha256(path)
-    return model_class(device)(sd, cfg, device=device, dtype=dtype, path=str(path), sha256=sha256)
+    return _build(sd, device, dtype, options, f"checkpoint {path}", path=str(path), sha256=sha256)
 
 
-def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32") -> RWKV7:
-    """Build a model from an in-memory state dict (checked like a file)."""
-    cfg = infer_config(sd)
-    check_state_dict(sd, cfg)
-    return model_class(device)(sd, cfg, device=device, dtype=dtype)
+def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32", *,
+                    adapters: Sequence[str | Path] | AdapterOptions | None = None,
+                    adapter_init: str | Path | None = None, lora_alpha: float | None = None,
+                    lora_scaling: float | None = None) -> RWKV7:
+    """Build a model from an in-memory state dict (checked like a file), with adapters as in load_model."""
+    options = adapter_options(adapters, adapter_init=adapter_init, lora_alpha=lora_alpha, lora_scaling=lora_scaling)
+    return _build(sd, device, dtype, options, "state dict")
+
+
+def _build(sd: dict[str, torch.Tensor], device: str, dtype: str, options: AdapterOptions, where: str,
+           path: str | None = None, sha256: str | None = None) -> RWKV7:
+    cfg, merged = prepare_checkpoint(sd, options, where)
+    return model_class(device)(merged.state_dict, cfg, device=device, dtype=dtype, path=path, sha256=sha256,
+                               initial_wkv=merged.initial_wkv, state_from=merged.state_from,
+                               adapters=merged.records)
 
 
 # ---- the GPU path (engine/gpu.py): chosen by device; imported only when asked for

@@ -38,6 +38,16 @@ class State:
             ffn_x=torch.zeros(L, batch_size, C, **f32),
         )
 
+    @staticmethod
+    def start(cfg: ModelConfig, batch_size: int, device: str | torch.device = "cpu",
+              wkv: torch.Tensor | None = None) -> "State":
+        """The state before any token: zeros, with ``wkv`` [L, H, N, N] (a tuned initial state,
+        from state tuning) copied into every row when given."""
+        state = State.zeros(cfg, batch_size, device)
+        if wkv is not None:
+            state.wkv.copy_(wkv.unsqueeze(1).expand_as(state.wkv))  # (L, B, H, N, N)
+        return state
+
     @property
     def batch_size(self) -> int:
         return self.att_x.shape[1]

@@ -84,12 +84,19 @@ def _how_to_clear(path: Path) -> str:
 def model_identity(info: Mapping[str, Any]) -> str:
     """What the responses depend on, from a backend's ``info()``.
 
-    A checkpoint: its sha256 and dtype (not the device, so workers on several GPUs share entries).
+    A checkpoint: its sha256 and dtype (not the device, so workers on several GPUs share entries),
+    and the adapters merged into it, if any (kind, file sha256, scale, PiSSA init sha256, in order).
     A remote endpoint: URL, model and the options that change what it answers. Anything else (a
     test fake): its backend kind and name.
     """
     if info.get("sha256"):
-        return f"sha256:{info['sha256']}|dtype:{info.get('dtype')}"
+        identity = f"sha256:{info['sha256']}|dtype:{info.get('dtype')}"
+        adapters = info.get("adapters") or []
+        if adapters:  # absent for a plain checkpoint: its identity (and cached responses) stay as they were
+            identity += "|adapters:" + ",".join(
+                f"{a['kind']}:{a['sha256']}:scale={a.get('scale')}" + (f":init={a['init']['sha256']}" if a.get("init") else "")
+                for a in adapters)
+        return identity
     if info.get("endpoint"):
         parts = [f"endpoint:{info['endpoint']}"] + [f"{k}:{info.get(k)}" for k in
                                                    ("model", "api_mode", "chat_template", "token_ids")]
@@ -459,12 +466,16 @@ class ReplayBackend:
 
 
 def choose_model(models: Mapping[str, Mapping[str, Any]], spec: str | None, dtype: str | None,
-                 path: Path) -> tuple[str, dict[str, Any]]:
+                 path: Path, adapters: Sequence[str] = ()) -> tuple[str, dict[str, Any]]:
     """The stored model ``--rescore`` replays: the one matching ``--model`` (by spec, name, path or
-    a sha256 prefix) and ``--dtype``, or the only one stored when ``--model`` is not given."""
+    a sha256 prefix), ``--dtype`` and the ``--adapter`` files (their sha256s, ``adapters``), or the
+    only one stored when ``--model`` is not given."""
     def matches(entry: Mapping[str, Any]) -> bool:
         info, named = entry.get("info", {}), entry.get("resolved", {})
         if dtype and info.get("dtype") not in (None, dtype):
+            return False
+        stored_adapters = sorted(a.get("sha256") for a in info.get("adapters") or [])
+        if (spec is not None or adapters) and stored_adapters != sorted(adapters):
             return False
         if spec is None:
             return True

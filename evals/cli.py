@@ -4,6 +4,7 @@ code); this file only lists them. It lives in ``evals`` (the top layer) because 
 span both layers; the engine never imports ``evals``.
 
     rwkveval serve --model path/to/rwkv7.pth      # OpenAI-compatible server (engine/server/command.py)
+    rwkveval merge BASE --adapter A -o OUT.safetensors   # adapters merged into a checkpoint (engine/merge_command.py)
     rwkveval compare RUN_A RUN_B                  # paired comparison of two report folders (evals/compare.py)
     rwkveval cache info|clear --cache-dir DIR     # the response cache (evals/cache.py)
 """
@@ -17,12 +18,13 @@ from engine.errors import EngineError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine import merge_command as merge
     from engine.server import command as serve
     from evals import cache, compare  # rwkveval cache {info,clear}, rwkveval compare RUN_A RUN_B
 
     parser = argparse.ArgumentParser(prog="rwkveval", description="rwkveval: RWKV-7 evaluation suite and engine")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, compare, cache):
+    for module in (serve, merge, compare, cache):
         module.add_parser(subparsers)
     return parser
 

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarkdata.hub import DEFAULT_ENDPOINT, OFFLINE_ENV, DownloadError, download, file_info, offline_default
+from benchmarkdata.hub import DEFAULT_ENDPOINT, OFFLINE_ENV, DownloadError, download, file_info, offline_default, sha256_file
 from benchmarkdata.progress import ProgressFactory, terminal
 
 SUFFIXES = (".pth", ".safetensors")

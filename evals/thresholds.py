@@ -7,7 +7,8 @@ A gate reads ``benchmark[/case].metric OP bound`` with OP ``>=`` (a minimum, for
 - ``mmlu_pro/math.acc >= 0.2``: one case;
 - ``mmlu_pro/*.acc >= 0.1``: every case.
 
-Gates come from ``evals/thresholds.toml`` (per model, matched by name or sha256) and from
+Gates come from ``evals/thresholds.toml`` (per model, matched by name or sha256; a fine-tune by
+its name ``base+adapter-stem`` or by the base's sha256 plus its adapters' sha256s) and from
 ``--threshold`` on the command line, which adds a gate or replaces the file's gate on the same
 benchmark, case and metric. A case without a gate passes and is reported as ungated.
 """
@@ -88,8 +89,16 @@ class GateOutcome:
         return data
 
 
-def load_file(path: Path, model_name: str, model_sha256: str | None) -> list[Gate]:
-    """The gates ``path`` lists for a model, matched by ``[models."NAME"]`` or its ``sha256`` key."""
+def load_file(path: Path, model_name: str, model_sha256: str | None, adapter_sha256s: Iterable[str] = ()) -> list[Gate]:
+    """The gates ``path`` lists for a model, matched by ``[models."NAME"]`` or its ``sha256`` key.
+
+    A run with adapters (``adapter_sha256s``: the sha256 of each ``--adapter`` file) is a
+    different model from its base: an entry matches it by its name (``base+adapter-stem``) or by
+    ``sha256`` (the base's) together with ``adapters = [sha256, ...]`` listing exactly its adapter
+    files, in any order. An entry with ``adapters`` never matches the base alone, and the base's
+    entry never matches a fine-tune by checksum.
+    """
+    run_adapters = sorted(s.lower() for s in adapter_sha256s)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as error:
@@ -101,8 +110,13 @@ def load_file(path: Path, model_name: str, model_sha256: str | None) -> list[Gat
     for name, entry in models.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("gates", []), list):
             raise ValueError(f"{path}: [models.{name!r}] must hold a 'gates' list of strings")
-        sha = entry.get("sha256")
-        if name == model_name or (sha and model_sha256 and sha.lower() == model_sha256.lower()):
+        sha, wanted = entry.get("sha256"), entry.get("adapters", [])
+        if not isinstance(wanted, list) or not all(isinstance(s, str) for s in wanted):
+            raise ValueError(f"{path}: [models.{name!r}] 'adapters' must be a list of sha256 strings, found {wanted!r}")
+        same_adapters = sorted(s.lower() for s in wanted) == run_adapters
+        by_name = name == model_name and (same_adapters or not wanted)
+        by_sha = bool(sha and model_sha256 and sha.lower() == model_sha256.lower()) and same_adapters
+        if by_name or by_sha:
             gates.extend(Gate.parse(text, source=f"{path.name}[{name}]") for text in entry.get("gates", []))
     return gates
 

@@ -229,7 +229,7 @@ def twins(monkeypatch):
 
 
 def twin_model(sd, dtype="float32", **kwargs) -> RWKV7CUDA:
-    cfg = engine.model.infer_config(sd)
+    cfg = engine.checkpoint.infer_config(sd)
     return RWKV7CUDA(sd, cfg, device="cpu", dtype=dtype, **kwargs)
 
 
@@ -274,6 +274,23 @@ def test_twin_path_sequence_equals_steps_and_batch_prefix_views(twins):
     view = State(big.att_x[:, :3], big.wkv[:, :3], big.ffn_x[:, :3])
     model.forward(toks, view, logits="none", inplace=True)
     assert rel_rms(big.wkv[:, :3], whole_state.wkv) <= 1e-6 and big.wkv[:, 3:].abs().max() == 0
+
+
+def test_twin_path_starts_from_a_tuned_state(twins):
+    """A tuned initial state (state tuning, engine/adapters.py) reaches the GPU class through the
+    reference's zero_state: its scoring and generation equal the reference's with the same state."""
+    sd = engine.random_state_dict(SMALL, seed=8)
+    wkv = 0.5 * torch.randn(SMALL.n_layer, SMALL.n_head, SMALL.head_size, SMALL.head_size,
+                            generator=torch.Generator().manual_seed(1))  # (L, H, N, N)
+    ref, ours = engine.RWKV7(sd, SMALL, initial_wkv=wkv), twin_model(sd, use_graphs=False, initial_wkv=wkv)
+    assert torch.equal(ours.zero_state(3).wkv[:, 1], wkv)
+    pairs = [([0, 5, 9, 14], [3, 7]), ([0, 5, 9], [1]), ([0, 200, 13, 2, 2], [9, 9, 9])]
+    want, got = ref.loglikelihood(pairs), ours.loglikelihood(pairs)
+    plain = engine.RWKV7(sd, SMALL).loglikelihood(pairs)
+    assert all(abs(g[0] - w[0]) <= 1e-4 for g, w in zip(got, want))
+    assert max(abs(p[0] - w[0]) for p, w in zip(plain, want)) > 1e-2  # the state changes the scores
+    prompts = [[0, 1, 2], [0, 40, 41, 42, 43]]
+    assert [g.tokens for g in ours.generate(prompts, 6)] == [g.tokens for g in ref.generate(prompts, 6)]
 
 
 def test_twin_path_rejects_a_state_on_another_device(twins):

@@ -1,6 +1,7 @@
 """``rwkveval serve``: load a checkpoint and serve it over the OpenAI-compatible API.
 
     rwkveval serve --model path/to/rwkv7.pth [--port 8000] [--api-key-file FILE]
+    rwkveval serve --model base.pth --adapter lora.pth --lora-alpha 32     # a fine-tune, merged at load
 
 Listens on 127.0.0.1 unless ``--host`` says otherwise. Every limit of
 :class:`engine.server.config.ServerConfig` has an option here.
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+from engine.adapters import add_adapter_options, fine_tune_name, options_from
 from engine.argtypes import positive_int
 
 
@@ -20,8 +23,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, metavar="PATH", help="RWKV-7 checkpoint (.pth or .safetensors)")
+    add_adapter_options(p.add_argument)
     p.add_argument("--name", default=None,
-                   help="the model id clients send and /v1/models lists (default: the file's stem)")
+                   help="the model id clients send and /v1/models lists (default: the file's stem, "
+                        "with '+ADAPTER-STEM' for each --adapter)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
     p.add_argument("--device", default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
@@ -68,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
         api_key = args.api_key_file.read_text().strip()
         if not api_key:
             raise SystemExit(f"--api-key-file {args.api_key_file}: the file is empty")
-    model = engine.load_model(args.model, device=args.device, dtype=args.dtype)
+    adapters = options_from(lambda name: getattr(args, name))
+    model = engine.load_model(args.model, device=args.device, dtype=args.dtype, adapters=adapters)
     config = ServerConfig(
-        model_name=args.name or args.model.stem, api_key=api_key, max_batch=args.max_batch,
+        model_name=args.name or fine_tune_name(args.model.stem, adapters.paths), api_key=api_key, max_batch=args.max_batch,
         max_queue=max(args.max_queue, args.max_prompts), max_prompt_tokens=args.max_prompt_tokens,
         max_tokens=args.max_tokens, max_prompts=args.max_prompts,
     )

@@ -49,13 +49,16 @@ def _inspect_only(config: pytest.Config) -> bool:
                ("help", "version", "collectonly", "showfixtures", "show_fixtures_per_test", "markers"))
 
 
-def _gates(config: pytest.Config, cfg: EvalConfig, name: str, sha256: str | None) -> list:
+def _gates(config: pytest.Config, cfg: EvalConfig, run_model) -> list:
+    """The thresholds file's gates for this model (by name, or sha256 and its adapters' sha256s),
+    each replaced by a --threshold gate on the same benchmark, case and metric."""
     from evals.thresholds import load_file, merge
 
     file_gates = []
     if cfg.thresholds_file is not None:
         try:
-            file_gates = load_file(cfg.thresholds_file, name, sha256)
+            file_gates = load_file(cfg.thresholds_file, run_model.resolved.name, run_model.sha256,
+                                   run_model.adapter_sha256s)
         except ValueError as error:
             raise pytest.UsageError(str(error)) from None
     return merge(file_gates, cfg.thresholds)
@@ -84,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     run_model = model.find(config, cfg, checkpoint_check=NO_CHECKPOINT_KEY not in config.stash)
     config.stash[MODEL_KEY] = run_model
-    config.stash[GATES_KEY] = _gates(config, cfg, run_model.resolved.name, run_model.sha256)
+    config.stash[GATES_KEY] = _gates(config, cfg, run_model)
     if cfg.baseline is not None:
         from evals.baseline import Baseline
         from evals.compare import RunError

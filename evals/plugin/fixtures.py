@@ -65,7 +65,8 @@ def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
     try:
         # under xdist with --device cuda each worker takes its own GPU (evals/shard.py)
         return engine.load_model(run_model.resolved.path, device=engine_device(eval_config.device, pytestconfig),
-                                 dtype=eval_config.dtype, sha256=run_model.sha256)
+                                 dtype=eval_config.dtype, sha256=run_model.sha256,
+                                 adapters=eval_config.adapter_options())
     except (engine.EngineError, OSError) as error:
         pytest.exit(f"--model {eval_config.model}: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
 

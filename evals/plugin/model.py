@@ -12,7 +12,7 @@ The result, :class:`RunModel`, also carries what gates are matched by (name and 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ class RunModel:
     info: dict[str, Any]  # what is known before loading: the shape, the stored or served description
     remote: RemoteBackend | None = None  # --endpoint: the connected backend
     stored: tuple[str, dict[str, Any]] | None = None  # --rescore: (model id, cache entry)
+    adapter_sha256s: tuple[str, ...] = ()  # --adapter files (a fine-tune is another model for gates)
 
 
 def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True) -> RunModel:
     """The run's model, or a ``pytest.UsageError`` that says what is wrong and what to do."""
+    adapter_sha256s = tuple(models.checkpoint_sha256(Path(p)) for p in cfg.adapters)
     if cfg.rescore:
-        return _stored(cfg)
+        return _stored(cfg, adapter_sha256s)
     if cfg.remote is not None:
         return _endpoint(cfg)
     if cfg.model is None:
@@ -48,20 +50,41 @@ def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True) 
         resolved = models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
     except (models.ModelSpecError, DownloadError) as error:
         raise pytest.UsageError(str(error)) from None
+    if cfg.adapters:  # a fine-tune is named base+adapter (reports, thresholds, the cache's naming)
+        from engine.adapters import fine_tune_name
+
+        resolved = replace(resolved, name=fine_tune_name(resolved.name, cfg.adapters))
     info: dict[str, Any] = {}
     if checkpoint_check:
-        from engine.checkpoint import inspect_checkpoint
-        from engine.errors import CheckpointError
-
-        try:
-            info["config"] = inspect_checkpoint(resolved.path).to_dict()
-        except CheckpointError as error:
-            raise pytest.UsageError(f"--model {cfg.model}: {error}") from None
+        info["config"] = _check_checkpoint(cfg, resolved.path)
     try:
         sha256 = models.checkpoint_sha256(resolved.path)
     except OSError as error:
         raise pytest.UsageError(f"--model {cfg.model}: cannot read {resolved.path}: {error}") from None
-    return RunModel(resolved, sha256, info)
+    return RunModel(resolved, sha256, info, adapter_sha256s=adapter_sha256s)
+
+
+def _check_checkpoint(cfg: EvalConfig, path: Path) -> dict[str, int]:
+    """Keys and shapes of the checkpoint, and of the adapters against it, from their headers
+    (the adapters merged on empty tensors: every key, shape and rank is checked, nothing computed)."""
+    from engine.adapters import AdapterError, prepare_checkpoint
+    from engine.checkpoint import checkpoint_shapes, infer_config
+    from engine.errors import CheckpointError
+
+    try:
+        shapes = checkpoint_shapes(path)
+        config = infer_config(shapes)
+        if cfg.adapters:
+            config, _ = prepare_checkpoint(shapes, cfg.adapter_options(), f"checkpoint {path}")
+        else:
+            from engine.checkpoint import check_state_dict
+
+            check_state_dict(shapes, config)
+    except AdapterError as error:
+        raise pytest.UsageError(f"--adapter: {error}") from None
+    except CheckpointError as error:
+        raise pytest.UsageError(f"--model {cfg.model}: {error}") from None
+    return config.to_dict()
 
 
 def _check_device(device: str, dtype: str) -> None:
@@ -81,11 +104,11 @@ def _check_device(device: str, dtype: str) -> None:
                                 "use --dtype float16")
 
 
-def _stored(cfg: EvalConfig) -> RunModel:
+def _stored(cfg: EvalConfig, adapter_sha256s: tuple[str, ...]) -> RunModel:
     try:
         cache = ResponseCache.open(cfg.cache_dir, create=False)
         try:
-            model_id, entry = choose_model(cache.models(), cfg.model, cfg.dtype, cache.path)
+            model_id, entry = choose_model(cache.models(), cfg.model, cfg.dtype, cache.path, adapter_sha256s)
         finally:
             cache.close()
     except CacheError as error:
@@ -95,7 +118,7 @@ def _stored(cfg: EvalConfig) -> RunModel:
     resolved = ResolvedModel(named.get("spec") or name, name, Path(named.get("path") or info.get("path") or name),
                              named.get("source") or info.get("backend") or "cache")
     sha256 = info.get("sha256") or (info.get("server_model") or {}).get("sha256")
-    return RunModel(resolved, sha256, info, stored=(model_id, entry))
+    return RunModel(resolved, sha256, info, stored=(model_id, entry), adapter_sha256s=adapter_sha256s)
 
 
 def _endpoint(cfg: EvalConfig) -> RunModel:

@@ -23,6 +23,7 @@ from evals.thresholds import DEFAULT_FILE, Gate
 from engine.argtypes import (
     checked, non_negative_float, non_negative_int, positive_int, positive_seconds, probability,
 )
+from engine.adapters import AdapterError, AdapterOptions, add_adapter_options
 
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
 _top_p = checked(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
@@ -73,6 +74,7 @@ def add_options(parser: pytest.Parser) -> None:
         help="Hugging Face hub endpoint or mirror (default: $HF_ENDPOINT or %(default)s)")
     add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
+    add_adapter_options(add)  # --adapter, --adapter-init, --lora-alpha, --lora-scaling (engine/adapters.py)
     add("--batch-size", type=positive_int, default=16, help="engine batch size (default: %(default)s)")
     # ---- what is evaluated
     add("--limit", type=_parsed(Limit.parse), default=None, metavar="N|FRACTION",
@@ -211,6 +213,14 @@ class EvalConfig:
     baseline_min_effect: float = 0.0
     shards: int | None = None
     remote: RemoteOptions | None = field(default=None, repr=False)  # --endpoint and its options
+    adapters: tuple[Path, ...] = ()
+    adapter_init: Path | None = None
+    lora_alpha: float | None = None
+    lora_scaling: float | None = None
+
+    def adapter_options(self) -> AdapterOptions:
+        """The fine-tune's adapters as the engine takes them (engine.load_model(adapters=...))."""
+        return AdapterOptions(self.adapters, self.adapter_init, self.lora_alpha, self.lora_scaling)
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> EvalConfig:
@@ -256,7 +266,7 @@ class EvalConfig:
             cache_dir=rooted(get("cache_dir")) if get("cache_dir") is not None else report_dir / "cache",
             use_cache=not get("no_cache"), clear_cache=get("clear_cache"), rescore=get("rescore"),
             baseline=baseline, baseline_alpha=get("baseline_alpha"), baseline_min_effect=get("baseline_min_effect"),
-            shards=get("shards"), remote=_remote_options(config),
+            shards=get("shards"), remote=_remote_options(config), **_adapter_options(get),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -269,7 +279,7 @@ class EvalConfig:
             if isinstance(value, Path):
                 data[key] = str(value)
             elif isinstance(value, tuple):
-                data[key] = list(value)
+                data[key] = [str(v) if isinstance(v, Path) else v for v in value]
         data["endpoint"] = None
         if self.remote is not None:
             remote = asdict(self.remote)
@@ -313,3 +323,20 @@ def _remote_options(config: pytest.Config) -> RemoteOptions | None:
                              wait=get("endpoint_wait"))
     except ValueError as error:
         raise pytest.UsageError(f"--endpoint: {error}") from None
+
+
+def _adapter_options(get) -> dict[str, Any]:
+    """--adapter and its companions, checked: the files exist and the options agree."""
+    values = {"adapters": tuple(get("adapter") or ()), "adapter_init": get("adapter_init"),
+              "lora_alpha": get("lora_alpha"), "lora_scaling": get("lora_scaling")}
+    for option, path in [*(("--adapter", p) for p in values["adapters"]), ("--adapter-init", values["adapter_init"])]:
+        if path is not None and not path.is_file():
+            raise pytest.UsageError(f"{option} {path}: no such file")
+    if values["adapters"] and get("endpoint", None):
+        raise pytest.UsageError("--adapter applies to the local engine, not to an --endpoint: serve the fine-tune "
+                                "with `rwkveval serve --model BASE --adapter ...` and point --endpoint at it")
+    try:
+        AdapterOptions(values["adapters"], values["adapter_init"], values["lora_alpha"], values["lora_scaling"])
+    except AdapterError as error:
+        raise pytest.UsageError(str(error)) from None
+    return values
