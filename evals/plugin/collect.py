@@ -214,10 +214,11 @@ class RunCollector:
         notes = []
         for j in self.judged.values():
             verdict = j.verdict.baseline or {}
+            notes += [f"baseline: {warning}" for warning in verdict.get("data_warnings", [])]
             if verdict.get("missing"):
                 notes.append(f"baseline: {verdict['missing']}")
             elif verdict.get("only_current") or verdict.get("only_baseline"):
                 notes.append(f"baseline: {j.result.benchmark}/{j.result.case}: {len(verdict['only_current'])} "
                              f"documents only in this run, {len(verdict['only_baseline'])} only in the baseline "
                              f"(not compared)")
-        return notes
+        return list(dict.fromkeys(notes))  # a data file's warning comes once, not once per case

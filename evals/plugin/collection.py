@@ -7,7 +7,8 @@ the benchmark modules' declarations (:mod:`evals.suite`), all before any model i
 - Every gate must name a benchmark the collected modules declare, one of its cases (or ``*`` or
   the overall), and a metric it reports under the run's options; a gate from the thresholds file
   on a benchmark this run does not collect is ignored, one given with ``--threshold`` is an error.
-- Every data file a selected benchmark reads must be present with its pinned sha256.
+- Every data file a selected benchmark reads must be present with a known sha256, or is fetched
+  now, on first use, into the user data cache (``--offline`` turns that into an error).
 
 A problem is one ``pytest.UsageError`` (exit 4) listing everything found.
 """
@@ -81,21 +82,29 @@ def gate_problems(gates: Sequence[Gate], declared: dict[str, Declared]) -> list[
     return problems
 
 
-def data_problems(modules: Iterable[ModuleType], config, data_dir) -> list[str]:
-    from benchmarkdata.loader import DataError, locate
+def data_files(modules: Iterable[ModuleType], config) -> list[str]:
+    """The manifest files the selected benchmarks read, in order, once each."""
+    return list(dict.fromkeys(name for module in modules for declared in module.declare(config)
+                              for name in declared.data))
 
-    problems, seen = [], set()
-    for module in modules:
-        for declared in module.declare(config):
-            for name in declared.data:
-                if name in seen:
-                    continue
-                seen.add(name)
-                try:
-                    locate(name, data_dir)
-                except DataError as error:
-                    problems.append(f"{declared.benchmark}: {error}")
-    return problems
+
+def fetch_data(names: Sequence[str], cfg, capture=None) -> list[str]:
+    """Every file located (its sha256 checked) or fetched on first use into the user data cache,
+    with a progress bar on the terminal; the problems, if any (``--offline`` and a missing file,
+    a changed upstream file without ``--accept-new-revision``, ...)."""
+    import contextlib
+
+    from benchmarkdata.fetch import ensure
+    from benchmarkdata.loader import DataError
+
+    visible = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+    try:
+        with visible:
+            ensure(names, cfg.data_dir, offline=cfg.offline, accept_new_revision=cfg.accept_new_revision,
+                   endpoint=cfg.hub_url)
+    except DataError as error:
+        return [str(error)]
+    return []
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -121,6 +130,8 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
         return
     declared = known(d for m in config.stash.get(_ALL_MODULES_KEY, []) for d in m.declare(cfg))
     # data files also for --rescore: it renders the requests again to find their stored answers
-    problems = gate_problems(config.stash[GATES_KEY], declared) + data_problems(modules, cfg, cfg.data_dir)
+    problems = gate_problems(config.stash[GATES_KEY], declared)
+    if not problems:  # a download is worth starting only for a run that can start
+        problems = fetch_data(data_files(modules, cfg), cfg, config.pluginmanager.getplugin("capturemanager"))
     if problems:
         raise pytest.UsageError("this run cannot start:\n  " + "\n  ".join(problems))

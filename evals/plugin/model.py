@@ -12,6 +12,7 @@ The result, :class:`RunModel`, also carries what gates are matched by (name and 
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,10 @@ def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True) 
     if cfg.model is None:
         raise pytest.UsageError("no model given. " + models.HOW_TO_GET_ONE.format(names=", ".join(sorted(models.OFFICIAL))))
     _check_device(cfg.device, cfg.dtype)
+    capture = config.pluginmanager.getplugin("capturemanager")
     try:
-        resolved = models.resolve(cfg.model, cfg.model_cache, cfg.hub_url)
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():  # the download's bar
+            resolved = models.resolve(cfg.model, cfg.model_cache, cfg.hub_url, offline=cfg.offline)
     except (models.ModelSpecError, DownloadError) as error:
         raise pytest.UsageError(str(error)) from None
     if cfg.adapters:  # a fine-tune is named base+adapter (reports, thresholds, the cache's naming)

@@ -92,7 +92,14 @@ def add_options(parser: pytest.Parser) -> None:
     add("--no-bos", action="store_true", default=False,
         help="do not start contexts with RWKV's token 0 (lm-eval's protocol for HF models; default: start with it)")
     add("--data-dir", type=Path, default=None, metavar="DIR",
-        help="searched first for data files, before benchmarkdata/ and ../shared/benchmarkdata (default: none)")
+        help="searched first for data files, before benchmarkdata/, the user data cache and ../shared/benchmarkdata "
+             "(default: none)")
+    add("--offline", action="store_true", default=None,
+        help="download nothing: a data file or official checkpoint not found locally is an error "
+             "(default: $HF_HUB_OFFLINE, else downloads on first use)")
+    add("--accept-new-revision", action="store_true", default=False,
+        help="keep a fetched data file whose sha256 no known revision has, recorded under its own sha256 and hub "
+             "commit (default: refuse it)")
     # ---- reports and gates
     add("--report-dir", type=Path, default=Path("reports"), metavar="DIR",
         help="runs are written to DIR/<timestamp>-<model>/, relative to the rootdir (default: %(default)s)")
@@ -194,6 +201,8 @@ class EvalConfig:
     sample_prompts: int
     thresholds: tuple[Gate, ...] = ()
     thresholds_file: Path | None = DEFAULT_FILE
+    offline: bool | None = None  # None: $HF_HUB_OFFLINE decides
+    accept_new_revision: bool = False
     progress_interval: float = 2.0
     samples: int = 0
     temperature: float = 0.6
@@ -258,6 +267,7 @@ class EvalConfig:
             max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=thresholds_file,
+            offline=get("offline"), accept_new_revision=get("accept_new_revision"),
             progress_interval=get("progress_interval"),
             samples=get("samples"), temperature=get("temperature"), top_p=get("top_p"),
             sampling_seed=get("sampling_seed"), template=get("template"), data_file=data_file,

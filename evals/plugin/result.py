@@ -106,7 +106,7 @@ def judge(result: CaseResult, gates: Sequence[Gate], baseline: Any = None) -> Ve
         outcomes += check(gates, result.benchmark, OVERALL, metrics)
     verdict = None
     if baseline is not None and result.case != OVERALL:
-        verdict = baseline.judge(result.benchmark, result.case, result.rows, result.spec)
+        verdict = baseline.judge(result.benchmark, result.case, result.rows, result.spec, data=result.data)
     return Verdict(metrics, tuple(outcomes), verdict)
 
 
