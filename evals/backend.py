@@ -15,9 +15,16 @@ A backend answers a list of requests of one kind at once (batching and shared-pr
 below it) and returns responses in the same order. :class:`LocalBackend` drives the in-process
 engine (``docs/ENGINE_API.md``); a remote OpenAI-compatible backend and a response cache wrap the
 same :class:`Backend` protocol.
+
+Answers are checked before anyone scores them (:func:`validate_response`): a log-likelihood must
+be a finite number <= 0 (up to :data:`LOGPROB_TOLERANCE` per token for float rounding). A request
+whose answer cannot be right fails with :class:`InvalidResponse`; a backend collects its failed
+requests into one :class:`FailedRequests` when the batch is over and returns nothing for any of
+them, so nothing of them is scored or cached.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -77,6 +84,73 @@ class GenerateResponse:
     finish_reason: str  # "stop" | "length"
 
 
+LOGPROB_TOLERANCE = 1e-4
+"""How far above 0 a log-probability may lie (float rounding of a log-softmax); per token."""
+
+
+class InvalidResponse(ValueError):
+    """A model's answer to one request that cannot be right (a log-probability that is NaN,
+    infinite or positive, a malformed alternatives entry, misaligned echoed tokens)."""
+
+
+class FailedRequests(RuntimeError):
+    """Some requests of a batch failed; ``failed`` maps their index to the reason. The backend
+    returned no response for any request of the batch, so none of them is scored or cached."""
+
+    def __init__(self, kind: str, total: int, failed: dict[int, str], requests: Sequence[Any], where: str):
+        self.kind, self.total, self.failed, self.requests = kind, total, dict(sorted(failed.items())), requests
+        lines = []
+        for i, reason in list(self.failed.items())[:10]:
+            lines.append(f"  [{i}] {describe_request(requests[i])}: {reason}")
+        more = f"\n  ... and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
+        super().__init__(f"{len(self.failed)} of {total} {kind} requests to {where} failed; none of them is "
+                         f"scored:\n" + "\n".join(lines) + more)
+
+
+def describe_request(request: Any) -> str:
+    """A short description of a request for an error line: the end of its context, its continuation."""
+    text = getattr(request, "context", None) or getattr(request, "text", "")
+    what = f"context ending {text[-60:]!r}"
+    if getattr(request, "continuation", None):
+        what += f", continuation {request.continuation[:40]!r}"
+    return what
+
+
+def check_logprob(value: Any, what: str, tokens: int = 1) -> float:
+    """``value`` as a float if it is a possible log-probability (of ``tokens`` tokens), else
+    :class:`InvalidResponse` naming ``what`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidResponse(f"{what} is {value!r:.60}, expected a number")
+    if not math.isfinite(value) or value > LOGPROB_TOLERANCE * max(tokens, 1):
+        raise InvalidResponse(f"{what} is {value!r}, expected a finite number <= 0")
+    return float(value)
+
+
+def validate_response(response: Any) -> Any:
+    """``response`` itself if it can be right, else :class:`InvalidResponse` (pure: no I/O)."""
+    if isinstance(response, LoglikelihoodResponse):
+        check_logprob(response.logprob, "the log-likelihood", response.continuation_tokens)
+    elif isinstance(response, RollingResponse):
+        check_logprob(response.logprob, "the rolling log-likelihood", response.tokens)
+    elif isinstance(response, GenerateResponse) and not isinstance(response.text, str):
+        raise InvalidResponse(f"the generated text is {type(response.text).__name__}, expected a string")
+    return response
+
+
+def validated(kind: str, requests: Sequence[Any], responses: Sequence[Any], where: str) -> list[Any]:
+    """``responses`` if every one passes :func:`validate_response`, else one :class:`FailedRequests`
+    listing each request whose answer cannot be right."""
+    failed: dict[int, str] = {}
+    for i, response in enumerate(responses):
+        try:
+            validate_response(response)
+        except InvalidResponse as error:
+            failed[i] = f"invalid answer: {error}"
+    if failed:
+        raise FailedRequests(kind, len(requests), failed, requests, where)
+    return list(responses)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What a benchmark may ask of a model. Responses come back in request order."""
@@ -102,7 +176,8 @@ class LocalBackend:
     Context and continuation are tokenized separately (so the continuation's tokens are exactly
     those of its own text) and handed to ``model.loglikelihood`` in chunks of ``chunk_size``
     requests; the chunks exist only so a progress line can move during a long case (the engine
-    batches and shares prefixes inside each chunk).
+    batches and shares prefixes inside each chunk). A log-likelihood that is not a finite number
+    <= 0 (an overflow inside the model) fails its request (:class:`FailedRequests`), never a score.
     """
 
     model: Any
@@ -142,7 +217,7 @@ class LocalBackend:
                                                        len(context), len(continuation)))
             if progress:
                 progress(len(chunk))
-        return responses
+        return validated("loglikelihood", requests, responses, "the local engine")
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
                               progress: Progress | None = None) -> list[RollingResponse]:
@@ -160,7 +235,7 @@ class LocalBackend:
                     out[i] = RollingResponse(float(value), len(tokens) if bos else len(tokens) - 1)
                 if progress:
                     progress(len(part))
-        return out  # type: ignore[return-value]
+        return validated("loglikelihood_rolling", requests, out, "the local engine")
 
     def generate(self, requests: Sequence[GenerateRequest],
                  progress: Progress | None = None) -> list[GenerateResponse]:

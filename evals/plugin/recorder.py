@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from evals.backend import Backend
+from evals.backend import Backend, FailedRequests
 from evals.metrics import Metric, aggregate
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import ProgressLog
@@ -46,7 +46,7 @@ class CaseRecorder:
         started = time.perf_counter()
         try:
             responses = getattr(self.backend, kind)(requests, progress=self.progress.advance)
-        except RemoteError as error:  # an endpoint that failed for good: one clear failure, nothing scored
+        except (RemoteError, FailedRequests) as error:  # failed, or answers that cannot be right: nothing scored
             pytest.fail(f"{self.label or self.item.name}: {error}", pytrace=False)
         finally:
             self.wall_s += time.perf_counter() - started
