@@ -10,7 +10,6 @@ import logging
 import re
 import resource
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import engine
 from engine.server import ServerConfig, create_app
 from engine.server.background import serve_in_thread, torch_threads
 from engine.server.config import connection_limits
+from test_server_cli import interrupt
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,11 +178,6 @@ def test_serve_under_a_low_file_limit_logs_its_real_port_and_outlasts_a_flood(ti
     finally:
         for sock in sockets:
             sock.close()
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        interrupt(process)
     assert process.returncode == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
