@@ -6,14 +6,16 @@ cache (:func:`data_cache`: ``$RWKVEVAL_DATA_CACHE``, else ``$XDG_CACHE_HOME/rwkv
 else ``~/.cache/rwkveval/data``; where ``python -m benchmarkdata fetch`` and fetch-on-first-use
 put downloads), and the shared folder (``$RWKVEVAL_SHARED/benchmarkdata``). The first copy found
 must be a known revision of the file (see :mod:`benchmarkdata.revisions`) or loading fails
-naming the file, the known and the found checksum. A malformed JSONL line is an error naming the
-file and the line.
+naming the file, the known and the found checksum. A malformed JSONL line (bytes that are not
+UTF-8, bad JSON, a string holding a lone surrogate escape such as ``"\\ud800"``) is an error
+naming the file and the line.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,19 +136,49 @@ def locate(name: str, data_dir: Path | None = None, verify: bool = True, cache_d
     return find(name, data_dir, cache_dir, verify).path
 
 
+# a JSON escape of a UTF-16 surrogate: only these can put a lone surrogate into a decoded string
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a UTF-8 file (a leading byte-order mark is
+    dropped); bytes that are not UTF-8 are a :class:`DataError` naming the file, line and column."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[error.start]:#04x} at column "
+                                f"{error.start + 1}); save the file as UTF-8") from None
+            if line.strip():
+                yield number, line
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of every non-blank line of a JSONL file, each line checked: UTF-8,
+    valid JSON, and no string holding a lone surrogate (``"\\ud800"`` is valid JSON but not text)."""
+    for number, line in iter_lines(path):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
+        if _SURROGATE_ESCAPE.search(line):
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise DataError(f"{path}:{number}: a string holds a lone surrogate escape "
+                                f"({error.object[error.start]!r}), which is not valid Unicode text") from None
+        yield number, value
+
+
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of a JSONL file; blank lines are skipped, anything else must be a JSON object."""
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
-            yield row
+    for number, row in iter_json_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, found {type(row).__name__}")
+        yield row
 
 
 def read_jsonl(name: str, data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 A ``.pth`` is read with ``torch.load(weights_only=True)``, so a checkpoint can never run code.
 The model's shape is inferred from the tensors (never from key order, never from the file name),
-and every expected key and shape is checked, so a bad file fails here with one clear message
-instead of deep inside a matrix product.
+and every expected key and shape is checked, as is every value (a NaN or infinite weight is
+refused with its key named), so a bad file fails here with one clear message instead of deep
+inside a matrix product or as a ``nan`` score.
 """
 from __future__ import annotations
 
@@ -243,6 +244,20 @@ def check_state_dict(sd: StateDict, cfg: ModelConfig) -> None:
             raise CheckpointError(f"tensor {key!r} has the wrong shape: expected {want}, found {found}")
         if not sd[key].is_floating_point():
             raise CheckpointError(f"tensor {key!r}: expected a floating-point tensor, found dtype {sd[key].dtype}")
+        check_finite(key, sd[key])
+
+
+def check_finite(key: str, tensor: torch.Tensor) -> None:
+    """Raise naming ``key`` if ``tensor`` holds a NaN or an infinity (one pass, no copy: a NaN
+    makes both the minimum and the maximum NaN, an infinity shows at one end)."""
+    if tensor.numel() == 0 or tensor.is_meta:  # shapes only (inspect_checkpoint): checked at load
+        return
+    low, high = torch.aminmax(tensor)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return
+    nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+    raise CheckpointError(f"tensor {key!r} holds {nan} NaN and {inf} infinite values out of {tensor.numel()}: "
+                          "the checkpoint is damaged (or saved from a diverged run); every weight must be finite")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -11,6 +11,12 @@ TEXT, so they can be hashed, cached and sent over the wire):
 While it works, a backend reports each finished request and the tokens it ran to a
 :class:`Listener` (the response cache stores each response as it arrives; the recorder shows progress).
 
+Answers are checked before anyone scores them (:func:`validate_response`): a log-likelihood must
+be a finite number <= 0 (up to :data:`LOGPROB_TOLERANCE` per token for float rounding). A request
+whose answer cannot be right fails with :class:`InvalidResponse` and is never reported to the
+listener; a backend collects its failed requests into one :class:`FailedRequests` when the batch
+is over, so none of them is scored or cached, while those that succeeded are kept.
+
 ``bos=True`` means the context starts with RWKV's token 0 (end of document), as RWKV's own
 evaluations do; ``bos=False`` matches lm-evaluation-harness's protocol for Hugging Face models.
 
@@ -44,27 +50,6 @@ class Listener:
 
 
 SILENT = Listener()
-
-
-class ResponseError(RuntimeError):
-    """Some requests got answers that cannot be right (a non-finite log-likelihood, say); they are
-    named, and none of them is scored or stored."""
-
-    def __init__(self, kind: str, total: int, failed: dict[int, str]):
-        self.failed = dict(sorted(failed.items()))
-        listed = "; ".join(f"[{i}] {reason}" for i, reason in list(self.failed.items())[:5])
-        more = f"; ... and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
-        super().__init__(f"{len(self.failed)} of {total} {kind} requests got an answer that cannot be right, "
-                         f"none of them is scored: {listed}{more}")
-
-
-def finite_logprob(value: float) -> str | None:
-    """Why a log-likelihood cannot be right, or None: it must be a finite number <= 0."""
-    if not math.isfinite(value):
-        return f"log-likelihood {value} is not finite (NaN or infinite activations in the model?)"
-    if value > 1e-6:
-        return f"log-likelihood {value} is above 0"
-    return None
 
 
 @dataclass(frozen=True)
@@ -116,6 +101,73 @@ class GenerateResponse:
     prompt_tokens: int
     generated_tokens: int
     finish_reason: str  # "stop" | "length"
+
+
+LOGPROB_TOLERANCE = 1e-4
+"""How far above 0 a log-probability may lie (float rounding of a log-softmax); per token."""
+
+
+class InvalidResponse(ValueError):
+    """A model's answer to one request that cannot be right (a log-probability that is NaN,
+    infinite or positive, a malformed alternatives entry, misaligned echoed tokens)."""
+
+
+class FailedRequests(RuntimeError):
+    """Some requests of a batch failed; ``failed`` maps their index to the reason. None of them is
+    scored or cached (those that succeeded were reported to the listener, so the cache keeps them)."""
+
+    def __init__(self, kind: str, total: int, failed: dict[int, str], requests: Sequence[Any], where: str):
+        self.kind, self.total, self.failed, self.requests = kind, total, dict(sorted(failed.items())), requests
+        lines = []
+        for i, reason in list(self.failed.items())[:10]:
+            lines.append(f"  [{i}] {describe_request(requests[i])}: {reason}")
+        more = f"\n  ... and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
+        super().__init__(f"{len(self.failed)} of {total} {kind} requests to {where} failed; none of them is "
+                         f"scored:\n" + "\n".join(lines) + more)
+
+
+def describe_request(request: Any) -> str:
+    """A short description of a request for an error line: the end of its context, its continuation."""
+    text = getattr(request, "context", None) or getattr(request, "text", "")
+    what = f"context ending {text[-60:]!r}"
+    if getattr(request, "continuation", None):
+        what += f", continuation {request.continuation[:40]!r}"
+    return what
+
+
+def check_logprob(value: Any, what: str, tokens: int = 1) -> float:
+    """``value`` as a float if it is a possible log-probability (of ``tokens`` tokens), else
+    :class:`InvalidResponse` naming ``what`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidResponse(f"{what} is {value!r:.60}, expected a number")
+    if not math.isfinite(value) or value > LOGPROB_TOLERANCE * max(tokens, 1):
+        raise InvalidResponse(f"{what} is {value!r}, expected a finite number <= 0")
+    return float(value)
+
+
+def validate_response(response: Any) -> Any:
+    """``response`` itself if it can be right, else :class:`InvalidResponse` (pure: no I/O)."""
+    if isinstance(response, LoglikelihoodResponse):
+        check_logprob(response.logprob, "the log-likelihood", response.continuation_tokens)
+    elif isinstance(response, RollingResponse):
+        check_logprob(response.logprob, "the rolling log-likelihood", response.tokens)
+    elif isinstance(response, GenerateResponse) and not isinstance(response.text, str):
+        raise InvalidResponse(f"the generated text is {type(response.text).__name__}, expected a string")
+    return response
+
+
+def validated(kind: str, requests: Sequence[Any], responses: Sequence[Any], where: str) -> list[Any]:
+    """``responses`` if every one passes :func:`validate_response`, else one :class:`FailedRequests`
+    listing each request whose answer cannot be right."""
+    failed: dict[int, str] = {}
+    for i, response in enumerate(responses):
+        try:
+            validate_response(response)
+        except InvalidResponse as error:
+            failed[i] = f"invalid answer: {error}"
+    if failed:
+        raise FailedRequests(kind, len(requests), failed, requests, where)
+    return list(responses)
 
 
 @runtime_checkable
@@ -180,15 +232,17 @@ class LocalBackend:
         def on_result(i: int, value: tuple[float, bool]) -> None:
             context, continuation = pairs[i]
             out[i] = LoglikelihoodResponse(float(value[0]), bool(value[1]), len(context), len(continuation))
-            if (reason := finite_logprob(out[i].logprob)) is not None:
-                failed[i] = reason  # never passed on: not stored, not scored
+            try:
+                validate_response(out[i])
+            except InvalidResponse as error:
+                failed[i] = str(error)  # never passed on: not stored, not scored
                 return
             listener.on_result(i, out[i])
 
         self.model.loglikelihood(pairs, batch_size=self.batch_size, on_result=on_result,
                                  on_tokens=listener.on_tokens)
         if failed:
-            raise ResponseError("loglikelihood", len(pairs), failed)
+            raise FailedRequests("loglikelihood", len(pairs), failed, requests, "the local engine")
         return out  # type: ignore[return-value]
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],
@@ -206,15 +260,17 @@ class LocalBackend:
             def on_result(j: int, value: float, index=index, token_lists=token_lists, bos=bos) -> None:
                 scored = len(token_lists[j]) if bos else len(token_lists[j]) - 1
                 out[index[j]] = RollingResponse(float(value), scored)
-                if (reason := finite_logprob(out[index[j]].logprob)) is not None:
-                    failed[index[j]] = reason
+                try:
+                    validate_response(out[index[j]])
+                except InvalidResponse as error:
+                    failed[index[j]] = str(error)
                     return
                 listener.on_result(index[j], out[index[j]])
 
             self.model.loglikelihood_rolling(token_lists, bos=0 if bos else None, batch_size=self.batch_size,
                                              on_result=on_result, on_tokens=listener.on_tokens)
         if failed:
-            raise ResponseError("loglikelihood_rolling", len(requests), failed)
+            raise FailedRequests("loglikelihood_rolling", len(requests), failed, requests, "the local engine")
         return out  # type: ignore[return-value]
 
     def generate(self, requests: Sequence[GenerateRequest],

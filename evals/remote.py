@@ -21,13 +21,23 @@ engine's. Otherwise prompts go as text and the continuation starts at the first 
 says to pass ``--no-bos``.
 
 Failures. Each HTTP request is retried on connection errors, 429 and 5xx with exponential
-backoff and jitter (honouring ``Retry-After``), up to ``max_retries`` times. Requests that still
-fail (or get another 4xx) are collected; when the batch is over, :class:`RemoteFailures` names
-every failed request and why, and no response is returned for any of them, so nothing is scored.
+backoff and jitter (honouring ``Retry-After``), up to ``max_retries`` times. ``timeout`` bounds
+each attempt as a whole (connecting, sending, the headers and the whole body), not each read, so
+a server that trickles its answer cannot hold a request past it. Requests that still fail (or get
+another 4xx) are collected; when the batch is over, :class:`RemoteFailures` names every failed
+request and why, and no response is returned for any of them, so nothing is scored or cached.
 A wrong API key or a server without prompt log-probabilities stops the batch at once.
+
+Answers that cannot be right. :func:`validate_echo` checks every scoring answer before it is
+summed: each log-probability a finite number <= 0 (up to float rounding), each ``top_logprobs``
+entry a mapping of token to such a number, and as many echoed entries as the prompt has tokens
+(plus at most the one generated token; when the server marks its tokens as ``token_id:N``, the
+same ids as sent). An answer that fails is :class:`evals.backend.InvalidResponse`: that request
+fails with the reason, and is never retried, scored or cached.
 """
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -40,8 +50,8 @@ from typing import Any
 import httpx
 
 from evals.backend import (
-    GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse, Listener, RollingRequest,
-    RollingResponse, SILENT,
+    SILENT, FailedRequests, GenerateRequest, GenerateResponse, InvalidResponse, Listener, LoglikelihoodRequest,
+    LoglikelihoodResponse, RollingRequest, RollingResponse, check_logprob,
 )
 
 API_MODES = ("completion", "chat")
@@ -83,22 +93,15 @@ class RequestFailed(Exception):
     """One request failed for good: retries exhausted, or an error that retrying cannot fix."""
 
 
-class RemoteFailures(RemoteError):
+class RemoteFailures(RemoteError, FailedRequests):
     """Some requests of a batch failed; ``failed`` maps their index to the reason, nothing was scored."""
 
     def __init__(self, kind: str, total: int, failed: dict[int, str], requests: Sequence[Any], url: str):
-        self.kind, self.total, self.failed, self.requests = kind, total, dict(sorted(failed.items())), requests
-        lines = []
-        for i, reason in list(self.failed.items())[:10]:
-            request = requests[i]
-            text = getattr(request, "context", None) or getattr(request, "text", "")
-            what = f"context ending {text[-60:]!r}"
-            if getattr(request, "continuation", None):
-                what += f", continuation {request.continuation[:40]!r}"
-            lines.append(f"  [{i}] {what}: {reason}")
-        more = f"\n  ... and {len(self.failed) - 10} more" if len(self.failed) > 10 else ""
-        super().__init__(f"{len(self.failed)} of {total} {kind} requests to {url} failed; none of them is "
-                         f"scored:\n" + "\n".join(lines) + more)
+        FailedRequests.__init__(self, kind, total, failed, requests, url)
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """No complete answer within the request's total deadline (``RemoteOptions.timeout``)."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class RemoteOptions:
     chat_template: str | None = None  # completion mode only: a key of CHAT_TEMPLATES
     concurrency: int = 8
     max_retries: int = 5
-    timeout: float = 300.0  # seconds per HTTP request
+    timeout: float = 300.0  # seconds per HTTP request, the whole exchange (not per read)
     wait: float = 60.0  # seconds to wait for the server to answer and list the model
     backoff: float = 0.5  # first retry delay in seconds, doubled each retry
     backoff_max: float = 30.0
@@ -159,6 +162,93 @@ def _message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}: {text[:200]}"
 
 
+@dataclass(frozen=True)
+class Echo:
+    """A checked echo answer: per prompt token (then the generated one, if any) its log-probability
+    and alternatives; entry 0 may be None (the first token has no context)."""
+
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] | None
+    n_prompt: int
+
+    def sum(self, start: int, end: int) -> tuple[float, bool]:
+        """(sum of the log-probabilities of tokens start..end-1, every one of them the top alternative)."""
+        total, greedy = 0.0, True
+        for i in range(start, end):
+            lp, top = self.token_logprobs[i], self.top_logprobs[i]
+            if lp is None or top is None:
+                raise InvalidResponse(f"prompt token {i} has no log-probability")
+            total += lp
+            if lp < max(top.values()):
+                greedy = False
+        return total, greedy
+
+
+def validate_echo(data: Any, prompt: str | list[int], where: str = "the server") -> Echo:
+    """The prompt's log-probabilities from a ``/v1/completions`` answer ``data`` to ``prompt`` (sent
+    with ``echo``, ``logprobs: 1``, ``max_tokens: 1``), checked. Pure: no I/O.
+
+    :class:`RemoteProtocolError` when the answer holds no prompt log-probabilities at all (the server
+    cannot score log-likelihoods); :class:`evals.backend.InvalidResponse` when they cannot be right:
+    a log-probability that is not a finite number <= 0, an alternatives entry that is not a mapping of
+    token to such a number, or echoed entries that do not line up with the prompt's tokens.
+    """
+    try:
+        logprobs = data["choices"][0]["logprobs"]
+        token_logprobs, top = logprobs["token_logprobs"], logprobs["top_logprobs"]
+        if not isinstance(token_logprobs, list) or not isinstance(top, list):
+            raise TypeError("token_logprobs and top_logprobs must be lists")
+    except (KeyError, IndexError, TypeError) as error:
+        raise RemoteProtocolError(
+            f"{where} did not return the prompt's log-probabilities for a request with echo=true and "
+            f"logprobs=1 ({type(error).__name__}: {error}); this server cannot score log-likelihood "
+            "benchmarks") from None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    counted = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    counted = counted if isinstance(counted, int) and not isinstance(counted, bool) else None
+    if isinstance(prompt, list):
+        n_prompt = len(prompt)
+        if counted is not None and counted != n_prompt:
+            raise InvalidResponse(f"usage.prompt_tokens is {counted}, but the request sent {n_prompt} token ids")
+    else:  # echo + max_tokens 1: without a count, the last entry is the generated token
+        n_prompt = counted if counted is not None and counted > 0 else len(token_logprobs) - 1
+    n = len(token_logprobs)
+    if n < n_prompt:
+        raise RemoteProtocolError(f"{where} echoed {n} log-probabilities for a prompt of {n_prompt} tokens: "
+                                  "it does not support echo with logprobs")
+    if n > n_prompt + 1:
+        raise InvalidResponse(f"{n} log-probabilities were echoed for a prompt of {n_prompt} tokens and at most "
+                              "1 generated token: the answer does not line up with the prompt")
+    tokens, text_offset = logprobs.get("tokens"), logprobs.get("text_offset")
+    for name, values in (("top_logprobs", top), ("tokens", tokens), ("text_offset", text_offset)):
+        if values is not None and (not isinstance(values, list) or len(values) != n):
+            size = len(values) if isinstance(values, list) else type(values).__name__
+            raise InvalidResponse(f"{name} has {size} entries where token_logprobs has {n}")
+    if isinstance(prompt, list) and tokens and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+        for i, (sent, echoed) in enumerate(zip(prompt, tokens)):
+            if echoed != f"token_id:{sent}":
+                raise InvalidResponse(f"echoed token {i} is {echoed!r}, but the request sent token id {sent}")
+    checked_lps: list[float | None] = []
+    for i, lp in enumerate(token_logprobs):
+        checked_lps.append(None if lp is None and i == 0 else check_logprob(lp, f"token_logprobs[{i}]"))
+    checked_top: list[dict[str, float] | None] = []
+    for i, entry in enumerate(top):
+        if entry is None and i == 0:
+            checked_top.append(None)
+            continue
+        if not isinstance(entry, dict) or not entry:
+            raise InvalidResponse(f"top_logprobs[{i}] is {entry!r:.60}, expected a mapping of token to "
+                                  "log-probability")
+        checked_top.append({str(token): check_logprob(value, f"top_logprobs[{i}][{token!r}]")
+                            for token, value in entry.items()})
+    if text_offset is not None:
+        if not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in text_offset) or \
+                any(a > b for a, b in zip(text_offset, text_offset[1:])):
+            raise InvalidResponse(f"text_offset must be non-decreasing character offsets, found {text_offset!r:.80}")
+    return Echo(checked_lps, checked_top, text_offset, n_prompt)
+
+
 class RemoteBackend:
     """A :class:`evals.backend.Backend` over HTTP; see the module docstring."""
 
@@ -169,8 +259,14 @@ class RemoteBackend:
         self._rng = rng or random.Random()
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
-        self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(options.timeout),
-                                    limits=httpx.Limits(max_connections=options.concurrency + 2))
+        # One event loop thread owns the HTTP client: asyncio can cancel an exchange at any point
+        # (connecting, headers, body), which is how each attempt gets one deadline; httpx's own
+        # timeouts apply per read, so a trickling server would never trip them.
+        self._client = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(options.timeout),
+                                         limits=httpx.Limits(max_connections=options.concurrency + 2))
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="rwkveval-remote-http", daemon=True)
+        self._loop_thread.start()
         self._lock = threading.Lock()
         self._token_cache: OrderedDict[str, list[int]] = OrderedDict()
         self.model: str | None = None
@@ -187,7 +283,7 @@ class RemoteBackend:
         delay = 0.1
         while True:
             try:
-                response = self._client.get(f"{self.url}/v1/models", timeout=min(self.options.timeout, 10.0))
+                response = self._request("GET", f"{self.url}/v1/models", timeout=min(self.options.timeout, 10.0))
             except httpx.TransportError as error:
                 last = f"{type(error).__name__}: {error}"
             else:
@@ -229,7 +325,7 @@ class RemoteBackend:
 
     def _read_tokenizer_info(self) -> None:
         try:
-            response = self._client.get(f"{self.url}/tokenizer_info", timeout=min(self.options.timeout, 10.0))
+            response = self._request("GET", f"{self.url}/tokenizer_info", timeout=min(self.options.timeout, 10.0))
             info = response.json() if response.status_code == 200 else None
         except (httpx.TransportError, ValueError):
             info = None
@@ -256,9 +352,27 @@ class RemoteBackend:
                 "server_model": {k: v for k, v in self.server_info.items() if k != "limits"}}
 
     def close(self) -> None:
-        self._client.close()
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(10)
+        self._loop.close()
 
     # ------------------------------------------------------------------ HTTP with retries
+
+    def _request(self, method: str, url: str, *, json: Any = None, timeout: float | None = None) -> httpx.Response:
+        """One HTTP exchange, answered whole (body read) within ``timeout`` seconds in total, else
+        :class:`DeadlineExceeded`; called from any thread."""
+        total = self.options.timeout if timeout is None else timeout
+
+        async def exchange() -> httpx.Response:
+            try:
+                return await asyncio.wait_for(self._client.request(method, url, json=json), total)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"no complete answer within {total:g} s") from None
+
+        return asyncio.run_coroutine_threadsafe(exchange(), self._loop).result()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""
@@ -273,7 +387,7 @@ class RemoteBackend:
         for attempt in range(self.options.max_retries + 1):
             retry_after = None
             try:
-                response = self._client.post(f"{self.url}{path}", json=body)
+                response = self._request("POST", f"{self.url}{path}", json=body)
             except httpx.TransportError as error:  # refused, reset, dropped, timed out
                 reason = f"{type(error).__name__}: {error or 'connection error'}"
             else:
@@ -323,6 +437,9 @@ class RemoteBackend:
                     except RequestFailed as error:
                         failed[i] = str(error)
                         continue
+                    except InvalidResponse as error:  # never retried: the server answered, wrongly
+                        failed[i] = f"invalid answer: {error}"
+                        continue
                     except BaseException:
                         for other in pending:
                             other.cancel()
@@ -371,42 +488,14 @@ class RemoteBackend:
 
     # ------------------------------------------------------------------ scoring
 
-    def _echo(self, prompt: str | list[int]) -> tuple[list[float | None], list[Any], list[int] | None, int]:
-        """Score a prompt: (token_logprobs, top_logprobs, text_offset, prompt token count)."""
+    def _echo(self, prompt: str | list[int]) -> Echo:
+        """Score a prompt: its checked log-probabilities (:func:`validate_echo`)."""
         if self.options.api_mode == "chat":
             raise RemoteError("log-likelihood requests need /v1/completions with echo and logprobs; "
                               "--api-mode chat can only run generation benchmarks")
         data = self._post("/v1/completions", {"model": self.model, "prompt": prompt, "max_tokens": 1,
                                               "temperature": 0, "logprobs": 1, "echo": True})
-        try:
-            logprobs = data["choices"][0]["logprobs"]
-            token_logprobs, top = logprobs["token_logprobs"], logprobs["top_logprobs"]
-            if not isinstance(token_logprobs, list) or not isinstance(top, list):
-                raise TypeError("token_logprobs and top_logprobs must be lists")
-        except (KeyError, IndexError, TypeError) as error:
-            raise RemoteProtocolError(
-                f"{self.url}/v1/completions did not return the prompt's log-probabilities for a request with "
-                f"echo=true and logprobs=1 ({type(error).__name__}: {error}); this server cannot score "
-                "log-likelihood benchmarks") from None
-        n_prompt = len(prompt) if isinstance(prompt, list) else data.get("usage", {}).get("prompt_tokens")
-        if not isinstance(n_prompt, int):
-            n_prompt = len(token_logprobs) - 1  # echo + max_tokens 1: the last entry is the generated token
-        if len(token_logprobs) < n_prompt or len(top) < n_prompt:
-            raise RemoteProtocolError(f"{self.url}/v1/completions echoed {len(token_logprobs)} log-probabilities "
-                                      f"for a prompt of {n_prompt} tokens: it does not support echo with logprobs")
-        return token_logprobs, top, logprobs.get("text_offset"), n_prompt
-
-    def _sum(self, token_logprobs: list, top: list, start: int, end: int) -> tuple[float, bool]:
-        total, greedy = 0.0, True
-        for i in range(start, end):
-            lp = token_logprobs[i]
-            if not isinstance(lp, (int, float)) or isinstance(lp, bool):
-                raise RemoteProtocolError(f"{self.url}: prompt token {i} has log-probability {lp!r}, expected a number")
-            total += lp
-            alternatives = top[i] if isinstance(top[i], dict) else {}
-            if alternatives and lp < max(alternatives.values()):
-                greedy = False
-        return total, greedy
+        return validate_echo(data, prompt, f"{self.url}/v1/completions")
 
     def _loglikelihood_one(self, request: LoglikelihoodRequest) -> LoglikelihoodResponse:
         if self.tokenized:
@@ -414,20 +503,21 @@ class RemoteBackend:
             continuation = self._tokenize(request.continuation)
             if not context or not continuation:
                 raise RequestFailed(f"empty {'context' if not context else 'continuation'} after tokenization")
-            token_logprobs, top, _, _ = self._echo(context + continuation)
-            logprob, greedy = self._sum(token_logprobs, top, len(context), len(context) + len(continuation))
+            echo = self._echo(context + continuation)
+            logprob, greedy = echo.sum(len(context), len(context) + len(continuation))
             return LoglikelihoodResponse(logprob, greedy, len(context), len(continuation))
         if not request.context or not request.continuation:
             raise RequestFailed("text prompts need a non-empty context and continuation")
-        token_logprobs, top, text_offset, n_prompt = self._echo(request.context + request.continuation)
-        if not isinstance(text_offset, list) or len(text_offset) < n_prompt:
+        echo = self._echo(request.context + request.continuation)
+        text_offset, n_prompt = echo.text_offset, echo.n_prompt
+        if text_offset is None:
             raise RemoteProtocolError(f"{self.url}/v1/completions returned no text_offset: without token ids "
                                       "the continuation's tokens cannot be found")
         start = next((i for i in range(n_prompt) if text_offset[i] >= len(request.context)), n_prompt)
         if start == 0 or start == n_prompt:
             raise RequestFailed(f"the continuation {request.continuation!r} has no token of its own "
                                 "in the echoed prompt")
-        logprob, greedy = self._sum(token_logprobs, top, start, n_prompt)
+        logprob, greedy = echo.sum(start, n_prompt)
         return LoglikelihoodResponse(logprob, greedy, start, n_prompt - start)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],
@@ -443,12 +533,11 @@ class RemoteBackend:
             prompt: str | list[int] = ([0] if request.bos else []) + ids
             if len(prompt) < 2:
                 raise RequestFailed("nothing to score: the text needs at least one token after the first")
-            token_logprobs, top, _, _ = self._echo(prompt)
-            n_prompt = len(prompt)
+            echo = self._echo(prompt)
         else:
-            token_logprobs, top, _, n_prompt = self._echo(request.text)
-            ids = list(range(n_prompt))
-        logprob, _ = self._sum(token_logprobs, top, 1, n_prompt)
+            echo = self._echo(request.text)
+            ids = list(range(echo.n_prompt))
+        logprob, _ = echo.sum(1, echo.n_prompt)
         return RollingResponse(logprob, len(ids) if request.bos else len(ids) - 1)
 
     def loglikelihood_rolling(self, requests: Sequence[RollingRequest],

@@ -8,8 +8,13 @@ Data: each line a JSON object::
 
 ``prompt`` (required, non-empty text); ``answer``: the reference text, or for multiple choice the
 index of the correct choice (or its text); ``choices``: two or more non-empty texts; ``id``
-optional (default: the line number). A malformed row is an error naming the file and the line.
-Count: whatever the file holds; ``--limit`` samples it like any benchmark.
+optional (default: the line number), a string or an integer, unique in the file. A malformed row
+(not UTF-8, bad JSON, a lone surrogate escape, a missing field, a repeated id) is an error naming
+the file and the line. Count: whatever the file holds; ``--limit`` samples it like any benchmark.
+
+Context budget: before any model work, every selected prompt (with its longest choice) must fit
+``--context-budget`` tokens, less ``--max-new-tokens`` for a generated answer; a longer one stops
+the case with ``file:line``, its token count and the budget (nothing is cut silently).
 
 Protocol, by ``--custom-metric`` (default: ``multiple_choice`` when the first row has
 ``choices``, else ``exact_match``); the prompt goes through ``--template`` (``rwkv``:
@@ -35,13 +40,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarkdata.loader import DataError
+from benchmarkdata.loader import DataError, iter_json_lines, iter_lines
 from evals.answer_checking import exact_match, normalize_text
 from evals.backend import GenerateRequest, LoglikelihoodRequest
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
@@ -123,25 +128,49 @@ def check_row(row: Any, where: str, multiple_choice: bool) -> dict[str, Any]:
 
 
 def load(path: Path, metric: str | None) -> tuple[list[dict[str, Any]], str]:
-    """The checked rows of one file and the metric they are scored by."""
+    """The checked rows of one file and the metric they are scored by; each doc keeps its ``line``."""
     docs: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if metric is None:
-                metric = "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
-            doc = check_row(row, where, metric == "multiple_choice")
-            doc["doc_id"] = row.get("id", number)
-            docs.append(doc)
+    seen: dict[str | int, int] = {}  # id -> the line that has it
+    for number, row in iter_json_lines(path):
+        where = f"{path}:{number}"
+        if metric is None:
+            metric = "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
+        doc = check_row(row, where, metric == "multiple_choice")
+        doc_id = row.get("id", number)
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            raise DataError(f"{where}: 'id' must be a string or an integer, found {doc_id!r:.60}")
+        if doc_id in seen:
+            default = "" if "id" in row else " (the line number, as the row has no id)"
+            raise DataError(f"{where}: id {doc_id!r}{default} repeats the id of line {seen[doc_id]}; ids must be unique")
+        seen[doc_id] = number
+        doc["doc_id"], doc["line"] = doc_id, number
+        docs.append(doc)
     if not docs:
         raise DataError(f"{path}: no rows")
     return docs, metric or "exact_match"
+
+
+def check_budget(path: Path, docs: Sequence[dict[str, Any]], prompts: Sequence[str],
+                 count_tokens: Callable[[str, bool], int], bos: bool, budget: int, answer_tokens: int) -> None:
+    """Every prompt (with its longest choice) must fit ``budget`` tokens less ``answer_tokens``,
+    else a :class:`DataError` naming file:line, the count and the budget.
+
+    Only texts whose UTF-8 length could exceed the room are tokenized (a token is at least one
+    byte), so a file of short rows costs nothing here.
+    """
+    room = budget - answer_tokens
+    for doc, prompt in zip(docs, prompts):
+        choices = doc.get("choices", ())
+        size = len(prompt.encode("utf-8")) + max((len(c.encode("utf-8")) + 1 for c in choices), default=0)
+        if size + 2 <= room:  # + token 0, + a tokenizer's leading marker
+            continue
+        tokens = count_tokens(prompt, bos) + max((count_tokens(" " + c, False) for c in choices), default=0)
+        if tokens > room:
+            what = "the prompt with its longest choice" if choices else "the prompt"
+            less = f" less --max-new-tokens {answer_tokens} for the answer" if answer_tokens else ""
+            raise DataError(f"{path}:{doc['line']}: {what} is {tokens} tokens, over the context budget "
+                            f"(--context-budget {budget}{less} leaves {room}); shorten the row or raise "
+                            "--context-budget")
 
 
 def render_prompt(prompt: str, template: str) -> str:
@@ -193,10 +222,7 @@ def custom_selection(eval_config, eval_select) -> dict[str, list[int]]:
     """``--limit`` over all the files' rows (counted as non-blank lines, before any checking)."""
     if eval_config.data_file is None:
         return {}
-    sizes = {}
-    for case, path in data_files(eval_config.data_file).items():
-        with open(path, encoding="utf-8") as handle:
-            sizes[case] = sum(1 for line in handle if line.strip())
+    sizes = {case: sum(1 for _ in iter_lines(path)) for case, path in data_files(eval_config.data_file).items()}
     return eval_select(BENCHMARK, sizes)
 
 
@@ -211,6 +237,9 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
     protocol: dict[str, Any] = {"name": f"custom {metric}", "template": cfg.template, "metric": metric,
                                 "context_starts_with_token0": cfg.bos}
     metrics = dict(METRICS[metric])
+    check_budget(custom_file, docs, prompts, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
+                 0 if metric == "multiple_choice" else cfg.max_new_tokens)
+    protocol["context_budget"] = cfg.context_budget
     if metric == "multiple_choice":
         per_doc = [[LoglikelihoodRequest(p, " " + c, cfg.bos) for c in d["choices"]] for d, p in zip(docs, prompts)]
         flat = evaluation.loglikelihood([r for rs in per_doc for r in rs])

@@ -151,6 +151,30 @@ def test_wrong_shape(tmp_path, small_sd):
         engine.load_model(_save(tmp_path, sd))
 
 
+@pytest.mark.parametrize("key, value, counts", [
+    ("blocks.1.att.w0", float("nan"), "1 NaN and 0 infinite"),
+    ("head.weight", float("inf"), "0 NaN and 1 infinite"),
+    ("emb.weight", float("-inf"), "0 NaN and 1 infinite"),
+])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_non_finite_weights_are_refused_with_the_key(tmp_path, small_sd, key, value, counts, suffix):
+    sd = {k: v.clone() if k == key else v for k, v in small_sd.items()}
+    sd[key].view(-1)[sd[key].numel() // 2] = value
+    if suffix == ".pth":
+        path = _save(tmp_path, sd)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "m.safetensors"
+        save_file(sd, str(path))
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' holds {counts} values out of"):
+        engine.load_model(path)
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' holds"):
+        engine.from_state_dict(sd)
+    with pytest.raises(CheckpointError, match=rf"tensor '{key}' holds"):  # also in bfloat16
+        engine.from_state_dict({k: v.to(torch.bfloat16) for k, v in sd.items()})
+
+
 def test_layer0_without_value_residual_loads(tmp_path):
     sd = engine.random_state_dict(SMALL, seed=2, layer0_v=False)
     model = engine.load_model(_save(tmp_path, sd))

@@ -1,13 +1,18 @@
 """The remote backend: parity with the local engine through ``rwkveval serve``, and its behaviour
 against servers that fail (a deliberately flaky one that drops connections and answers 503, one
-without prompt log-probabilities, one that never comes up).
+without prompt log-probabilities, one that never comes up, one that trickles its answer) and
+servers that answer what cannot be right (NaN, infinite or positive log-probabilities, garbage
+alternatives, extra echoed tokens): those requests fail and nothing of them is scored.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -15,9 +20,12 @@ import pytest
 import engine
 from engine.server import ServerConfig, create_app
 from engine.server.background import serve_in_thread, torch_threads
-from evals.backend import GenerateRequest, LocalBackend, LoglikelihoodRequest, RollingRequest
+from evals.backend import (
+    FailedRequests, GenerateRequest, InvalidResponse, LocalBackend, LoglikelihoodRequest, RollingRequest,
+)
 from evals.remote import (
     CHAT_TEMPLATES, RemoteBackend, RemoteError, RemoteFailures, RemoteOptions, RemoteProtocolError, base_url,
+    validate_echo,
 )
 
 
@@ -25,13 +33,16 @@ class FlakyServer:
     """An HTTP/1.1 front for ``upstream`` that sabotages POST requests by plan.
 
     ``plan(n)`` gives, for the n-th POST (from 0), ``"drop"`` (close the connection without an
-    answer), ``"503"`` (Service Unavailable with ``Retry-After: 0``) or ``"pass"`` (forward to
-    ``upstream`` and relay the answer). GETs always pass. Every answer closes its connection, so
-    each request meets the plan on a fresh connection. Threads and sockets are bounded by the test.
+    answer), ``"503"`` (Service Unavailable with ``Retry-After: 0``), ``"trickle"`` /
+    ``"trickle_head"`` (the answer's body / its status line and headers one byte every 0.2 s, until
+    the client hangs up) or ``"pass"`` (forward to ``upstream`` and relay the answer, its JSON
+    rewritten by ``rewrite(path, body)`` when given). GETs always pass. Every answer closes its
+    connection, so each request meets the plan on a fresh connection. Threads and sockets are
+    bounded by the test.
     """
 
-    def __init__(self, upstream: str, plan):
-        self.upstream, self.plan = upstream, plan
+    def __init__(self, upstream: str, plan, rewrite=None):
+        self.upstream, self.plan, self.rewrite = upstream, plan, rewrite
         self.posts = 0
         self.outcomes: list[str] = []
         self._lock = threading.Lock()
@@ -104,16 +115,31 @@ class FlakyServer:
             if action == "503":
                 content = json.dumps({"error": {"message": "flaky: try again"}}).encode()
                 status, extra = 503, "Retry-After: 0\r\n"
+            elif action.startswith("trickle"):
+                content, status, extra = b"{}" * 1000, 200, ""
             else:
                 forward = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
                 answer = self._client.request(method, self.upstream + path, content=body, headers=forward)
                 status, content, extra = answer.status_code, answer.content, ""
+                if self.rewrite and method == "POST" and status == 200:
+                    content = json.dumps(self.rewrite(path, json.loads(content))).encode()
             head = (f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(content)}\r\n"
-                    f"{extra}Connection: close\r\n\r\n")
+                    f"{extra}Connection: close\r\n\r\n").encode()
             try:
-                conn.sendall(head.encode() + content)
+                if action.startswith("trickle"):
+                    self._trickle(conn, head, content, slow_head=action == "trickle_head")
+                else:
+                    conn.sendall(head + content)
             except OSError:
                 pass
+
+    def _trickle(self, conn: socket.socket, head: bytes, content: bytes, slow_head: bool) -> None:
+        if not slow_head:
+            conn.sendall(head)
+        for byte in (head + content if slow_head else content):
+            if self._stop.wait(0.2):
+                return
+            conn.sendall(bytes([byte]))
 
 
 @pytest.fixture(scope="module")
@@ -275,3 +301,146 @@ def test_server_without_prompt_logprobs_is_a_clear_error():
             backend.loglikelihood([LoglikelihoodRequest("a", " b", bos=False)])
         with pytest.raises(RemoteError, match="--no-bos"):
             backend.loglikelihood([LoglikelihoodRequest("a", " b")])
+
+
+# ---------------------------------------------------------------------- answers that cannot be right
+
+
+def echo_answer(**changes) -> dict:
+    """A well-formed answer to the token-id prompt [0, 5, 6] (echo, logprobs 1, one generated token)."""
+    logprobs = {"tokens": ["", "a", "b", "c"], "token_logprobs": [None, -1.0, -0.5, -2.0],
+                "top_logprobs": [None, {"a": -1.0}, {"x": -0.25, "b": -0.5}, {"c": -2.0}], "text_offset": [0, 0, 1, 2]}
+    logprobs.update(changes)
+    return {"choices": [{"logprobs": logprobs}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+
+def test_validate_echo_accepts_a_good_answer_and_sums_it():
+    echo = validate_echo(echo_answer(), [0, 5, 6])
+    assert echo.n_prompt == 3 and echo.sum(1, 3) == (-1.5, False) and echo.sum(1, 2) == (-1.0, True)
+    rounding = echo_answer(token_logprobs=[None, 5e-5, -0.5, -2.0], top_logprobs=[None, {"a": 5e-5}, {"b": -0.5}, {"c": -2.0}])
+    assert validate_echo(rounding, [0, 5, 6]).sum(1, 2) == (5e-5, True)  # float rounding above 0 is tolerated
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("answer, prompt, message", [
+    (echo_answer(top_logprobs=[None] * 4), [0, 5, 6], r"top_logprobs\[1\] is None, expected a mapping"),
+    (echo_answer(top_logprobs=[None, "a", "b", "c"]), [0, 5, 6], r"top_logprobs\[1\] is 'a', expected a mapping"),
+    (echo_answer(top_logprobs=[None, {}, {"b": -0.5}, {"c": -2.0}]), [0, 5, 6], r"top_logprobs\[1\] is \{\}"),
+    (echo_answer(top_logprobs=[None, {"a": NAN}, {"b": -0.5}, {"c": -2.0}]), [0, 5, 6],
+     r"top_logprobs\[1\]\['a'\] is nan, expected a finite number <= 0"),
+    (echo_answer(top_logprobs=[None, {"a": "-1"}, {"b": -0.5}, {"c": -2.0}]), [0, 5, 6], "expected a number"),
+    (echo_answer(token_logprobs=[None, NAN, NAN, NAN]), [0, 5, 6], r"token_logprobs\[1\] is nan"),
+    (echo_answer(token_logprobs=[None, -INF, -0.5, -2.0]), [0, 5, 6], r"token_logprobs\[1\] is -inf"),
+    (echo_answer(token_logprobs=[None, 5.0, 5.0, 5.0]), [0, 5, 6], r"token_logprobs\[1\] is 5.0, expected a finite"),
+    (echo_answer(token_logprobs=[None, None, -0.5, -2.0]), [0, 5, 6], r"token_logprobs\[1\] is None"),
+    (echo_answer(token_logprobs=[None, True, -0.5, -2.0]), [0, 5, 6], r"token_logprobs\[1\] is True, expected a number"),
+    (echo_answer(tokens=["", "a", "b", "c", "x", "y", "z"], token_logprobs=[None, -1.0, -0.5, -2.0, -1.0, -1.0, -1.0],
+                 top_logprobs=[None] + [{"a": -0.1}] * 6, text_offset=[0, 0, 1, 2, 3, 4, 5]),
+     [0, 5, 6], "7 log-probabilities were echoed for a prompt of 3 tokens"),
+    (echo_answer(text_offset=[0, 0, 1]), [0, 5, 6], "text_offset has 3 entries where token_logprobs has 4"),
+    (echo_answer(text_offset=[0, 2, 1, 3]), [0, 5, 6], "non-decreasing"),
+    (echo_answer(tokens=["token_id:0", "token_id:5", "token_id:7", "token_id:9"]), [0, 5, 6],
+     "echoed token 2 is 'token_id:7', but the request sent token id 6"),
+    ({**echo_answer(), "usage": {"prompt_tokens": 4}}, [0, 5, 6], "usage.prompt_tokens is 4, but the request sent 3"),
+    ({**echo_answer(), "usage": {"prompt_tokens": 2}}, "abc", "4 log-probabilities were echoed for a prompt of 2"),
+])
+def test_validate_echo_rejects_what_cannot_be_right(answer, prompt, message):
+    with pytest.raises(InvalidResponse, match=message):
+        validate_echo(answer, prompt)
+
+
+def test_validate_echo_without_prompt_logprobs_is_a_protocol_error():
+    with pytest.raises(RemoteProtocolError, match="cannot score"):
+        validate_echo({"choices": [{"logprobs": None}]}, [0, 5])
+    with pytest.raises(RemoteProtocolError, match="does not support echo"):
+        validate_echo({"choices": echo_answer()["choices"]}, [0, 5, 6, 7, 8])  # 4 entries for 5 tokens
+
+
+def sabotage(mode: str):
+    """A rewrite for :class:`FlakyServer`: the server's scoring answers made impossible in one way."""
+    def rewrite(path: str, body: dict) -> dict:
+        for choice in body.get("choices", []):
+            logprobs = choice.get("logprobs")
+            if not logprobs:
+                continue
+            n = len(logprobs["token_logprobs"])
+            if mode == "null_top":
+                logprobs["top_logprobs"] = [None] * n
+            elif mode == "string_top":
+                logprobs["top_logprobs"] = [None] + ["x"] * (n - 1)
+            elif mode in ("nan", "-inf", "+5"):
+                value = {"nan": math.nan, "-inf": -math.inf, "+5": 5.0}[mode]
+                logprobs["token_logprobs"] = [None] + [value] * (n - 1)
+            elif mode == "extra":
+                for key, filler in (("tokens", "x"), ("token_logprobs", -1.0), ("top_logprobs", {"x": -1.0}),
+                                    ("text_offset", logprobs["text_offset"][-1])):
+                    logprobs[key] = logprobs[key] + [filler] * 3
+        return body
+    return rewrite
+
+
+@pytest.mark.parametrize("mode, reason", [
+    ("null_top", "expected a mapping"), ("string_top", "expected a mapping"), ("nan", "is nan"),
+    ("-inf", "is -inf"), ("+5", "is 5.0"), ("extra", "does not line up with the prompt"),
+])
+def test_impossible_answers_fail_every_request_and_score_none(server_url, mode, reason):
+    with FlakyServer(server_url, lambda n: "pass", rewrite=sabotage(mode)) as fake:
+        for tokenized in (True, False):
+            backend = remote(fake.url, concurrency=2)
+            requests = LL_REQUESTS if tokenized else [r for r in LL_REQUESTS if not r.bos]
+            if not tokenized:
+                backend.tokenizer_info = None  # prompts as text, the continuation found by text_offset
+            with pytest.raises(RemoteFailures) as info:
+                backend.loglikelihood(requests)
+            assert sorted(info.value.failed) == list(range(len(requests)))
+            assert all(r.startswith("invalid answer:") and reason in r for r in info.value.failed.values())
+            if tokenized:
+                with pytest.raises(RemoteFailures, match=reason):
+                    backend.loglikelihood_rolling([RollingRequest("a whole text to score")])
+            backend.close()
+    assert backend.retries == 0  # a wrong answer is not retried
+
+
+def test_local_engine_non_finite_loglikelihood_is_a_failed_request(model):
+    class Overflowing:  # the engine's interface, answering one request with NaN and one with +inf
+        tokenizer = model.tokenizer
+
+        def loglikelihood(self, pairs, batch_size):
+            return [(-1.0, True), (math.nan, True), (-2.0, False)][:len(pairs)]
+
+        def loglikelihood_rolling(self, token_lists, bos, batch_size):
+            return [math.inf] * len(token_lists)
+
+    backend = LocalBackend(Overflowing())
+    with pytest.raises(FailedRequests) as info:
+        backend.loglikelihood([LoglikelihoodRequest("a", " b"), LoglikelihoodRequest("c", " d"),
+                               LoglikelihoodRequest("e", " f")])
+    assert list(info.value.failed) == [1] and "the log-likelihood is nan" in info.value.failed[1]
+    assert "context ending 'c', continuation ' d'" in str(info.value) and "none of them is scored" in str(info.value)
+    with pytest.raises(FailedRequests, match="the rolling log-likelihood is inf"):
+        backend.loglikelihood_rolling([RollingRequest("abc")])
+
+
+# ---------------------------------------------------------------------- the total deadline
+
+
+@pytest.mark.parametrize("action", ["trickle", "trickle_head"])
+def test_timeout_bounds_the_whole_request_against_a_trickling_server(server_url, action):
+    with FlakyServer(server_url, lambda n: action) as slow:
+        backend = remote(slow.url, timeout=1.0, max_retries=1)
+        started = time.monotonic()
+        pool = ThreadPoolExecutor(1)  # the test stays bounded even where the deadline does not hold
+        attempt = pool.submit(backend.generate, [GenerateRequest("x", (), 2, bos=False)])
+        try:
+            with pytest.raises(RemoteFailures) as info:
+                attempt.result(timeout=10)
+        finally:
+            pool.shutdown(wait=False)
+        elapsed = time.monotonic() - started
+        backend.close()
+    # two attempts of at most 1 s each (plus the short test backoff); one byte every 0.2 s would take 400 s
+    assert elapsed < 4.0, elapsed
+    assert "DeadlineExceeded: no complete answer within 1 s" in info.value.failed[0]
+    assert slow.outcomes == [action, action]

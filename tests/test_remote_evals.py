@@ -1,6 +1,6 @@
 """``pytest evals -k lambada --endpoint URL`` against our own server reproduces the native run, and
-against a flaky server it retries; with retries exhausted it fails, names the failed requests and
-scores nothing.
+against a flaky server it retries; with retries exhausted, or against a server whose answers cannot
+be right, it fails, names the failed requests and scores and caches nothing.
 
 Each run is a real ``pytest evals`` subprocess (the command a user types) on the same ``--limit``
 sample, without the response cache, so the remote run cannot reuse the native answers.
@@ -18,15 +18,17 @@ import pytest
 import engine
 from engine.server import ServerConfig, create_app
 from engine.server.background import serve_in_thread, torch_threads
-from test_remote_backend import FlakyServer
+from evals.cache import ResponseCache
+from test_remote_backend import FlakyServer, sabotage
 
 REPO = Path(__file__).resolve().parent.parent
 LIMIT = "16"
 
 
-def run_evals(report_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pytest", "evals", "-k", "lambada", "--limit", LIMIT, "--no-cache",
-               "--report-dir", str(report_dir), "-p", "no:cacheprovider", "-q", *args]
+def run_evals(report_dir: Path, *args: str, cache: bool = False) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pytest", "evals", "-k", "lambada", "--limit", LIMIT,
+               *(() if cache else ("--no-cache",)), "--report-dir", str(report_dir), "-p", "no:cacheprovider",
+               "-q", *args]
     # a plain run: not an xdist worker's (whose variables would shard the cases), one thread (fastest
     # on a small shared CPU), no model from the environment
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
@@ -101,6 +103,21 @@ def test_retries_exhausted_fail_the_case_and_score_nothing(server_url, tmp_path)
     if results_file.exists():  # the run's report, if written, holds no score for the case
         cases = json.loads(results_file.read_text())["benchmarks"].get("lambada", {}).get("cases", {})
         assert "openai" not in cases
+
+
+@pytest.mark.slow
+def test_impossible_answers_fail_the_case_and_are_neither_scored_nor_cached(server_url, tmp_path):
+    with FlakyServer(server_url, lambda n: "pass", rewrite=sabotage("nan")) as fake:
+        done = run_evals(tmp_path, "--endpoint", fake.url, cache=True)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert f"{LIMIT} of {LIMIT} loglikelihood requests to" in done.stdout and "none of them is scored" in done.stdout
+    assert "invalid answer: token_logprobs[" in done.stdout and "is nan, expected a finite number <= 0" in done.stdout
+    cache = ResponseCache.open(tmp_path / "cache", create=False)
+    assert cache.count(kind="loglikelihood") == 0
+    cache.close()
+    results_file = tmp_path / "latest" / "results.json"
+    if results_file.exists():
+        assert "openai" not in json.loads(results_file.read_text())["benchmarks"].get("lambada", {}).get("cases", {})
 
 
 def test_endpoint_options_are_checked(tmp_path, tiny_model_path):

@@ -40,13 +40,18 @@ def test_serve_starts_answers_and_stops(tiny_model_path):
         out = httpx.post(f"{url}/v1/completions", json={"prompt": "ab", "max_tokens": 2}, timeout=30).json()
         assert out["usage"]["completion_tokens"] == 2
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        interrupt(process)
     assert process.returncode == 0
+
+
+def interrupt(process: subprocess.Popen) -> None:
+    """Stop a ``rwkveval serve`` process as Ctrl-C does (bounded: killed if it lingers)."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def test_serve_with_a_missing_checkpoint_is_one_clear_line(tmp_path, capsys):

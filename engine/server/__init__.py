@@ -6,6 +6,7 @@
 - :mod:`.tokens`     token strings for ``logprobs`` (byte-level tokens included)
 - :mod:`.chat`       the RWKV chat format
 - :mod:`.config`     limits and settings
+- :mod:`.peers`      slow, vanishing and flooding clients, the key, the uvicorn setup
 - :mod:`.background` run an app on a loopback port in a thread (tests, benchmarks, notebooks)
 - :mod:`.command`    the ``serve`` subcommand
 

@@ -10,13 +10,13 @@ Endpoints (README.md, "The OpenAI-compatible server", has the full contract):
 
 Bodies are read and parsed here, not by FastAPI, so that every malformed body (bad JSON, deep
 nesting, wrong types, oversized) becomes a 400 or 413 with an OpenAI-style error body; a 500 can
-only come from a bug. The request schemas still appear in ``/openapi.json``.
+only come from a bug. The request schemas still appear in ``/openapi.json``. The key, slow and
+vanishing clients and the connection cap are handled below the routes (:mod:`engine.server.peers`).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -26,9 +26,11 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import chat as chat_format
 from .config import ServerConfig
+from .peers import RequireKey, client_gone
 from .scheduler import Job, QueueFull, RowResult, Sampling, Scheduler, Stopped
 from .schemas import (
     CHARS_PER_TOKEN_BOUND, ApiError, ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, check_model,
@@ -86,15 +88,6 @@ class Server:
         self.status_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ request plumbing
-
-    def check_auth(self, request: Request) -> None:
-        if self.config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.config.api_key.encode()):
-            raise ApiError("missing or wrong API key: send 'Authorization: Bearer <key>'", status=401,
-                           kind="authentication_error", code="invalid_api_key")
 
     async def read_json(self, request: Request) -> Any:
         length = request.headers.get("content-length")
@@ -203,7 +196,9 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="rwkveval OpenAI-compatible server", version="1", lifespan=lifespan)
     app.state.server = server
+    app.add_middleware(RequireKey, key=config.api_key)  # inside the counter, so 401s are counted
     app.add_middleware(_CountStatus, counts=server.status_counts)
+    app.add_exception_handler(ClientDisconnect, client_gone)
 
     @app.exception_handler(ApiError)
     async def invalid(request: Request, error: ApiError) -> JSONResponse:
@@ -230,16 +225,14 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        server.check_auth(request)
         return JSONResponse({"object": "list", "data": [{
             "id": config.model_name, "object": "model", "created": server.created, "owned_by": "rwkveval",
-            "max_model_len": config.max_prompt_tokens + config.max_tokens,
+            "max_model_len": config.max_model_len,
             "rwkveval": {**model.info(), "limits": config.limits()},
         }]})
 
     @app.get("/stats")
     async def stats(request: Request) -> JSONResponse:
-        server.check_auth(request)
         s = server.scheduler.stats
         uptime = max(time.time() - s.started, 1e-9)
         return JSONResponse({
@@ -258,19 +251,17 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/tokenizer_info")
     async def tokenizer_info(request: Request) -> JSONResponse:
-        server.check_auth(request)
         end = server.token_bytes[0]
         return JSONResponse({
             "tokenizer_class": server.tokenizer.name, "vocab_size": server.tokenizer.vocab_size,
             # token 0 ends a document; it has a text form only where it is a byte (vocabulary 256)
             "eos_token": end.decode("latin-1") if end else None, "eos_token_id": 0,
-            "bos_token": None, "pad_token": None, "model_max_length": config.max_prompt_tokens,
+            "bos_token": None, "pad_token": None, "model_max_length": config.max_model_len,
             "chat_template": chat_format.JINJA_TEMPLATE,
         })
 
     @app.post("/tokenize", openapi_extra=_body_schema(TokenizeRequest))
     async def tokenize(request: Request) -> JSONResponse:
-        server.check_auth(request)
         body = parse(TokenizeRequest, await server.read_json(request))
         check_model(body.model, config)
         if (body.prompt is None) == (body.messages is None):
@@ -281,11 +272,10 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(f"the text has {len(text)} characters, more than /tokenize accepts "
                            f"({CHARS_PER_TOKEN_BOUND * config.max_prompt_tokens})", param="prompt")
         tokens = list(server.tokenizer.encode(text))
-        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": config.max_prompt_tokens})
+        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": config.max_model_len})
 
     @app.post("/detokenize", openapi_extra=_body_schema(DetokenizeRequest))
     async def detokenize(request: Request) -> JSONResponse:
-        server.check_auth(request)
         body = parse(DetokenizeRequest, await server.read_json(request))
         check_model(body.model, config)
         ids = check_token_ids(body.tokens, server.tokenizer.vocab_size, "tokens")
@@ -295,7 +285,6 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(request: Request):
-        server.check_auth(request)
         body = parse(CompletionRequest, await server.read_json(request))
         check_model(body.model, config)
         check_refused(body)
@@ -331,7 +320,6 @@ def create_app(model, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
     async def chat_completions(request: Request):
-        server.check_auth(request)
         body = parse(ChatRequest, await server.read_json(request))
         check_model(body.model, config)
         check_refused(body)

@@ -2,7 +2,9 @@
 
 For tests and benchmarks: ``with serve_in_thread(app) as url: ...`` starts the server on
 127.0.0.1 at a free port, waits (bounded) until it accepts connections, and shuts it down (also
-bounded) on exit, running the app's lifespan so its scheduler starts and stops with it.
+bounded) on exit, running the app's lifespan so its scheduler starts and stops with it. The
+connections are guarded as in ``rwkveval serve`` (:mod:`engine.server.peers`), with the limits of
+the app's :class:`engine.server.ServerConfig` (defaults for an app without one).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-import uvicorn
+from .peers import Server, uvicorn_config
 
 
 class BackgroundServer:
@@ -22,7 +24,8 @@ class BackgroundServer:
         # a reset (uvicorn's default is 5 s, shorter than some test phases)
         options = {"log_level": "warning", "lifespan": "on", "timeout_graceful_shutdown": 2,
                    "timeout_keep_alive": 60, **uvicorn_options}
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options))
+        server_config = getattr(getattr(getattr(app, "state", None), "server", None), "config", None)
+        self.server = Server(uvicorn_config(app, server_config, host=host, port=port, **options))
         self.thread = threading.Thread(target=self.server.run, name="rwkveval-uvicorn", daemon=True)
         self.host = host
         self.url = ""

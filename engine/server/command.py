@@ -13,7 +13,9 @@ import logging
 from pathlib import Path
 
 from engine.adapters import add_adapter_options, fine_tune_name, options_from
-from engine.argtypes import positive_int
+from engine.argtypes import positive_int, positive_seconds
+
+from .config import connection_limits
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -51,6 +53,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=positive_int, default=30,
                    help="seconds an idle connection stays open; longer than uvicorn's 5 s so that clients "
                         "pooling connections rarely reuse one the server is closing (default: %(default)s)")
+    p.add_argument("--receive-timeout", type=positive_seconds, default=d.receive_timeout_s, metavar="S",
+                   help="seconds a request's headers and body may take to arrive, from its first byte; a slower "
+                        "one has its connection closed (default: %(default)s)")
+    p.add_argument("--max-connections", type=positive_int, default=None, metavar="N",
+                   help="open connections at once; past it, the one waiting longest without a complete request is "
+                        "closed (default: under the open-file limit, %d here)" % connection_limits()[0])
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="(default: %(default)s)")
     p.set_defaults(run=run)
@@ -59,11 +67,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    import uvicorn
 
     import engine
     from .app import create_app
     from .config import ServerConfig
+    from .peers import Server, uvicorn_config
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -78,10 +86,20 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         model_name=args.name or fine_tune_name(args.model.stem, adapters.paths), api_key=api_key, max_batch=args.max_batch,
         max_queue=max(args.max_queue, args.max_prompts), max_prompt_tokens=args.max_prompt_tokens,
-        max_tokens=args.max_tokens, max_prompts=args.max_prompts,
+        max_tokens=args.max_tokens, max_prompts=args.max_prompts, receive_timeout_s=args.receive_timeout,
+        max_connections=args.max_connections,
     )
     app = create_app(model, config)
-    logging.getLogger("rwkveval.server").info("serving %s as %r on http://%s:%d", args.model, config.model_name,
-                                              args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=args.keep_alive)
-    return 0
+    log = logging.getLogger("rwkveval.server")
+
+    def started(urls: list[str]) -> None:  # after binding: the real port, also for --port 0
+        log.info("serving %s as %r on %s (at most %d connections, %g s to receive a request)", args.model,
+                 config.model_name, ", ".join(urls), config.connection_cap(), config.receive_timeout_s)
+
+    uvicorn_options = dict(host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=args.keep_alive)
+    server = Server(uvicorn_config(app, config, **uvicorn_options), on_started=started)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the captured SIGINT again once it has shut down
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's code for a server that could not start

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from evals.backend import Backend, Listener, ResponseError
+from evals.backend import Backend, FailedRequests, Listener
+from evals.cache import CacheError
 from evals.metrics import Metric, aggregate
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import CaseProgress
@@ -67,7 +68,7 @@ class CaseRecorder:
         started = time.perf_counter()
         try:
             responses = getattr(self.backend, kind)(requests, counting)
-        except (RemoteError, ResponseError) as error:  # answers that cannot be scored: one clear failure
+        except (RemoteError, FailedRequests, CacheError) as error:  # nothing of them scored: one clear failure
             pytest.fail(f"{self.case[0]}/{self.case[1]}: {error}", pytrace=False)
         finally:
             after = stats.to_dict() if stats else before
