@@ -39,6 +39,7 @@ Reference scores: none (the user's data); the report records the file's sha256.
 from __future__ import annotations
 
 import functools
+import json
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path

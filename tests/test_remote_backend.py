@@ -407,10 +407,15 @@ def test_local_engine_non_finite_loglikelihood_is_a_failed_request(model):
     class Overflowing:  # the engine's interface, answering one request with NaN and one with +inf
         tokenizer = model.tokenizer
 
-        def loglikelihood(self, pairs, batch_size):
-            return [(-1.0, True), (math.nan, True), (-2.0, False)][:len(pairs)]
+        def loglikelihood(self, pairs, batch_size, on_result, on_tokens):
+            answers = [(-1.0, True), (math.nan, True), (-2.0, False)][:len(pairs)]
+            for i, answer in enumerate(answers):
+                on_result(i, answer)
+            return answers
 
-        def loglikelihood_rolling(self, token_lists, bos, batch_size):
+        def loglikelihood_rolling(self, token_lists, bos, batch_size, on_result, on_tokens):
+            for i in range(len(token_lists)):
+                on_result(i, math.inf)
             return [math.inf] * len(token_lists)
 
     backend = LocalBackend(Overflowing())
