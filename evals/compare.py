@@ -26,7 +26,7 @@ from typing import Any
 from benchmarkdata.revisions import data_revision_warnings
 from evals.paired import is_binary, mcnemar_exact, paired_difference
 from evals.plugin.writers import write_json, write_jsonl
-from evals.plugin.writers.atomic import atomic_path
+from evals.plugin.writers.xlsx_writer import save
 
 ROW_FIELDS = ("prompt", "prompt_sha256", "target", "output", "extracted", "extracted_by", "choice_logprobs",
               "logprob", "is_greedy", "scores")
@@ -218,8 +218,7 @@ def write_xlsx(path: Path, comparison: Mapping[str, Any]) -> Path:
                           paired.get("diff"), ci[0], ci[1], p_value(e), e.get("test"),
                           len(e.get("a_right_b_wrong", [])), len(e.get("b_right_a_wrong", [])),
                           case["shared"], len(case["only_a"]), len(case["only_b"])])
-    with atomic_path(path) as tmp:
-        book.save(tmp)
+    save(book, path)
     return path
 
 

@@ -208,7 +208,8 @@ class RunCollector:
                           f"({cache.get('dir')})")
         for name, error in self.folder.errors.items():
             tr.write_line(f"could not write {self.folder.path / name}: {error}", red=True, bold=True)
-        tr.write_line(f"report: {self.folder.path} (status {self.status})")
+        unwritten = f"; {len(self.folder.errors)} files could not be written" if self.folder.errors else ""
+        tr.write_line(f"report: {self.folder.path} (status {self.status}{unwritten})")
 
     def _baseline_notes(self) -> list[str]:
         notes = []

@@ -2,6 +2,7 @@
 sheet per benchmark with a row per case and a column per metric."""
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,14 @@ def write_xlsx(path: Path, benchmarks: Mapping[str, Mapping[str, Any]]) -> Path:
             values = [v for m in metrics for v in (entry["metrics"][m]["value"], entry["metrics"][m]["stderr"])]
             sheet.append([case, entry["n"]] + values + [entry.get("wall_s"), entry.get("samples_per_s"),
                                                          entry.get("tokens_per_s"), entry.get("outcome")])
-    with atomic_path(path) as tmp:
-        book.save(tmp)
+    save(book, path)
     return path
+
+
+def save(book, path: Path) -> None:
+    """Save an openpyxl workbook atomically. It is built in memory first, so a full disk fails in
+    our own write (and is reported as such) rather than inside openpyxl's zip file."""
+    buffer = io.BytesIO()
+    book.save(buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
