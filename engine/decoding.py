@@ -72,7 +72,7 @@ def top_alternatives(lp: torch.Tensor, k: int) -> list[tuple[int, float]]:
 class Settings:
     """How one row is decoded. ``stop_ids`` always holds token 0. A stop string ends the row
     (finish_reason "stop", text cut before it); the ``delimiter`` ends it as a finished step
-    (finish_reason "step", the delimiter kept in the text)."""
+    (finish_reason "step", the delimiter kept in the text) once the step holds some non-blank text."""
 
     max_new_tokens: int
     temperature: float = 0.0
@@ -328,6 +328,10 @@ class Decoder:
         hits = []
         for data, text, reason in stops:
             at = buffer.find(data, max(0, offset + before - len(data) + 1))
+            # a step needs text of its own: a delimiter right at its start (or after whitespace
+            # only) does not end it, so a search never makes empty steps
+            while at >= 0 and reason == "step" and not bytes(row.data[:max(0, at - offset)]).strip():
+                at = buffer.find(data, at + 1)
             if at >= 0:
                 hits.append((at, reason == "step", reason, text, len(data)))
         if not hits:

@@ -2,6 +2,7 @@
 delimiters, stops that began in an earlier step, dropped rows, and the callers built on it."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 import engine
@@ -14,6 +15,14 @@ def _model():
 
 
 MODEL = _model()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    from engine.server.background import torch_threads  # tiny rows: two contending threads are 10x slower
+
+    with torch_threads(1):
+        yield
 
 
 def _run(rows, batch=8, **kwargs):
