@@ -81,10 +81,10 @@ class StrategyOutcome:
 class CachedReward:
     """The ``--reward`` model, loaded on first use, its scores stored and reused (:mod:`.store`)."""
 
-    def __init__(self, spec: str, options: Any, store: StrategyStore):
+    def __init__(self, spec: str, options: Any, store: StrategyStore, questions: int):
         self.spec, self.options, self.store = spec, options, store
         self._reward = None
-        self.computed = 0
+        self.computed, self.reused = [0] * questions, [0] * questions  # per question
 
     @property
     def reward(self):
@@ -94,9 +94,12 @@ class CachedReward:
             self._reward = load(self.spec, self.options)
         return self._reward
 
-    def score(self, inputs: Sequence[RewardInput]) -> list[float]:
+    def score(self, inputs: Sequence[RewardInput], questions: Sequence[int]) -> list[float]:
+        """Rewards of ``inputs`` (``questions[k]``: the question input k belongs to, for the counts)."""
         reward = self.reward
         if reward.oracle:  # the benchmark's own check: nothing to store
+            for q in questions:
+                self.computed[q] += 1
             return reward.score(inputs)
         owner = f"reward|{reward.identity()}"
         requests = [{"question": i.question, "answer": i.answer, "history": [list(t) for t in i.history]}
@@ -110,7 +113,9 @@ class CachedReward:
             self.store.put("reward", owner, [(requests[k], v) for k, v in zip(todo, computed)])
             for k, v in zip(todo, computed):
                 values[k] = v
-            self.computed += len(todo)
+        fresh = set(todo)
+        for k, q in enumerate(questions):
+            (self.computed if k in fresh else self.reused)[q] += 1
         return [float(v) for v in values]
 
 
@@ -134,8 +139,7 @@ def run_strategy(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequenc
     if not ttc.active:
         return None
     store = StrategyStore.for_backend(evaluation.backend)
-    reward = CachedReward(ttc.reward, ttc.reward_options(), store) if ttc.reward else None
-    started = time.perf_counter()
+    reward = CachedReward(ttc.reward, ttc.reward_options(), store, len(tasks)) if ttc.reward else None
     own_s = 0.0  # time outside the recorder's own calls (search, reward models)
     if ttc.strategy in ("sample", "best_of_n"):
         candidates, costs = _sampled(evaluation, cfg, tasks, stop, max_new_tokens, samples)
@@ -150,7 +154,7 @@ def run_strategy(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequenc
         for cost, calls in zip(costs, extra):
             cost["reward_calls"] += calls
     evaluation.wall_s += own_s
-    return _outcome(cfg, tasks, candidates, costs, reward, same, store, time.perf_counter() - started)
+    return _outcome(cfg, tasks, candidates, costs, reward, same)
 
 
 def _sampled(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[str], max_new_tokens: int,
@@ -192,6 +196,9 @@ def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[s
                 for t in tasks]
     found = store.get("search", None, requests)
     todo = [i for i, r in enumerate(found) if r is None]
+    for i, r in enumerate(found):
+        if r is not None:
+            r["stored"] = True
     if todo and store.read_only:
         raise store.missing("searches", len(todo), len(tasks), {"prompt": tasks[todo[0]].prompt[-200:]})
     model = local_model(evaluation.backend) if todo else None
@@ -213,7 +220,7 @@ def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[s
             def score(items, part=part):
                 inputs = [RewardInput(tasks[part[q]].question, prefixes(steps)[-1] if steps else "",
                                       check=tasks[part[q]].check) for q, steps in items]
-                return reward.score(inputs)
+                return reward.score(inputs, [part[q] for q, _ in items])
 
             results = search(model, prompts, settings, score, batch_size=cfg.batch_size)
             stored = [{"candidates": [c.to_json() for c in r.candidates], "nodes": len(r.tree),
@@ -233,7 +240,7 @@ def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[s
     for result in found:
         candidates.append([Candidate(c["text"], c["steps"], c["finish_reason"], c["score"], c["step_scores"])
                            for c in result["candidates"]])
-        costs.append({k: result[k] for k in COSTS})
+        costs.append({**{k: result[k] for k in COSTS}, "stored": bool(result.get("stored"))})
     return candidates, costs
 
 
@@ -250,7 +257,7 @@ def _score_candidates(reward: CachedReward, tasks: Sequence[Task], candidates: l
             for p in prefixes(steps):
                 inputs.append(RewardInput(task.question, p, check=task.check))
                 where.append((q, c))
-    values = reward.score(inputs) if inputs else []
+    values = reward.score(inputs, [q for q, _ in where]) if inputs else []
     calls = [0] * len(tasks)
     for (q, c), value in zip(where, values):
         candidate = candidates[q][c]
@@ -268,8 +275,7 @@ def _name(strategy: str, vote: str, oracle: bool) -> str:
 
 
 def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]], costs: list[dict],
-             reward: CachedReward | None, same: Callable[[Any, Any], bool], store: StrategyStore,
-             wall_s: float) -> StrategyOutcome:
+             reward: CachedReward | None, same: Callable[[Any, Any], bool]) -> StrategyOutcome:
     ttc = cfg.ttc
     strategy = ttc.strategy
     model = reward.reward if reward is not None else None
@@ -277,7 +283,7 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
     votes = VOTES if model is not None else ("majority",)
     names = {v: _name(strategy, v, oracle) for v in votes}
     all_scores, records = [], []
-    for task, group, cost in zip(tasks, candidates, costs):
+    for q, (task, group, cost) in enumerate(zip(tasks, candidates, costs)):
         answers = [task.answer(c.text) for c in group]
         right = [a is not None and bool(task.correct(a)) for a in answers]
         if model is not None:
@@ -288,7 +294,11 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
         scores[f"{strategy}_coverage"] = float(any(right))
         scores.update({f"{strategy}_{k}": float(cost[k]) for k in COSTS})
         all_scores.append(scores)
-        records.append({"name": strategy, "chosen": {names[v]: chosen[v] for v in votes}, "candidates": [
+        reuse = {"search_stored": cost.get("stored", False)} if strategy in ("beam", "mcts") else {}
+        if reward is not None:
+            reuse.update(rewards_reused=reward.reused[q], rewards_computed=reward.computed[q])
+        records.append({"name": strategy, "chosen": {names[v]: chosen[v] for v in votes}, "cache": reuse,
+                        "candidates": [
             {"text": c.text, "steps": len(c.steps), "answer": None if a is None else str(a), "correct": r,
              "reward": c.reward, "step_rewards": c.step_rewards, "finish_reason": c.finish_reason}
             for c, a, r in zip(group, answers, right)]})
@@ -297,11 +307,13 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
     metrics.update({f"{strategy}_{k}": ("sum", f"{strategy}_{k}") for k in COSTS})
     protocol = {**ttc.settings(), "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.sampling_seed,
                 "reward": model.describe() if model is not None else None, "oracle": oracle,
-                "votes": {names[v]: DEFINITIONS[v] for v in votes},
-                "coverage": DEFINITIONS["coverage"],
-                "cost": {**{k: int(sum(c[k] for c in costs)) for k in COSTS}, "wall_s": wall_s,
-                         "searches_reused": store.reused["search"], "rewards_reused": store.reused["reward"],
-                         "rewards_computed": reward.computed if reward is not None else 0,
-                         "counting": "tokens and reward calls the strategy needs, whether computed now or "
-                                     "reused from the response cache"}}
+                "votes": {names[v]: DEFINITIONS[v] for v in votes}, "coverage": DEFINITIONS["coverage"],
+                "cost": {f"{strategy}_generated_tokens": "tokens sampled (every candidate, every search step)",
+                         f"{strategy}_prefill_tokens": "prompt tokens the engine ran" + (
+                             " (each sample runs its whole prompt)" if strategy in ("sample", "best_of_n") else
+                             " (each question's prompt once; a step's tokens once, its children fork its state)"),
+                         f"{strategy}_reward_calls": "answers and step prefixes the reward model scored",
+                         "counting": "what the strategy needs, whether computed in this run or reused from the "
+                                     "response cache (rows' strategy.cache says which); the case's wall_s includes "
+                                     "the search and the reward model"}}
     return StrategyOutcome(all_scores, records, metrics, protocol)
