@@ -99,7 +99,7 @@ class Conversation:
         before = self._point
         pending = before.tokens if before.state is None else []  # the opening, run with the first turn
         run = pending + new
-        stream = _Stream(on_text, self.model.tokenizer)
+        stream = _Stream(on_text)
         row = Row(Settings(self.max_tokens, self.temperature, self.top_p, 0,
                            row_seed(self.seed, len(self.turns)) if self.temperature > 0 else None,
                            stop_strs=(REPLY_END,), keep_state=True),
@@ -170,7 +170,7 @@ class _Stream:
     """Text of a reply as it is decoded, held back while it could still be the blank line that
     ends the turn; the reply's leading whitespace is dropped."""
 
-    def __init__(self, on_text: Callable[[str], None] | None, tokenizer: Any):
+    def __init__(self, on_text: Callable[[str], None] | None):
         import codecs
 
         self.on_text, self.sent, self.started = on_text, 0, False

@@ -18,6 +18,7 @@ the survivors), which is how a search node or a chat turn continues later withou
 """
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class Row:
         return bytes(self.data[:max(0, self.text_bytes)]).decode("utf-8", errors="replace")
 
 
+@functools.lru_cache(maxsize=1024)
 def _stop_window(settings: Settings) -> list[tuple[bytes, str, str]]:
     """(bytes, string, finish reason) of every stop string and the delimiter."""
     out = [(s.encode("utf-8"), s, "stop") for s in settings.stop_strs]

@@ -220,3 +220,27 @@ def rows_of_case(suite: pytest.Pytester, case: str) -> list[dict]:
     path = suite.path / "reports" / "latest" / "samples" / f"custom_exact_match-{case}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
 
+
+
+def test_best_of_n_over_an_endpoint(engine_suite, tiny_model_path):
+    """Samples and votes need no RNN state: best_of_n runs against an OpenAI-compatible server."""
+    import engine
+    from engine.server import ServerConfig, create_app
+    from engine.server.background import serve_in_thread, torch_threads
+
+    data = engine_suite.path / "sums.jsonl"
+    _questions(data, 2)
+    model = engine.load_model(tiny_model_path)
+    with torch_threads(1), serve_in_thread(create_app(model, ServerConfig(model_name="tiny"))) as url:
+        result = engine_suite.runpytest("-p", "no:cacheprovider", "--rootdir", str(engine_suite.path), "--report-dir",
+                                        str(engine_suite.path / "reports"), "--endpoint", url, "--data-file", str(data),
+                                        "--strategy", "best_of_n", "--n", "2", "--samples", "2", "--reward", "verifier",
+                                        "--max-new-tokens", "8", "--temperature", "0.9")
+    assert result.ret == 0, result.stdout.str()
+    rows = rows_of_case(engine_suite, "sums")
+    for row in rows:
+        # the custom benchmark keeps its samples stripped; candidates keep the text as generated
+        assert [c["text"].strip() for c in row["strategy"]["candidates"]] == row["sample_outputs"]
+        assert row["scores"]["best_of_n_majority"] == row["scores"]["maj@2"]
+        assert row["scores"]["best_of_n_best_oracle"] == row["scores"]["pass@2"]
+        assert row["scores"]["best_of_n_prefill_tokens"] > 0
