@@ -32,7 +32,8 @@ from evals.rewards.steps import prefixes, split_steps
 from evals.ttc.store import StrategyStore
 from evals.ttc.votes import DEFINITIONS, REWARD_VOTES, VOTES, choose
 
-COSTS = ("generated_tokens", "prefill_tokens", "reward_calls")
+COSTS = ("generated_tokens", "prefill_tokens", "reward_calls")  # properties of the strategy
+TIMES = ("wall_s",)  # of this run (less when candidates, searches or rewards come from the cache)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ def run_strategy(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequenc
         return None
     store = StrategyStore.for_backend(evaluation.backend)
     reward = CachedReward(ttc.reward, ttc.reward_options(), store, len(tasks)) if ttc.reward else None
+    started = time.perf_counter()
     own_s = 0.0  # time outside the recorder's own calls (search, reward models)
     if ttc.strategy in ("sample", "best_of_n"):
         candidates, costs = _sampled(evaluation, cfg, tasks, stop, max_new_tokens, samples)
@@ -154,6 +156,10 @@ def run_strategy(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequenc
         for cost, calls in zip(costs, extra):
             cost["reward_calls"] += calls
     evaluation.wall_s += own_s
+    # questions run together, so their time is shared equally: the sum over a case is its total
+    share = (time.perf_counter() - started) / max(1, len(tasks))
+    for cost in costs:
+        cost["wall_s"] = share
     return _outcome(cfg, tasks, candidates, costs, reward, same)
 
 
@@ -292,7 +298,7 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
             chosen = choose(answers, None, None, same=same)
         scores = {names[v]: float(chosen[v] is not None and right[chosen[v]]) for v in votes}
         scores[f"{strategy}_coverage"] = float(any(right))
-        scores.update({f"{strategy}_{k}": float(cost[k]) for k in COSTS})
+        scores.update({f"{strategy}_{k}": float(cost[k]) for k in COSTS + TIMES})
         all_scores.append(scores)
         reuse = {"search_stored": cost.get("stored", False)} if strategy in ("beam", "mcts") else {}
         if reward is not None:
@@ -304,7 +310,7 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
             for c, a, r in zip(group, answers, right)]})
     metrics: dict[str, tuple[str, str]] = {name: ("mean", name) for name in names.values()}
     metrics[f"{strategy}_coverage"] = ("mean", f"{strategy}_coverage")
-    metrics.update({f"{strategy}_{k}": ("sum", f"{strategy}_{k}") for k in COSTS})
+    metrics.update({f"{strategy}_{k}": ("sum", f"{strategy}_{k}") for k in COSTS + TIMES})
     protocol = {**ttc.settings(), "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.sampling_seed,
                 "reward": model.describe() if model is not None else None, "oracle": oracle,
                 "votes": {names[v]: DEFINITIONS[v] for v in votes}, "coverage": DEFINITIONS["coverage"],
@@ -313,7 +319,8 @@ def _outcome(cfg: Any, tasks: Sequence[Task], candidates: list[list[Candidate]],
                              " (each sample runs its whole prompt)" if strategy in ("sample", "best_of_n") else
                              " (each question's prompt once; a step's tokens once, its children fork its state)"),
                          f"{strategy}_reward_calls": "answers and step prefixes the reward model scored",
-                         "counting": "what the strategy needs, whether computed in this run or reused from the "
-                                     "response cache (rows' strategy.cache says which); the case's wall_s includes "
-                                     "the search and the reward model"}}
+                         f"{strategy}_wall_s": "seconds the strategy took in this run (its generation, search and "
+                                               "reward model), shared equally among the questions run together",
+                         "counting": "tokens and reward calls are what the strategy needs, whether computed in "
+                                     "this run or reused from the response cache (rows' strategy.cache says which)"}}
     return StrategyOutcome(all_scores, records, metrics, protocol)
