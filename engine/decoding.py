@@ -198,6 +198,7 @@ class Decoder:
         run = [j for j, r in enumerate(rows) if r.prompt]
         states: list[State | None] = [r.start for r in rows]
         logits: list[torch.Tensor | None] = [r.start_logits for r in rows]
+        batch = None  # (state, logits) of all rows in order, when one prefill produced exactly that
         if run:
             zero = None
             if any(rows[j].start is not None for j in run):
@@ -207,8 +208,10 @@ class Decoder:
                 init = None
             new_state, last = advance(self.model, [rows[j].prompt for j in run], init, want_last=True,
                                       on_logits=on_logits, on_tokens=self.on_tokens)
+            if len(run) == len(rows):
+                batch = (new_state, last)
             for k, j in enumerate(run):
-                states[j], logits[j] = new_state.select([k]), last[k]
+                states[j], logits[j] = new_state.select([k]) if batch is None else None, last[k]
         for row in rows:  # the start state is copied into the batch: drop the caller's reference
             row.start, row.start_logits = None, None
             if row.settings.temperature > 0:
@@ -220,15 +223,21 @@ class Decoder:
         for j, row in enumerate(rows):
             if row.settings.max_new_tokens == 0:
                 if row.settings.keep_state:
-                    row.state, row.logits = states[j], logits[j]
+                    row.state = states[j] if batch is None else batch[0].select([j])
+                    row.logits = logits[j]
                 self._finish(row, "length", None, None)
             else:
                 keep.append(j)
         if not keep:
             return
         self.live.extend(rows[j] for j in keep)
-        new_state = State.cat([states[j] for j in keep])
-        new_logits = torch.stack([logits[j].float().cpu() for j in keep])  # (n, V)
+        if batch is not None and len(keep) == len(rows):  # the common case: no per-row copies
+            new_state, new_logits = batch[0], batch[1].float().cpu()
+        elif batch is not None:
+            new_state, new_logits = batch[0].select(keep), batch[1][keep].float().cpu()
+        else:
+            new_state = State.cat([states[j] for j in keep])
+            new_logits = torch.stack([logits[j].float().cpu() for j in keep])  # (n, V)
         self.state = new_state if self.state is None else State.cat([self.state, new_state])
         self.logits = new_logits if self.logits is None else torch.cat([self.logits, new_logits])
 
@@ -319,7 +328,7 @@ class Decoder:
         return n
 
     @staticmethod
-    def _find_stop(row: Row, before: int) -> tuple[str, int, str] | None:
+    def _find_stop(row: Row, before: int) -> tuple[str, int | None, str] | None:
         """(reason, cut, string) of the earliest stop string or delimiter that the newest token
         completed, searched in ``history + data``; None when there is none."""
         stops = _stop_window(row.settings)
