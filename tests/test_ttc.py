@@ -250,3 +250,9 @@ def test_best_of_n_over_an_endpoint(engine_suite, tiny_model_path):
         assert row["scores"]["best_of_n_majority"] == row["scores"]["maj@2"]
         assert row["scores"]["best_of_n_best_oracle"] == row["scores"]["pass@2"]
         assert row["scores"]["best_of_n_prefill_tokens"] > 0
+
+
+def test_step_delimiter_reads_escapes():
+    from evals.ttc.config import step_delimiter
+
+    assert step_delimiter("\\n\\n") == "\n\n" and step_delimiter("Step") == "Step" and step_delimiter("\\t") == "\t"
