@@ -119,22 +119,52 @@ def test_sample_strategy_without_a_reward_votes_by_majority(suite):
     assert all(r["scores"]["sample_wall_s"] >= 0 for r in rows)
 
 
-def test_hf_reward_ranks_candidates_and_its_scores_are_stored(suite, tmp_path):
+def _fake_suite(folder: Path) -> Path:
+    """The files of ``suite``, written without pytester (see the test below)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "conftest.py").write_text(FAKE)
+    (folder / "test_custom_suite.py").write_text("from evals.test_custom import custom_selection, "
+                                                 "pytest_generate_tests, test_custom\n")
+    (folder / "fake.pth").write_bytes(b"not loaded: the backend is a fake")
+    lines = [json.dumps({"id": f"q{i}", "prompt": q, "answer": a}) for i, (q, a) in enumerate(QUESTIONS)]
+    (folder / "capitals.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_hf_reward_ranks_candidates_and_its_scores_are_stored(tmp_path):
+    # Without the pytester fixture: it drops every module a test imports when the test ends, and
+    # the torch operator libraries that transformers pulls in cannot be registered twice in one
+    # process (later tests would fail to load a model).
     pytest.importorskip("transformers")
+    import os
+    import subprocess
+    import sys
+
+    from evals.rewards import RewardInput, load
     from hf_tiny import build_reward_model
 
     folder = build_reward_model(tmp_path / "rm")
-    args = ("--strategy", "best_of_n", "--n", "3", "--reward", f"hf:{folder}", "--step-delimiter", " ")
-    assert run(suite, *args).ret == 0
-    first = rows_of(suite)
-    strategy = results_of(suite)["benchmarks"]["custom_exact_match"]["protocol"]["strategy"]
+    reward = load(f"hf:{folder}")
+    root = _fake_suite(tmp_path / "suite")
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--model", "fake.pth", "--data-file",
+               "capitals.jsonl", "--strategy", "best_of_n", "--n", "3", "--reward", f"hf:{folder}",
+               "--step-delimiter", " "]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))},
+           "PYTHONPATH": str(REPO)}
+
+    def run_and_read() -> list[dict]:
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        path = root / "reports" / "latest" / "samples" / "custom_exact_match-capitals.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    first = run_and_read()
+    results = json.loads((root / "reports" / "latest" / "results.json").read_text())
+    strategy = results["benchmarks"]["custom_exact_match"]["protocol"]["strategy"]
     assert not strategy["oracle"] and strategy["reward"]["kind"] == "hf"
     computed = sum(r["strategy"]["cache"]["rewards_computed"] for r in first)
     assert computed == sum(r["scores"]["best_of_n_reward_calls"] for r in first) == 12  # one step each
     assert sum(r["strategy"]["cache"]["rewards_reused"] for r in first) == 0
-    from evals.rewards import RewardInput, load
-
-    reward = load(f"hf:{folder}")
     for row in first:
         assert {"best_of_n_weighted", "best_of_n_best", "best_of_n_min_vote", "best_of_n_last_vote"} <= set(row["scores"])
         texts = [c["text"] for c in row["strategy"]["candidates"]]
@@ -143,8 +173,7 @@ def test_hf_reward_ranks_candidates_and_its_scores_are_stored(suite, tmp_path):
         assert [c["reward"] for c in row["strategy"]["candidates"]] == pytest.approx(want, abs=1e-5)
         best = max(range(3), key=lambda i: (want[i], -i))
         assert row["strategy"]["chosen"]["best_of_n_best"] == best
-    assert run(suite, *args).ret == 0  # again: every reward comes from the cache
-    again = rows_of(suite)
+    again = run_and_read()  # every reward comes from the cache
     assert sum(r["strategy"]["cache"]["rewards_computed"] for r in again) == 0
     assert sum(r["strategy"]["cache"]["rewards_reused"] for r in again) == computed
     assert [untimed(r["scores"]) for r in again] == [untimed(r["scores"]) for r in first]
