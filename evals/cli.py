@@ -7,6 +7,7 @@ span both layers; the engine never imports ``evals``.
     rwkveval merge BASE --adapter A -o OUT.safetensors   # adapters merged into a checkpoint (engine/merge_command.py)
     rwkveval compare RUN_A RUN_B                  # paired comparison of two report folders (evals/compare.py)
     rwkveval cache info|clear --cache-dir DIR     # the response cache (evals/cache.py)
+    rwkveval chat --model M [--reward SPEC]       # a chat in the terminal, kept as RNN state (evals/chat.py)
 """
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ from engine.errors import EngineError
 def build_parser() -> argparse.ArgumentParser:
     from engine import merge_command as merge
     from engine.server import command as serve
-    from evals import cache, compare  # rwkveval cache {info,clear}, rwkveval compare RUN_A RUN_B
+    from evals import cache, chat, compare  # rwkveval cache {info,clear}, chat, compare RUN_A RUN_B
 
     parser = argparse.ArgumentParser(prog="rwkveval", description="rwkveval: RWKV-7 evaluation suite and engine")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (serve, merge, compare, cache):
+    for module in (serve, merge, compare, cache, chat):
         module.add_parser(subparsers)
     return parser
 

@@ -24,7 +24,8 @@ Protocol, by ``--custom-metric`` (default: ``multiple_choice`` when the first ro
   (per character, as lm-evaluation-harness).
 - ``exact_match``: greedy generation (stop at a blank line, or ``\\n\\nUser:`` in chat;
   ``--max-new-tokens``), compared after ``--match-normalize`` (``evals/answer_checking.py``);
-  with ``--samples N`` also ``maj@k``/``pass@k``.
+  with ``--samples N`` also ``maj@k``/``pass@k``; with ``--strategy`` votes over sampled or
+  searched candidates (``evals/ttc``).
 - ``rouge``: ROUGE-1/2/L F1 of the greedy output against the answer (Google's ``rouge-score``,
   Porter stemming; its tokenizer keeps only ASCII letters and digits, so use ``semantic`` for
   other scripts).
@@ -54,6 +55,7 @@ from evals.generation import sample_requests, sampling_metrics, sampling_protoco
 from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
 from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
+from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK = "custom"
 COMPLETION_STOP = ("\n\n",)
@@ -101,7 +103,8 @@ def declare(config) -> list[Declared]:
         names = dict(METRICS[metric])
         if metric == "exact_match" and config.samples:
             names.update(sampling_metrics(config.samples))
-        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names)))
+        strategy = metric_names(config.ttc) if metric == "exact_match" else ()
+        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names) + strategy))
     return out
 
 
@@ -275,6 +278,12 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
                                                          lambda key, t=row["target"]: exact_match(key, t, steps)))
                 protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
                 metrics.update(sampling_metrics(n))
+            tasks = [Task(d["prompt"], p, lambda text: normalize_text(text.strip(), steps),
+                          lambda key, t=d["answer"]: exact_match(key, t, steps)) for d, p in zip(docs, prompts)]
+            outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens,
+                                   samples=[sampled[i * n:(i + 1) * n] for i in range(len(docs))] if n else None)
+            if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc)
+                outcome.merge(rows, metrics, protocol)
         elif metric == "rouge":
             for row, out in zip(rows, outputs):
                 row["scores"].update(rouge(out, row["target"]))

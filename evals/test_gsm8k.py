@@ -20,7 +20,8 @@ Both are compared as numbers (commas, ``$``, a trailing full stop and trailing z
 so ``1,000.00`` equals ``1000``) where lm-eval compares strings after deleting ``,``, ``$`` and a
 final ``.``; the two agree except where trailing zeros differ. ``no_answer`` counts outputs
 without a strict match. With ``--samples N``: ``maj@k``/``pass@k`` over the flexible extraction
-(see ``evals/generation.py``).
+(see ``evals/generation.py``). ``--strategy`` adds votes over sampled or searched candidates
+(``evals/ttc``), also on the flexible extraction.
 
 Reference scores (8-shot CoT): PaLM 540B 0.569 (Wei et al. 2022, Table 1); LLaMA-2 7B 0.146
 (Touvron et al. 2023, Table 3 "GSM8K (8-shot)").
@@ -39,6 +40,7 @@ from evals.backend import GenerateRequest, GenerateResponse
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
 from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
+from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK, CASE = "gsm8k", "test"
 DATA_FILE = "gsm8k/test.jsonl"
@@ -83,7 +85,7 @@ EXEMPLARS = (  # lm-eval gsm8k-cot.yaml fewshot_config.samples (Wei et al. 2022,
 
 def declare(config) -> list[Declared]:
     metrics = {**METRICS, **(sampling_metrics(config.samples) if config.samples else {})}
-    return [Declared(BENCHMARK, (CASE,), tuple(metrics), (DATA_FILE,))]
+    return [Declared(BENCHMARK, (CASE,), tuple(metrics) + metric_names(config.ttc), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -122,6 +124,12 @@ def judge(answer: str | None, target: str) -> bool:
     return numbers_equal(answer, target)
 
 
+def answer_key(text: str) -> str | None:
+    """The flexible extraction as a canonical number (what votes compare), or None."""
+    number = parse_number(extract_flexible(text))
+    return None if number is None else str(number)
+
+
 def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
           samples: list[GenerateResponse] = ()) -> dict[str, Any]:
     strict, flexible = extract_strict(response.text), extract_flexible(response.text)
@@ -132,7 +140,7 @@ def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
                       "no_answer": float(strict is None)}}
     if samples:
         answers = [extract_flexible(s.text) for s in samples]
-        keys = [None if parse_number(a) is None else str(parse_number(a)) for a in answers]
+        keys = [answer_key(s.text) for s in samples]
         row["sample_outputs"] = [s.text for s in samples]
         row["sample_answers"] = answers
         row["scores"].update(sampling_scores(keys, [judge(a, doc["target"]) for a in answers],
@@ -167,4 +175,10 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
         protocol["sampling"] = {**sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed),
                                 "answers": "flexible_extract"}
         metrics.update(sampling_metrics(n))
+    tasks = [Task(d["question"], p, answer_key, lambda key, t=d["target"]: judge(key, t))
+             for d, p in zip(gsm8k_docs, prompts)]
+    outcome = run_strategy(evaluation, cfg, tasks, stop, budget,
+                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(prompts))] if n else None)
+    if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc), on the flexible extraction
+        outcome.merge(rows, metrics, protocol)
     evaluation.record(BENCHMARK, CASE, rows, metrics, protocol, [describe(DATA_FILE, cfg.data_dir)], single_case=True)

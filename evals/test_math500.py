@@ -18,7 +18,8 @@ equivalence, so ``\\frac12`` = ``0.5``, ``(3,\\frac{\\pi}{2})`` = ``\\left( 3, \
 \\right)``, ``\\{1,2\\}`` = ``\\{2,1\\}``), never compared as strings. Reported: ``acc``,
 ``no_boxed`` (outputs without a boxed answer) and ``unparsable`` (a boxed answer math-verify
 could not parse); both count as wrong. ``--samples N`` adds ``maj@k``/``pass@k`` (votes grouped
-by math-verify equivalence).
+by math-verify equivalence); ``--strategy`` adds votes over sampled or searched candidates
+(``evals/ttc``), grouped the same way.
 
 Reference scores (MATH-500 pass@1, DeepSeek-R1 report, Guo et al. 2025, Table 4): GPT-4o-0513
 0.746, Claude-3.5-Sonnet-1022 0.783, DeepSeek-R1 0.973.
@@ -37,6 +38,7 @@ from evals.backend import GenerateRequest, GenerateResponse
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
 from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
+from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK, CASE = "math500", "test"
 DATA_FILE = "math500/test.jsonl"
@@ -50,7 +52,7 @@ _BOX = re.compile(r"\\(?:boxed|fbox)")
 
 def declare(config) -> list[Declared]:
     metrics = {**METRICS, **(sampling_metrics(config.samples) if config.samples else {})}
-    return [Declared(BENCHMARK, (CASE,), tuple(metrics), (DATA_FILE,))]
+    return [Declared(BENCHMARK, (CASE,), tuple(metrics) + metric_names(config.ttc), (DATA_FILE,))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -114,14 +116,19 @@ def judge(text: str, reference: str) -> dict[str, Any]:
                                             "unparsable": float(answer is not None and not parsed)}}
 
 
+def answer_key(text: str) -> str | None:
+    """The last boxed answer when math-verify can read it (what votes compare), else None."""
+    answer = last_boxed(text)
+    return answer if answer is not None and parse_latex(answer) else None
+
+
 def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
           samples: list[GenerateResponse] = ()) -> dict[str, Any]:
     judged = judge(response.text, doc["target"])
     row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["target"], "output": response.text,
            "finish_reason": response.finish_reason, "subject": doc["subject"], "level": doc["level"], **judged}
     if samples:
-        answers = [last_boxed(s.text) for s in samples]
-        answers = [a if a is not None and parse_latex(a) else None for a in answers]
+        answers = [answer_key(s.text) for s in samples]
         row["sample_outputs"] = [s.text for s in samples]
         row["sample_answers"] = answers
         row["scores"].update(sampling_scores(
@@ -156,4 +163,10 @@ def test_math500(math500_docs, evaluation, eval_config):
     if n:
         protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
         metrics.update(sampling_metrics(n))
+    tasks = [Task(d["problem"], p, answer_key, lambda a, t=d["target"]: equivalent(a, t))
+             for d, p in zip(math500_docs, prompts)]
+    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens, same=equivalent,
+                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(prompts))] if n else None)
+    if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc), grouped by math-verify
+        outcome.merge(rows, metrics, protocol)
     evaluation.record(BENCHMARK, CASE, rows, metrics, protocol, [describe(DATA_FILE, cfg.data_dir)], single_case=True)

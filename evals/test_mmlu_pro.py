@@ -21,7 +21,9 @@ Options:\\nA. ...\\n`` followed by its answer and a blank line, then the questio
   Extraction: ``answer is \\(?([A-J])\\)?``, else ``.*[aA]nswer:\\s*([A-J])``, else the last
   standalone letter ``\\b[A-J]\\b``; with none, the official guess ``random.seed(12345);
   random.randint(0, n_options - 1)``. Reported: ``acc`` (that chain, TIGER-Lab's number),
-  ``acc_first_pattern`` (first pattern only, no guess) and ``guessed`` (a count).
+  ``acc_first_pattern`` (first pattern only, no guess) and ``guessed`` (a count). ``--strategy``
+  adds votes over sampled or searched candidates (``evals/ttc``) on the extracted letters; a
+  candidate without a letter does not vote (no guess).
 
 Reference scores (TIGER-Lab leaderboard, 5-shot CoT): Llama-3-8B 0.354, Mistral-7B-v0.1 0.309;
 chance is about 0.10 (most questions have ten options).
@@ -39,6 +41,7 @@ import pytest
 from benchmarkdata.loader import describe, read_parquet
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse
 from evals.suite import Declared
+from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK = "mmlu_pro"
 TEST_FILE = "mmlu_pro/test-00000-of-00001.parquet"
@@ -66,7 +69,8 @@ CASE_PARAM = "case"
 
 
 def declare(config) -> list[Declared]:
-    return [Declared(BENCHMARK, CASES, tuple(COT_METRICS if config.cot else DIRECT_METRICS), (TEST_FILE, VALIDATION_FILE))]
+    metrics = tuple(COT_METRICS) + metric_names(config.ttc) if config.cot else tuple(DIRECT_METRICS)
+    return [Declared(BENCHMARK, CASES, metrics, (TEST_FILE, VALIDATION_FILE))]
 
 
 def preprocess(row: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +200,10 @@ def test_mmlu_pro(case, mmlu_pro_data, evaluation, eval_config):
         requests = [GenerateRequest(prompt, STOP, cfg.max_new_tokens, bos=cfg.bos) for prompt, _ in fitted]
         responses = evaluation.generate(requests)
         rows = [score_cot(d, p, shots, r) for d, (p, shots), r in zip(docs, fitted, responses)]
-        metrics = COT_METRICS
+        metrics = dict(COT_METRICS)
+        tasks = [Task(format_question(d), p, lambda text: extract(text)[0], lambda letter, a=d["answer"]: letter == a)
+                 for d, (p, _) in zip(docs, fitted)]
+        outcome = run_strategy(evaluation, cfg, tasks, STOP, cfg.max_new_tokens)
     else:
         prompts = [build_prompt(d, validation, k, cot=False) for d in docs]
         per_doc = [render_direct(d, p, cfg.bos) for d, p in zip(docs, prompts)]
@@ -205,7 +212,9 @@ def test_mmlu_pro(case, mmlu_pro_data, evaluation, eval_config):
         for d, p, requests in zip(docs, prompts, per_doc):
             rows.append(score_direct(d, p, flat[at:at + len(requests)]))
             at += len(requests)
-        metrics = DIRECT_METRICS
+        metrics, outcome = DIRECT_METRICS, None
     data = [describe(TEST_FILE, cfg.data_dir), describe(VALIDATION_FILE, cfg.data_dir)]
-    evaluation.record(BENCHMARK, case, rows, metrics,
-                      protocol(cfg.cot, k, cfg.bos, cfg.max_new_tokens, cfg.context_budget), data)
+    described = protocol(cfg.cot, k, cfg.bos, cfg.max_new_tokens, cfg.context_budget)
+    if cfg.cot and outcome:  # --strategy: votes over the extracted letters (evals/ttc); no guessing
+        outcome.merge(rows, metrics, described)
+    evaluation.record(BENCHMARK, case, rows, metrics, described, data)

@@ -1,8 +1,13 @@
 """An OpenAI-compatible HTTP server over one engine model (``rwkveval serve``).
 
-- :mod:`.app`        FastAPI routes, authentication, errors, streaming
+- :mod:`.app`        the FastAPI app: thin routes, error handlers, middleware
+- :mod:`.serving_completion`, :mod:`.serving_chat`, :mod:`.serving_models`, :mod:`.serving_tokenization`
+                     one module per endpoint group (as vLLM splits its OpenAI server)
+- :mod:`.server`     the state behind the routes and the shared request plumbing (auth, JSON, jobs)
+- :mod:`.streaming`  server-sent events
 - :mod:`.schemas`    request bodies and their checks (400 with an OpenAI-style error body)
 - :mod:`.scheduler`  the worker thread that batches every concurrent request into the engine
+                     (on the shared decoding core, :mod:`engine.decoding`)
 - :mod:`.tokens`     token strings for ``logprobs`` (byte-level tokens included)
 - :mod:`.chat`       the RWKV chat format
 - :mod:`.config`     limits and settings

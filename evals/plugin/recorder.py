@@ -60,11 +60,20 @@ class CaseRecorder:
     def sharded(self) -> bool:
         return self.shard[1] > 1
 
+    @property
+    def label(self) -> str:
+        return f"{self.case[0]}/{self.case[1]}"
+
+    def add_counts(self, **counts: float) -> None:
+        """Work done beside the backend (a search over the engine's states, a reward model), so
+        the case's counts and rates include it."""
+        self._counts = self._counts + Counts(**counts)
+
     def _call(self, kind: str, requests: Sequence[Any]) -> list[Any]:
         counting = _Counting(self.progress)
         stats = getattr(self.backend, "stats", None)
         before = stats.to_dict() if stats else {"reused": 0, "computed": 0}
-        self.progress.start(f"{self.case[0]}/{self.case[1]} {kind}", len(requests), self.documents)
+        self.progress.start(f"{self.label} {kind}", len(requests), self.documents)
         started = time.perf_counter()
         try:
             responses = getattr(self.backend, kind)(requests, counting)
