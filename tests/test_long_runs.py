@@ -248,3 +248,24 @@ def count_engine_tokens():
     # would be far more tokens than the engine ran
     assert case["requests"] == sum(len(r["choice_logprobs"]) for r in rows)
     assert ran < 0.5 * case["requests"] * min(len(r["prompt"]) for r in rows if "prompt" in r)
+
+
+def test_under_xdist_a_check_before_the_work_is_still_one_usage_error(tiny_model_path, tmp_path):
+    """xdist's controller collects nothing itself; the plugin collects there once, so a bad gate
+    stops the run with one message instead of an internal error from every worker."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env.pop("RWKV_MODEL", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "evals", "-n", "2", "-p", "no:cacheprovider",
+                           "-k", "mmlu_pro", f"--model={tiny_model_path}", "--threshold", "mmlu_pro.accuracy>=0.5",
+                           "--report-dir", str(tmp_path)], cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "INTERNALERROR" not in done.stdout + done.stderr
+    assert done.stderr.count("ERROR:") == 1 and "does not report 'accuracy'" in done.stderr
+    assert time.monotonic() - started < 30  # two workers started, nothing evaluated
+    assert not list(tmp_path.glob("2*"))

@@ -107,6 +107,19 @@ def fetch_data(names: Sequence[str], cfg, capture=None) -> list[str]:
     return []
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session):
+    """xdist's controller collects nothing itself (its workers do), so the checks below would run
+    in every worker, where a usage error cannot stop the run cleanly. The controller collects once
+    here for them (the workers still collect to run the tests)."""
+    from evals.plugin.keys import GATES_KEY
+
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession") and GATES_KEY in config.stash:
+        session.perform_collect()
+    return (yield)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Before ``-k``/``-m`` deselect: every collected benchmark module (for the gate names)."""
