@@ -113,7 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
                           "source": resolved.source, "sha256": run_model.sha256, **run_model.info},
                 "cache": {"dir": str(cfg.cache_dir), "enabled": cfg.use_cache, "rescore": cfg.rescore}}
     collector = RunCollector(RunFolder(run_dir), envelope, config.stash[GATES_KEY], cfg.sample_prompts,
-                             config.stash.get(BASELINE_KEY, None))
+                             config.stash.get(BASELINE_KEY, None), cfg.progress_summary_interval)
     config.pluginmanager.register(collector, COLLECTOR)
 
 

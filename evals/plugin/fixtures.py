@@ -152,7 +152,7 @@ def _progress(config: pytest.Config, cfg: EvalConfig) -> CaseProgress:
     if writer.hasmarkup:  # a real terminal: the live line
         return CaseProgress(run_dir / "progress.log", "main", live=show, interval=cfg.progress_interval)
     return CaseProgress(run_dir / "progress.log", "main", plain=lambda text: show(f"\n{text}"),
-                        interval=cfg.progress_interval)
+                        interval=cfg.progress_interval, plain_interval=cfg.progress_summary_interval)
 
 
 @pytest.fixture

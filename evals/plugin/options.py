@@ -113,6 +113,9 @@ def add_options(parser: pytest.Parser) -> None:
         help="per-model gates (default: evals/thresholds.toml)")
     add("--progress-interval", type=positive_seconds, default=2.0, metavar="SECONDS",
         help="at most one progress.log line per case this often (default: %(default)s)")
+    add("--progress-summary-interval", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="how often a plain progress line is printed when stdout is not a terminal, and the total over "
+             "xdist workers (default: %(default)s)")
     # ---- generation tasks and the user's own data
     add("--samples", type=non_negative_int, default=0, metavar="N",
         help="sampled generations per question beside greedy, for maj@k and pass@k (default: %(default)s, greedy only)")
@@ -236,6 +239,7 @@ class EvalConfig:
     offline: bool | None = None  # None: $HF_HUB_OFFLINE decides
     accept_new_revision: bool = False
     progress_interval: float = 2.0
+    progress_summary_interval: float = 30.0
     samples: int = 0
     temperature: float = 0.6
     top_p: float = 0.95
@@ -302,7 +306,7 @@ class EvalConfig:
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=thresholds_file,
             offline=get("offline"), accept_new_revision=get("accept_new_revision"),
-            progress_interval=get("progress_interval"),
+            progress_interval=get("progress_interval"), progress_summary_interval=get("progress_summary_interval"),
             samples=get("samples"), temperature=get("temperature"), top_p=get("top_p"),
             sampling_seed=get("sampling_seed"), template=get("template"), data_file=data_file,
             custom_metric=get("custom_metric"), match_normalize=get("match_normalize"),
