@@ -25,7 +25,7 @@ from evals.rewards import INSTALL_HINT, RewardError, RewardInput
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def _folder_identity(folder: Path) -> str:
+def folder_identity(folder: Path) -> str:
     """A fingerprint of a local model folder: its small files' contents, and each weight file's
     name, size and first and last MiB (hashing whole multi-gigabyte files would take minutes)."""
     digest = hashlib.sha256()
@@ -80,7 +80,7 @@ class HFReward:
         if self.tokenizer.pad_token is None:
             self.batch_size = 1  # nothing to pad with: one answer per forward call
         self.revision = getattr(self.model.config, "_commit_hash", None)
-        self._identity = (f"hf:{_folder_identity(local)}" if local.is_dir()
+        self._identity = (f"hf:{folder_identity(local)}" if local.is_dir()
                           else f"hf:{name_or_path}@{self.revision or 'unknown-revision'}")
 
     def identity(self) -> str:
