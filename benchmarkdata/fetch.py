@@ -209,10 +209,13 @@ def ensure(names: Iterable[str], data_dir: Path | None = None, *, cache_dir: Pat
                 "they come from the shared folder only: set RWKVEVAL_SHARED to it, or point --data-dir at a folder "
                 "holding them")
         if offline_default() if offline is None else offline:
+            unpinned = [n for n in missing if entries[n].sha256 is None]
+            accept = (f" --accept-new-revision` (the manifest pins no sha256 for {_names(unpinned)} yet)"
+                      if unpinned else "`")
             raise OfflineError(
                 f"data files not found in any data root ({roots}) and downloads are off (--offline or "
                 f"{OFFLINE_ENV}=1): {_names(missing)}. On a machine with a network run `python -m benchmarkdata "
-                f"fetch {' '.join(missing)}` (into {data_cache(cache_dir)}), or point --data-dir at a folder "
+                f"fetch {' '.join(missing)}{accept} (into {data_cache(cache_dir)}), or point --data-dir at a folder "
                 "holding them")
         for name in missing:
             located[name] = fetch_file(entries[name], data_cache(cache_dir), None, accept_new_revision, endpoint,

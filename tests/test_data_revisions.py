@@ -221,6 +221,8 @@ def test_an_unpinned_file_is_fetched_only_when_accepted_and_then_recognised(hub,
     loader.MANIFEST.write_text(json.dumps({"files": files}))
     loader.manifest.cache_clear()
     commit = hub.put("Org/Toy", "unpinned.zip", V3, "dataset")
+    with pytest.raises(OfflineError, match="fetch toy/unpinned.zip --accept-new-revision` .the manifest pins no sha256"):
+        ensure(["toy/unpinned.zip"], offline=True, progress=silent)
     with pytest.raises(NewRevisionError, match=r"pins no sha256 for this file \(written without a network\)"
                                                r".*--accept-new-revision"):
         ensure(["toy/unpinned.zip"], endpoint=hub.url, progress=silent)
