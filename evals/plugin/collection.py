@@ -7,6 +7,8 @@ the benchmark modules' declarations (:mod:`evals.suite`), all before any model i
 - Every gate must name a benchmark the collected modules declare, one of its cases (or ``*`` or
   the overall), and a metric it reports under the run's options; a gate from the thresholds file
   on a benchmark this run does not collect is ignored, one given with ``--threshold`` is an error.
+- A selected benchmark's own check of the options (``check(config)``, e.g. CharacterEval without
+  ``--reward``) and ``--reward`` without a strategy where nothing selected reads it.
 - Every data file a selected benchmark reads must be present with a known sha256, or is fetched
   now, on first use, into the user data cache (``--offline`` turns that into an error).
 
@@ -19,7 +21,7 @@ from types import ModuleType
 
 import pytest
 
-from evals.suite import Declared, benchmark_module, item_case, known
+from evals.suite import Declared, benchmark_module, item_case, known, module_problems
 from evals.thresholds import OVERALL, Gate
 
 SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> selected cases
@@ -82,6 +84,19 @@ def gate_problems(gates: Sequence[Gate], declared: dict[str, Declared]) -> list[
     return problems
 
 
+def option_problems(modules: Sequence[ModuleType], cfg) -> list[str]:
+    """The selected benchmarks' own checks of the options, and ``--reward`` without a strategy
+    when no selected benchmark scores with a reward model itself."""
+    problems = [problem for module in modules for problem in module_problems(module, cfg)]
+    ttc = getattr(cfg, "ttc", None)
+    if ttc is not None and ttc.reward is not None and not ttc.active and \
+            not any(getattr(m, "READS_REWARD", False) for m in modules):
+        problems.append("--reward ranks candidates of a strategy; add --strategy sample, best_of_n, beam or mcts "
+                        "(with --strategy greedy it would change nothing), or select a benchmark that scores with "
+                        "a reward model (charactereval)")
+    return problems
+
+
 def data_files(modules: Iterable[ModuleType], config) -> list[str]:
     """The manifest files the selected benchmarks read, in order, once each."""
     return list(dict.fromkeys(name for module in modules for declared in module.declare(config)
@@ -130,7 +145,7 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
         return
     declared = known(d for m in config.stash.get(_ALL_MODULES_KEY, []) for d in m.declare(cfg))
     # data files also for --rescore: it renders the requests again to find their stored answers
-    problems = gate_problems(config.stash[GATES_KEY], declared)
+    problems = gate_problems(config.stash[GATES_KEY], declared) + option_problems(modules, cfg)
     if not problems:  # a download is worth starting only for a run that can start
         problems = fetch_data(data_files(modules, cfg), cfg, config.pluginmanager.getplugin("capturemanager"))
     if problems:
