@@ -90,8 +90,8 @@ COLON = "："  # the full-width colon between speaker and line
 CASE_PARAM = "metric"
 REWARD_HELP = ("CharacterEval scores every reply with a character reward model: pass --reward hf:DIR with the "
                "published BaichuanCharRM (https://huggingface.co/morecry/BaichuanCharRM, e.g. `huggingface-cli "
-               "download morecry/BaichuanCharRM --local-dir BaichuanCharRM`, about 15 GB; it runs its own code, so "
-               "add --trust-remote-code), or another Hugging Face sequence-classification model for unofficial scores")
+               "download morecry/BaichuanCharRM --local-dir BaichuanCharRM`; it runs its own code, so add "
+               "--trust-remote-code), or another Hugging Face sequence-classification model for unofficial scores")
 
 
 def declare(config) -> list[Declared]:
