@@ -119,6 +119,7 @@ def standin_data(tmp_path, monkeypatch):
     loader.manifest.cache_clear()
 
 
+@pytest.mark.slow
 def test_limit_20_end_to_end_on_the_standin(pytester, monkeypatch, standin_data, tiny_model_path):
     from engine.server.background import torch_threads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -123,7 +124,8 @@ def test_check_says_how_to_get_the_reward_model():
 def reward_models(tmp_path_factory):
     pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("reward-models")
-    return build_reward_model(root / "llama"), build_own_code_reward_model(root / "own-code")
+    # transformers copies a folder's own code into a module cache named after the folder: one per process
+    return build_reward_model(root / "llama"), build_own_code_reward_model(root / f"own-code-{os.getpid()}")
 
 
 def test_plain_scoring_equals_a_direct_forward(reward_models):
@@ -221,6 +223,7 @@ def direct_scores(folder: Path, rows: list[dict], metric: str, trust: bool = Fal
     return [ce.reward_score(v) for v in score_texts(reward, texts)]
 
 
+@pytest.mark.slow
 def test_end_to_end_then_rescored_with_another_reward_model(suite, tiny_model_path, reward_models):
     llama, own = reward_models
     result = run(suite, tiny_model_path, f"--reward=hf:{llama}")
