@@ -146,3 +146,26 @@ def test_limit_20_end_to_end_on_the_standin(pytester, monkeypatch, standin_data,
     row = json.loads((run / "samples" / "ceval-logic.jsonl").read_text().splitlines()[0])
     assert row["prompt"].startswith("以下是中国关于逻辑学考试的单项选择题，请选出其中的正确答案。\n\n逻辑学例题0")
     assert row["prompt"].endswith("\n答案：") and set(row["choice_logprobs"]) == set("ABCD")
+
+
+def test_without_its_zip_ceval_is_left_out_of_a_whole_suite_run_and_stops_a_chosen_one(pytester, monkeypatch,
+                                                                                       tmp_path, shared_dir):
+    from evals.fakes import PLUGIN_CONFTEST
+
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv(loader.DATA_CACHE_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loader.manifest.cache_clear()  # the real manifest: no sha256 pinned for the zip
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(test_ceval_suite="from evals.test_ceval import ceval_data, test_ceval\n",
+                        test_lambada_suite="from evals.test_lambada import lambada_docs, test_lambada\n")
+    (pytester.path / "fake.pth").write_bytes(b"not loaded: the backend is a fake")
+    args = ["-p", "no:cacheprovider", f"--rootdir={pytester.path}", f"--report-dir={pytester.path / 'r'}",
+            "--model=fake.pth", "--limit", "3"]
+    result = pytester.runpytest(*args)
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*whole-suite run without ceval: ceval/ceval-exam.zip is not here and the manifest "
+                                 "pins no sha256 for it*--accept-new-revision*"])
+    chosen = pytester.runpytest(*args, "-k", "ceval")
+    assert chosen.ret == pytest.ExitCode.USAGE_ERROR
+    chosen.stderr.fnmatch_lines(["*ceval/ceval-exam.zip --accept-new-revision*"])

@@ -262,3 +262,20 @@ def test_usage_errors(suite, tiny_model_path, args, message):
     result = run(suite, tiny_model_path, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
+
+
+def test_a_whole_suite_run_without_reward_leaves_charactereval_out(suite, shared_dir):
+    """Several benchmarks, none deselected: CharacterEval cannot run without --reward, so it is left
+    out with a note (selected on purpose it stops the run, test_usage_errors); LAMBADA runs."""
+    from evals.fakes import PLUGIN_CONFTEST
+
+    suite.makeconftest(PLUGIN_CONFTEST)
+    suite.makepyfile(test_lambada_suite="from evals.test_lambada import lambada_docs, test_lambada\n")
+    (suite.path / "fake.pth").write_bytes(b"not loaded: the backend is a fake")
+    result = suite.runpytest("-p", "no:cacheprovider", f"--rootdir={suite.path}", f"--report-dir={suite.path / 'r'}",
+                             "--model=fake.pth", f"--data-dir={suite.path / 'data'}", "--limit", "3")
+    assert result.ret == 0, result.stdout.str()[-3000:]
+    result.stdout.fnmatch_lines(["*whole-suite run without charactereval: charactereval needs --reward*",
+                                 "*1 passed, 12 deselected*"])
+    benchmarks = json.loads((suite.path / "r" / "latest" / "results.json").read_text())["benchmarks"]
+    assert set(benchmarks) == {"lambada"}
