@@ -3,7 +3,9 @@
 A byte-level BPE tokenizer without merges (every text is tokenizable, nothing is downloaded),
 wrapped as a ``PreTrainedTokenizerFast`` with bos/eos/pad tokens and, optionally, a chat template;
 a two-layer ``LlamaForSequenceClassification`` (or ``GPT2ForSequenceClassification``) with one
-label. Both are saved to a folder that ``--reward hf:DIR`` loads.
+label. Both are saved to a folder that ``--reward hf:DIR`` loads. ``build_own_code_reward_model``
+makes a folder whose model is its own code (as BaichuanCharRM's): loaded only with
+``--trust-remote-code``, its forward returns a tuple whose element 1 is the score.
 """
 from __future__ import annotations
 
