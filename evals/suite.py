@@ -9,6 +9,11 @@ Every benchmark module (``evals/test_*.py``) has, at module level:
   subject group), their cases, the metrics they report under the given options, and the
   manifest data files they read.
 
+Optionally, ``check(config) -> list[str]``: problems with the run's options for this benchmark
+(an option it cannot run without), reported with the other problems before any work when the run
+selects it; and ``READS_REWARD = True`` for a benchmark that scores with ``--reward`` itself
+(CharacterEval), so ``--reward`` without a ``--strategy`` is not refused when it runs.
+
 Collection reads these (no data file is opened and no model loaded) to check gates and data
 files, and to draw ``--limit`` over the cases ``-k`` left selected.
 """
@@ -54,6 +59,12 @@ def item_case(module: ModuleType, params: Mapping[str, Any]) -> tuple[str, str]:
         raise ValueError(f"{module.__name__}: CASE_PARAM {param!r} is not a parameter of its test "
                          f"(found {sorted(params)})")
     return module.BENCHMARK, str(params[param])
+
+
+def module_problems(module: ModuleType, config: Any) -> list[str]:
+    """What the module's optional ``check(config)`` finds wrong with the run's options."""
+    check = getattr(module, "check", None)
+    return list(check(config)) if check is not None else []
 
 
 def metrics_of(spec: Mapping[str, Any]) -> tuple[str, ...]:

