@@ -68,9 +68,12 @@ class RunCollector:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtestloop(self, session: pytest.Session):
-        from evals.plugin.collection import CASE_COUNT_KEY
+        from evals.plugin.collection import CASE_COUNT_KEY, LEFT_OUT_KEY
 
         self.expected_cases = session.config.stash.get(CASE_COUNT_KEY, self.expected_cases)
+        left_out = session.config.stash.get(LEFT_OUT_KEY, {})
+        if left_out:  # said on the terminal at collection; kept in the report too
+            self.envelope["left_out"] = left_out
         self._write_results()  # status "running" from the first moment
         if session.config.pluginmanager.hasplugin("dsession"):  # xdist: totals over the workers
             tr = session.config.pluginmanager.getplugin("terminalreporter")

@@ -30,6 +30,7 @@ from evals.thresholds import OVERALL, Gate
 SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> selected cases
 EXPECTED_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> its selected cases
 CASE_COUNT_KEY = pytest.StashKey[int]()  # distinct cases (tests without their shard) selected
+LEFT_OUT_KEY = pytest.StashKey[dict[str, list[str]]]()  # a whole-suite run's benchmarks left out, and why
 _ALL_MODULES_KEY = pytest.StashKey[list[ModuleType]]()
 
 
@@ -195,7 +196,7 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
     if cfg is None:
         return
     if GATES_KEY in config.stash:  # a run that will do work (not --collect-only)
-        leave_out(config, items, cfg)
+        config.stash[LEFT_OUT_KEY] = leave_out(config, items, cfg)
     selected = selection(items)
     modules = [m for m in config.stash.get(_ALL_MODULES_KEY, []) if m.BENCHMARK in selected]
     config.stash[SELECTED_KEY] = selected
