@@ -75,7 +75,7 @@ def test_gsm8k_greedy_and_samples(tiny_model_path, tmp_path):
                                 "--max-new-tokens", "16", "--samples", "2")
     assert result.returncode == 0, result.stdout[-3000:]
     bench = full_report(run_dir, "gsm8k", 1, 20)
-    assert set(bench["overall"]["metrics"]) == {"strict_match", "flexible_extract", "no_answer",
+    assert set(bench["overall"]["metrics"]) == {"strict_match", "flexible_extract", "numeric_match", "no_answer",
                                                 "maj@1", "pass@1", "maj@2", "pass@2"}
     assert bench["protocol"]["sampling"]["samples"] == 2 and bench["protocol"]["max_new_tokens"] == 16
     row = first_row(run_dir, "gsm8k", "test")
