@@ -105,11 +105,11 @@ def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
     return docs
 
 
-def build_prompt(doc: dict[str, Any], k: int, template: str = "completion") -> str:
+def build_prompt(doc: dict[str, Any], k: int, template: str = "completion", system: str | None = None) -> str:
     if k > len(EXEMPLARS):
         raise ValueError(f"gsm8k_cot has {len(EXEMPLARS)} exemplars; --num-fewshot {k} asks for more")
     if template == "rwkv":
-        return rwkv_chat(EXEMPLARS[:k], doc["question"])
+        return rwkv_chat(EXEMPLARS[:k], doc["question"], system)
     shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in EXEMPLARS[:k])
     return shots + f"Q: {doc['question']}\nA:"
 
@@ -179,7 +179,7 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
     k = DEFAULT_FEWSHOT if cfg.num_fewshot is None else cfg.num_fewshot
     budget = min(MAX_NEW_TOKENS, cfg.max_new_tokens)
     stop = STOP + (RWKV_STOP if cfg.template == "rwkv" else ())
-    prompts = [build_prompt(d, k, cfg.template) for d in gsm8k_docs]
+    prompts = [build_prompt(d, k, cfg.template, cfg.system_prompt) for d in gsm8k_docs]
     greedy = evaluation.generate([GenerateRequest(p, stop, budget, bos=cfg.bos) for p in prompts])
     n = cfg.samples
     sampled = evaluation.generate([r for p in prompts for r in sample_requests(
@@ -193,6 +193,8 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
                                "numeric_match, votes": "the flexible extraction as a number (Decimal; commas, $, "
                                                        "trailing '.' and zeros ignored)"},
                 "context_starts_with_token0": cfg.bos}
+    if cfg.system_prompt is not None and cfg.template == "rwkv":
+        protocol["system_prompt"] = cfg.system_prompt
     metrics = dict(METRICS)
     if n:
         protocol["sampling"] = {**sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed),
