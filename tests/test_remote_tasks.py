@@ -312,6 +312,7 @@ def fake_suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> py
     (tasks / "nums.jsonl").write_text('{"prompt": "3 + 4?", "answer": "7"}\n{"prompt": "2 + 2?", "answer": 4}\n')
     (tasks / "nums.task.toml").write_text('checker = "numeric"\n')
     (tasks / "qa.jsonl").write_text('{"prompt": "p", "answer": "7"}\n')
+    (tasks / "more.jsonl").write_text('{"prompt": "q", "answer": "7"}\n')
     return pytester
 
 
@@ -323,6 +324,14 @@ def test_gates_on_per_file_checkers_are_checked_at_collection(fake_suite):
     results = results_of(fake_suite.path)
     assert results["benchmarks"]["custom_numeric"]["cases"]["nums"]["metrics"]["numeric"]["value"] == 0.5
     assert results["gates"]["passed"] == 2
+    import hashlib
+
+    data = results["benchmarks"]["custom_exact_match"]["data"]  # both files of the benchmark, each once
+    assert [(Path(d["file"]).name, d["sha256"]) for d in data] == [
+        (name, hashlib.sha256((fake_suite.path / "tasks" / name).read_bytes()).hexdigest())
+        for name in ("more.jsonl", "qa.jsonl")]
+    assert results["benchmarks"]["custom_numeric"]["data"][0]["sidecar_sha256"] == hashlib.sha256(
+        (fake_suite.path / "tasks" / "nums.task.toml").read_bytes()).hexdigest()
     result = fake_suite.runpytest(*run, "--threshold", "custom_numeric.exact_match>=0")
     assert result.ret == 4 and "custom_numeric does not report 'exact_match'" in result.stderr.str()
     (fake_suite.path / "tasks" / "qa.task.toml").write_text('checker = "nope"\n')
