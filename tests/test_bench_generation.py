@@ -43,6 +43,10 @@ def test_gsm8k_chat_template():
     assert prompt.startswith("User: There are 15 trees in the grove.")
     assert "\n\nAssistant: There are 15 trees originally." in prompt
     assert prompt.endswith("\n\nUser: " + JANET["question"] + "\n\nAssistant:")
+    # --system-prompt opens the chat with a System: turn (GSM8K and MATH-500 alike)
+    assert test_gsm8k.build_prompt(JANET, 1, "rwkv", "Be exact.") == "System: Be exact.\n\n" + prompt
+    problem = {"problem": "1+1?"}
+    assert test_math500.build_prompt(problem, "rwkv", "S") == "System: S\n\n" + test_math500.build_prompt(problem, "rwkv")
 
 
 # (output, target, strict extraction, flexible extraction, strict_match, flexible_extract, numeric_match):
