@@ -13,8 +13,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio  # noqa: F401
+import httpcore  # noqa: F401
+import httpcore._backends.anyio  # noqa: F401
 import pytest
 
+# httpx imports httpcore (and anyio) on its first client. Imported here, before any in-process run:
+# pytester forgets the modules first imported during a run, and later tests in this process would
+# get fresh httpcore classes that httpx's cached exception map no longer recognises.
 import evals.plugin  # noqa: F401  (imported once here: in-process runs must not re-import its C extensions)
 import evals.test_custom  # noqa: F401
 from evals.fakes import PLUGIN_CONFTEST
