@@ -9,6 +9,7 @@ its gates are undecided, so a partial run never reports a pooled gate as passed.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -164,7 +165,9 @@ def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged],
             outcomes += entry["gates"]
         outcomes += overall["gates"]
         first = items[0].result
-        benchmarks[bench] = {"protocol": first.protocol, "data": list(first.data), "cases": cases, "overall": overall}
+        # every case's files (the custom benchmark reads one file per case), each once, in case order
+        data = list({json.dumps(d, sort_keys=True): d for j in items for d in j.result.data}.values())
+        benchmarks[bench] = {"protocol": first.protocol, "data": data, "cases": cases, "overall": overall}
     model = dict(envelope.get("model") or {})
     if judged:
         model.update(next(iter(judged.values())).result.model)
