@@ -65,7 +65,7 @@ CASE_PARAM = "subject"
 
 def declare(config) -> list[Declared]:
     files = tuple(f"cmmlu/{split}/{s}.csv" for s in SUBJECTS for split in ("test", "dev"))
-    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)]
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files, chance=tuple(ACC))]
 
 
 def read_csv(name: str, data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -103,7 +103,7 @@ def score(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> dict[s
     chosen = choose(logprobs, LETTERS.index(doc["answer"]))
     return {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"],
             "choice_logprobs": dict(zip(LETTERS, logprobs)), "extracted": LETTERS[chosen["extracted"]],
-            "scores": chosen["scores"]}
+            "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
 @pytest.fixture(scope="module")

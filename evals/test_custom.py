@@ -104,7 +104,8 @@ def declare(config) -> list[Declared]:
         if metric == "exact_match" and config.samples:
             names.update(sampling_metrics(config.samples))
         strategy = metric_names(config.ttc) if metric == "exact_match" else ()
-        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names) + strategy))
+        chance = tuple(ACC_AND_NORM) if metric == "multiple_choice" else ()
+        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names) + strategy, chance=chance))
     return out
 
 
@@ -252,7 +253,7 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
             chosen = choose(lps, d["gold"], d["choices"])
             rows.append({"doc_id": d["doc_id"], "prompt": p, "target": d["gold"], "choice_logprobs": lps,
                          "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"],
-                         "scores": chosen["scores"]})
+                         "n_options": len(lps), "scores": chosen["scores"]})
         protocol.update(continuation="' ' + choice", acc_norm="loglikelihood / len(choice) in characters")
     else:
         stop = RWKV_STOP if cfg.template == "rwkv" else COMPLETION_STOP

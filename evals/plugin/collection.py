@@ -25,6 +25,7 @@ from evals.thresholds import OVERALL, Gate
 SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> selected cases
 EXPECTED_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> its selected cases
 CASE_COUNT_KEY = pytest.StashKey[int]()  # distinct cases (tests without their shard) selected
+CHANCE_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> metrics with a chance level
 _ALL_MODULES_KEY = pytest.StashKey[list[ModuleType]]()
 
 
@@ -125,6 +126,7 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
     modules = [m for m in config.stash.get(_ALL_MODULES_KEY, []) if m.BENCHMARK in selected]
     config.stash[SELECTED_KEY] = selected
     config.stash[EXPECTED_KEY] = expected_cases(modules, selected, cfg)
+    config.stash[CHANCE_KEY] = {d.benchmark: d.chance for m in modules for d in m.declare(cfg)}
     config.stash[CASE_COUNT_KEY] = len({case_nodeid(item.nodeid) for item in items})
     if GATES_KEY not in config.stash:  # --collect-only and friends: nothing will run
         return
