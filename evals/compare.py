@@ -319,36 +319,36 @@ def table(pair: Mapping[str, Any]) -> list[tuple[str, ...]]:
     return lines
 
 
+RUNS_NOTE = ("first column: the first run's value over all its documents; each later run: A -> B over the "
+             "documents both scored (B-A, p)")
+
+
 def runs_table(comparison: Mapping[str, Any]) -> list[tuple[str, ...]]:
-    """More than two runs: one row per benchmark, case and metric; the first run's value on the
-    documents it shares with each later run is not one number, so the first column is its value as
-    reported, and each later run shows its value with B-A and p on the documents both scored."""
+    """More than two runs: one row per benchmark, case and metric. Each pair shares its own
+    documents, so the first column is the first run's value as reported and each later run's cell
+    gives both values on the documents that pair shares, with B-A and its p-value (RUNS_NOTE)."""
     from evals.plugin.display import fmt_diff, fmt_number, fmt_p
 
     labels = [r["label"] for r in comparison["runs"]]
     lines = [("benchmark", "case", "metric", labels[0]) + tuple(labels[1:])]
     keyed: dict[tuple[str, str, str], dict[int, Mapping[str, Any]]] = {}
-    order: list[tuple[str, str, str]] = []
     for k, pair in enumerate(comparison["comparisons"]):
         for case, _ in pair_rows(pair):
             for name, e in case.get("metrics", {}).items():
-                key = (case["benchmark"], case["case"], name)
-                if key not in keyed:
-                    keyed[key] = {}
-                    order.append(key)
-                keyed[key][k] = e
-    for key in order:
-        cells = keyed[key]
+                keyed.setdefault((case["benchmark"], case["case"], name), {})[k] = e
+    for key, cells in keyed.items():
         first = next(iter(cells.values()))
         kind = score_kind(first)
         row = [fmt_number(first.get("value_a"), kind)]
         for k in range(len(comparison["comparisons"])):
             e = cells.get(k)
-            if e is None or "paired" not in e:
-                row.append("-" if e is None else fmt_number(e.get("value_b"), kind))
+            if e is None or "shared_a" not in e:
+                row.append("-")
                 continue
-            row.append(f"{fmt_number(e.get('value_b'), kind)} ({fmt_diff(e['paired']['diff'], kind)}, "
-                       f"p {fmt_p(p_value(e))})")
+            change = f"{fmt_number(e['shared_a'], kind)} -> {fmt_number(e['shared_b'], kind)}"
+            if "paired" in e:
+                change += f" ({fmt_diff(e['paired']['diff'], kind)}, p {fmt_p(p_value(e))})"
+            row.append(change)
         lines.append(key + tuple(row))
     return lines
 
@@ -460,6 +460,8 @@ def run_command(args: argparse.Namespace) -> int:
         for warning in pair["protocol_warnings"]:
             print(f"warning: {prefix}protocol differs: {warning}")
     lines = table(comparison["comparisons"][0]) if len(runs) == 2 else runs_table(comparison)
+    if len(runs) > 2:
+        print(RUNS_NOTE)
     for line in aligned(lines):
         print(line)
     print(f"written: {out}/ (comparison.json, comparison.xlsx, comparison.html, discordant/, both_wrong/)")

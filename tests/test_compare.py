@@ -168,7 +168,8 @@ def test_compare_three_runs_each_against_the_first(tmp_path, capsys):
     header = next(line for line in lines if line.startswith("benchmark"))
     assert header.split() == ["benchmark", "case", "metric", "r1", "r2", "r3"]
     acc = next(line for line in lines if line.startswith("toy") and " acc " in line)
-    assert "0.5000" in acc and "0.7500 (+0.2500, p 0.5)" in acc and "0.2500 (-0.2500, p 0.5)" in acc
+    assert acc.split()[3] == "0.5000"
+    assert "0.5000 -> 0.7500 (+0.2500, p 0.5)" in acc and "0.5000 -> 0.2500 (-0.2500, p 0.5)" in acc
     saved = json.loads((out / "comparison.json").read_text())
     assert [(c["a"]["label"], c["b"]["label"]) for c in saved["comparisons"]] == [("r1", "r2"), ("r1", "r3")]
     assert [json.loads(x)["doc_id"] for x in (out / "discordant" / "r2" / "toy-main.jsonl").read_text().splitlines()] \
