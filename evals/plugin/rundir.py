@@ -78,8 +78,16 @@ class RunFolder:
         return self._write("summary.xlsx", lambda p: write_xlsx(p, results))
 
     def page(self, results: Mapping[str, Any], samples: Mapping[tuple[str, str], list[dict[str, Any]]]) -> bool:
-        from evals.plugin.writers.html_writer import write_report_html  # matplotlib: only at the end
+        """report.html; an installation without jinja2 or matplotlib (both are dependencies) is
+        reported like a failed write, since results.json and the workbook are already on disk."""
+        from evals.plugin.writers.html_writer import write_report_html
 
+        try:
+            import jinja2  # noqa: F401
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            self.errors.setdefault("report.html", f"needs the package {error.name} (pip install -e . installs it)")
+            return False
         return self._write("report.html", lambda p: write_report_html(p, results, samples))
 
     def link(self, status: str) -> Path | None:
