@@ -163,6 +163,13 @@ def _flat(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
+def _shown(protocol: Mapping[str, Any], knob: str) -> str:
+    if knob not in protocol:
+        return "(not set)"
+    text = _flat(protocol[knob])
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def protocol_warnings(a: Run, b: Run) -> list[str]:
     """One message per benchmark both runs scored under protocols that differ, naming each knob
     (``num_fewshot``: A 5, B 0)."""
@@ -172,7 +179,7 @@ def protocol_warnings(a: Run, b: Run) -> list[str]:
         pa, pb = bench_a[bench].get("protocol") or {}, bench_b[bench].get("protocol") or {}
         knobs = [k for k in sorted(set(pa) | set(pb)) if _flat(pa.get(k)) != _flat(pb.get(k))]
         if knobs:
-            shown = "; ".join(f"{k}: A {_flat(pa.get(k))[:80]}, B {_flat(pb.get(k))[:80]}" for k in knobs)
+            shown = "; ".join(f"{k}: A {_shown(pa, k)}, B {_shown(pb, k)}" for k in knobs)
             warnings.append(f"{bench}: the protocols differ ({shown}); the difference mixes model and protocol")
     return warnings
 

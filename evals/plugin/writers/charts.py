@@ -64,7 +64,7 @@ def _svg(fig, chart_id: str) -> str:
     return text
 
 
-def _figure(rows: int, width: float = 7.0):
+def _figure(rows: int, width: float = 8.5):
     import matplotlib
     from matplotlib.figure import Figure
 
