@@ -30,8 +30,16 @@ def _rows(pair: Mapping[str, Any], bench: str) -> list[tuple[Mapping[str, Any], 
     return [(c, pooled) for c, pooled in pair_rows(pair) if c["benchmark"] == bench]
 
 
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in value.items())
+    return str(value)
+
+
 def _side(side: Mapping[str, Any]) -> dict[str, Any]:
-    return {"fields": {k: side[k] for k in SIDE_FIELDS if k in side},
+    return {"fields": {k: _shown(side[k]) for k in SIDE_FIELDS if k in side},
             "output": text_block(side["output"]) if "output" in side else None}
 
 

@@ -200,5 +200,5 @@ def test_comparison_page(browser, tmp_path):
                 assert int(row.locator("td.b-only").inner_text()) == e["mcnemar"]["b_only"]
                 assert int(row.locator("td.both-wrong").inner_text()) == e["both_wrong_count"]
     # the documents side by side: first vs second, case extra, wrong in both (docs 4 and 5)
-    both = page.locator("table.comparison[data-b='second'] ~ details.documents[data-case='extra'] .sample.both_wrong")
+    both = page.locator("div.pair[data-b='second'] details.documents[data-case='extra'] .sample.both_wrong")
     assert both.count() == 2 and both.first.locator(".sides > div").count() == 2

@@ -74,6 +74,11 @@ def _figure(rows: int, width: float = 8.5):
     return fig, ax
 
 
+def _legend(ax) -> None:
+    """Above the plot, where it covers no mark."""
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False, borderaxespad=0.2)
+
+
 def _finite(x: float | None) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
@@ -97,7 +102,7 @@ def case_chart(chart_id: str, metric: str, bars: Sequence[Bar], proportion: bool
                           [yi + 0.45 for yi, _ in with_chance], color=CHANCE, linestyle="--", linewidth=1.2,
                           label="chance")
         ticks.set_gid(f"{chart_id}-chance")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        _legend(ax)
     ax.set_yticks(y, [b.label for b in bars])
     ax.set_xlabel(f"{metric} (bars: value, black: 95% interval)")
     if proportion:
@@ -135,6 +140,6 @@ def forest_plot(chart_id: str, metric: str, labels: Sequence[str], points: Seque
     ax.set_xlabel(f"difference in per-document {metric} (later run - first run), 95% interval")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
-    if count > 1 or series_names:
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    if series_names:
+        _legend(ax)
     return _svg(fig, chart_id)
