@@ -38,7 +38,8 @@ def test_table_rows_from_extra_info():
     assert others == ["test_search[beam-rerun]: prefill_tokens 2,048, prefill_ratio_to_fork 4, time_ratio_to_fork 2.5"]
 
 
-def test_benchmark_only_prints_the_table(pytester: pytest.Pytester):
+def test_benchmark_only_prints_the_table(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)  # under -n, pytest-benchmark would disable itself
     pytester.makeconftest('pytest_plugins = ["evals.benchmark_table"]\n')
     pytester.makepyfile(test_speed='''
 def test_prefill(benchmark):
