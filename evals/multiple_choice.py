@@ -52,7 +52,7 @@ def letter_row(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> d
     chosen = choose(logprobs, LETTERS.index(doc["answer"]))
     return {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"],
             "choice_logprobs": dict(zip(LETTERS, logprobs)), "extracted": LETTERS[chosen["extracted"]],
-            "scores": chosen["scores"]}
+            "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
 def split_flat(flat: Sequence[LoglikelihoodResponse], sizes: Sequence[int]) -> list[list[float]]:

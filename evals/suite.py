@@ -6,8 +6,9 @@ Every benchmark module (``evals/test_*.py``) has, at module level:
 - ``CASE`` (a single-case benchmark) or ``CASE_PARAM``: the name of the test's parameter that
   holds the case (``"category"`` for MMLU-Pro);
 - ``declare(config) -> list[Declared]``: the benchmarks it records (MMLU also records one per
-  subject group), their cases, the metrics they report under the given options, and the
-  manifest data files they read.
+  subject group), their cases, the metrics they report under the given options, the
+  manifest data files they read, and which metrics have a chance level (multiple choice: each
+  row then carries ``n_options``, and a case's chance is the mean of ``1 / n_options``).
 
 Optionally, ``check(config) -> list[str]``: problems with the run's options for this benchmark
 (an option it cannot run without), reported with the other problems before any work when the run
@@ -32,10 +33,17 @@ class Declared:
     cases: tuple[str, ...]
     metrics: tuple[str, ...]
     data: tuple[str, ...] = ()  # manifest files (benchmarkdata/manifest.json) it reads
+    # metrics with a chance level: a uniform guess among each document's options, whose rows
+    # therefore carry ``n_options``; the report shows mean(1 / n_options) beside them
+    chance: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.cases or not self.metrics:
             raise ValueError(f"{self.benchmark}: a declaration needs at least one case and one metric")
+        unknown = [m for m in self.chance if m not in self.metrics]
+        if unknown:
+            raise ValueError(f"{self.benchmark}: chance names metrics it does not report: {unknown}; "
+                             f"it reports {list(self.metrics)}")
 
 
 def is_benchmark(module: ModuleType | None) -> bool:

@@ -98,8 +98,9 @@ CASE_PARAM = "subject"
 
 def declare(config) -> list[Declared]:
     """C-Eval, and one benchmark per group (its overall row is the group's score)."""
-    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), (DATA,))] + [
-        Declared(f"{BENCHMARK}_{group}", subjects, tuple(ACC), (DATA,)) for group, subjects in GROUPS.items()]
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), (DATA,), chance=tuple(ACC))] + [
+        Declared(f"{BENCHMARK}_{group}", subjects, tuple(ACC), (DATA,), chance=tuple(ACC))
+        for group, subjects in GROUPS.items()]
 
 
 def groups_of(subject: str) -> list[str]:

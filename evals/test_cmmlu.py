@@ -65,7 +65,7 @@ CASE_PARAM = "subject"
 
 def declare(config) -> list[Declared]:
     files = tuple(f"cmmlu/{split}/{s}.csv" for s in SUBJECTS for split in ("test", "dev"))
-    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)]
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files, chance=tuple(ACC))]
 
 
 def read_csv(name: str, data_dir: Path | None = None) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ from evals.answer_checking import exact_match, normalize_text
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest
 from evals.checkers import Checked, CheckOptions, Checkers
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
-from evals.multiple_choice import choose, split_flat
+from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
 from evals.text_metrics import describe_embedding_model, rouge_protocol
 from evals.suite import Declared
 from evals.task_files import TaskFile, data_files, load_task, task_file
@@ -99,7 +99,8 @@ def declare(config) -> list[Declared]:
     for benchmark, members in sorted(by_benchmark.items()):
         names = case_metrics(members[0], config)
         strategy = metric_names(config.ttc) if benchmark == "custom_exact_match" else ()
-        out.append(Declared(benchmark, tuple(t.case for t in members), tuple(names) + strategy))
+        chance = tuple(ACC_AND_NORM) if benchmark == "custom_multiple_choice" else ()
+        out.append(Declared(benchmark, tuple(t.case for t in members), tuple(names) + strategy, chance=chance))
     return out
 
 
@@ -219,7 +220,7 @@ def choice_rows(evaluation, cfg, docs: Sequence[dict[str, Any]], prompts: Sequen
         chosen = choose(lps, d["gold"], d["choices"])
         rows.append({"doc_id": d["doc_id"], "prompt": p, "target": d["gold"], "choice_logprobs": lps,
                      "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"],
-                     "scores": chosen["scores"]})
+                     "n_options": len(lps), "scores": chosen["scores"]})
     return rows
 
 

@@ -134,7 +134,7 @@ def test_compare_warns_when_runs_scored_different_revisions(hub, toy, tmp_path, 
     out = capsys.readouterr().out
     assert "warning: data revision differs: toy: toy/questions.jsonl: A scored revision v1" in out
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert comparison["data_warnings"] == [warning]
+    assert comparison["comparisons"][0]["data_warnings"] == [warning]
 
 
 def test_baseline_names_data_revision_differences(hub, toy, tmp_path):

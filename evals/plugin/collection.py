@@ -31,6 +31,7 @@ SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> sel
 EXPECTED_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> its selected cases
 CASE_COUNT_KEY = pytest.StashKey[int]()  # distinct cases (tests without their shard) selected
 LEFT_OUT_KEY = pytest.StashKey[dict[str, list[str]]]()  # a whole-suite run's benchmarks left out, and why
+CHANCE_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> metrics with a chance level
 _ALL_MODULES_KEY = pytest.StashKey[list[ModuleType]]()
 
 
@@ -201,6 +202,7 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
     modules = [m for m in config.stash.get(_ALL_MODULES_KEY, []) if m.BENCHMARK in selected]
     config.stash[SELECTED_KEY] = selected
     config.stash[EXPECTED_KEY] = expected_cases(modules, selected, cfg)
+    config.stash[CHANCE_KEY] = {d.benchmark: d.chance for m in modules for d in m.declare(cfg)}
     config.stash[CASE_COUNT_KEY] = len({case_nodeid(item.nodeid) for item in items})
     if GATES_KEY not in config.stash:  # --collect-only and friends: nothing will run
         return

@@ -13,7 +13,7 @@ import pytest
 
 from evals.backend import Backend, LocalBackend
 from evals.cache import CachedBackend, ReplayBackend, ResponseCache
-from evals.plugin.collection import EXPECTED_KEY, SELECTED_KEY
+from evals.plugin.collection import CHANCE_KEY, EXPECTED_KEY, SELECTED_KEY
 from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import CaseProgress
@@ -170,7 +170,7 @@ def evaluation(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval
         request.node, eval_responses, eval_config, [] if sharded else eval_gates, _progress(pytestconfig, eval_config),
         case, documents=pytestconfig.stash.get(DOCUMENTS_KEY, {}).get(case, 0), shard=eval_shard,
         baseline=None if sharded else pytestconfig.stash.get(BASELINE_KEY, None),
-        expected_cases=pytestconfig.stash.get(EXPECTED_KEY, {}))
+        expected_cases=pytestconfig.stash.get(EXPECTED_KEY, {}), chance=pytestconfig.stash.get(CHANCE_KEY, {}))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
