@@ -198,7 +198,7 @@ def test_ceval(subject, ceval_data, evaluation, eval_config):
     data = [describe(DATA, eval_config.data_dir)]
     evaluation.record(BENCHMARK, subject, rows, ACC, protocol(k, eval_config.bos), data)
     # each group's pooled score is the overall of a benchmark of its own (works across xdist workers)
-    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "scores")} for row in rows]
+    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "n_options", "scores")} for row in rows]
     for group in groups_of(subject):
         evaluation.record(f"{BENCHMARK}_{group}", subject, slim, ACC,
                           {**protocol(k, eval_config.bos), "group_of": BENCHMARK}, data)
