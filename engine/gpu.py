@@ -244,8 +244,8 @@ class HostLogits:
     def zero_state(self, batch_size: int) -> State:
         return self.model.zero_state(batch_size)
 
-    def forward(self, tokens, state=None, logits="all", *, inplace=False):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace)
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
         return (None if out is None else out.cpu()), new
 
 
@@ -296,13 +296,14 @@ class RWKV7CUDA(RWKV7):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
-                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
-                ) -> tuple[torch.Tensor | None, State]:
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
+                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
         """As :meth:`RWKV7.forward`; [B, 1] steps with ``inplace=True`` replay CUDA graphs."""
         if isinstance(state, State):
             self._check_state_device(state)
-        if self._capturing or not self.use_graphs or not is_decode_step(tokens, state, logits, inplace):
-            return super().forward(tokens, state, logits, inplace=inplace)
+        if (self._capturing or not self.use_graphs or logit_rows is not None
+                or not is_decode_step(tokens, state, logits, inplace)):
+            return super().forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
         checked = self.check_tokens(tokens)
         state.check_fits(self.config, checked.shape[0])
         key = decode_graph_key(checked.shape[0], state, logits)
@@ -424,7 +425,7 @@ class RWKV7CUDA(RWKV7):
         return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, batch_size: int = 16, **callbacks):
+                 top_k: int = 0, seed: int | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,

@@ -235,18 +235,22 @@ class RWKV7:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
-                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
-                ) -> tuple[torch.Tensor | None, State]:
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
+                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
         """Run ``tokens`` [B, T] from ``state`` (zeros if None).
 
         Returns logits float32 [B, T, V] (``logits="last"``: [B, 1, V]; ``"none"``: None, the head
-        is skipped) and the new state. The state passed in is left unchanged unless ``inplace``,
-        which saves a copy of the whole state per call (decoding, ragged batches).
+        is skipped) and the new state. ``logit_rows=k``: logits of the last k rows only ([k, ., V];
+        a ragged batch's rows that end in this call). The state passed in is left unchanged unless
+        ``inplace``, which saves a copy of the whole state per call (decoding, ragged batches).
         """
         tokens = self.check_tokens(tokens)
         B, T = tokens.shape
         if logits not in ("all", "last", "none"):
             raise InputError(f"logits must be 'all', 'last' or 'none', found {logits!r}")
+        if logit_rows is not None and (not isinstance(logit_rows, int) or not 1 <= logit_rows <= B or logits == "none"):
+            raise InputError(f"logit_rows must be an int in [1, B={B}] with logits 'all' or 'last', "
+                             f"found {logit_rows!r} with logits={logits!r}")
         if state is None:
             state, inplace = self.zero_state(B), True
         elif not isinstance(state, State):
@@ -273,6 +277,8 @@ class RWKV7:
             return None, new
         if logits == "last":
             x = x[:, -1:]
+        if logit_rows is not None:
+            x = x[B - logit_rows:]  # (logit_rows, T or 1, C)
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
         return self.kernels.linear(x, self.head, contiguous=True).float(), new  # (B, T, V)
 
@@ -287,7 +293,7 @@ class RWKV7:
         return loglikelihood_rolling(self, token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, batch_size: int = 16, **callbacks):
+                 top_k: int = 0, seed: int | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(self, prompts, max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
