@@ -35,12 +35,11 @@ import torch
 
 import engine
 from evals.backend import LocalBackend
+from helpers import skip_unless_benchmark_only, throughput_config
 from oracle import load_official
 from roofline import machine
 
 TARGET = 4.0  # documents/s against the official per-document loop
-SMOKE = engine.ModelConfig(n_layer=2, n_embd=128, n_head=2, head_size=64, vocab_size=65536,
-                           ffn_size=512, rank_w=32, rank_a=32, rank_v=32, rank_g=32)
 DOCS = {"0.1B": {"lambada": 64, "mmlu_pro": 20, "arc_easy": 64}, "tiny": {"lambada": 6, "mmlu_pro": 4, "arc_easy": 6}}
 _official: dict = {}
 _ours: dict = {}
@@ -48,9 +47,7 @@ _ours: dict = {}
 
 @pytest.fixture(scope="session", autouse=True)
 def _only_with_benchmark_only(request):
-    if not request.config.getoption("benchmark_only", False):
-        pytest.skip("evaluation throughput benchmarks run with `pytest --benchmark-only tests/test_eval_throughput.py` "
-                    "(minutes of CPU on the 0.1B shape)")
+    skip_unless_benchmark_only(request, "pytest --benchmark-only tests/test_eval_throughput.py")
 
 
 @pytest.fixture(scope="session")
@@ -63,8 +60,7 @@ def shape(request) -> str:
 
 @pytest.fixture(scope="session")
 def weights(shape):
-    cfg = SMOKE if shape == "tiny" else engine.official_config(shape)
-    return engine.random_state_dict(cfg, seed=0)
+    return engine.random_state_dict(throughput_config(shape), seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ import torch
 
 import engine
 from engine.kernels import tuning
+from helpers import skip_unless_benchmark_only, throughput_config
 from oracle import load_official
 from roofline import copy_bandwidth, machine, matmul_flops, read_bandwidth
 
@@ -33,21 +34,16 @@ PREFILL = 512
 TARGETS = {"prefill": 2.0, "decode_b1": 1.2, "decode_b64": 10.0}
 BF16_PREFILL_OF_MATMUL = 0.5  # where the CPU has bf16 units
 DECODE_B1_OF_READ_BANDWIDTH = 0.6
-SMOKE = engine.ModelConfig(n_layer=2, n_embd=128, n_head=2, head_size=64, vocab_size=65536,
-                           ffn_size=512, rank_w=32, rank_a=32, rank_v=32, rank_g=32)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _only_with_benchmark_only(request):
-    if not request.config.getoption("benchmark_only", False):
-        pytest.skip("throughput benchmarks run with `pytest --benchmark-only tests/test_throughput.py` "
-                    "(minutes of CPU on the 0.1B shape)")
+    skip_unless_benchmark_only(request, "pytest --benchmark-only tests/test_throughput.py")
 
 
 @pytest.fixture(scope="session")
 def cfg(request):
-    name = request.config.getoption("throughput_shape")
-    return SMOKE if name == "tiny" else engine.official_config(name)
+    return throughput_config(request.config.getoption("throughput_shape"))
 
 
 @pytest.fixture(scope="session")
