@@ -130,6 +130,7 @@ def test_time_forms_keeps_the_fastest_and_stops_timing_the_slow():
 
 
 def test_no_avx512_skips_native_half_gemm_over_many_rows(monkeypatch):
+    monkeypatch.setattr(tuning.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX2 CPU", "fpu sse avx avx2 fma"))
     assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["upcast"]
     assert tuning._shortcut(torch.bfloat16, 4, ["matvec", "wxt", "xwt", "upcast"]) == ["matvec", "wxt", "xwt", "upcast"]
@@ -139,6 +140,9 @@ def test_no_avx512_skips_native_half_gemm_over_many_rows(monkeypatch):
     assert not tuning.bf16_units()
     monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX-512 CPU", "avx512f avx512_bf16"))
     assert tuning.bf16_units()
+    monkeypatch.setattr(tuning.platform, "machine", lambda: "aarch64")  # an ARM CPU: every form is timed
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some ARM CPU", "fp asimd bf16"))
+    assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["wxt", "xwt", "upcast"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +190,8 @@ def test_a_plan_is_measured_once_then_read_from_the_cache(tmp_path, weights, cou
         torch.set_num_threads(threads)
     assert len(counted) == 3
     assert tuning.plan_for(*weights, kernel, directory=tmp_path, remeasure=True).source.startswith("measured")
+    assert tuning.forget(tmp_path) and not tuning.forget(tmp_path)
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
 
 
 def test_another_cpu_or_torch_measures_again(tmp_path, weights, counted, kernel, monkeypatch):

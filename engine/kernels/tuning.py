@@ -9,6 +9,9 @@ candidate form (:func:`engine.kernels.cpu.linear_candidates`) on the model's own
 row count of :data:`~engine.kernels.cpu.POINTS` and keeps the fastest. Feature detection only
 shortcuts: where the CPU has no AVX-512 at all, native half-precision GEMMs over many rows are
 not timed (the fallback costs seconds per call there); it never overrides a measurement.
+Timings taken while other processes load the cores are slower than the machine's own (a thread
+descheduled in a parallel region costs milliseconds), so a choice made then can be worse:
+:func:`forget` (or deleting the file) measures again at the next model.
 
 The decision is cached in ``products-<key>.json`` beside the compiled kernels
 (:func:`engine.kernels.cpu.cache_dir`: ``$RWKVEVAL_CACHE/kernels`` or ``~/.cache/rwkveval/kernels``),
@@ -76,7 +79,8 @@ def _shortcut(dtype: torch.dtype, rows: int, forms: list[str]) -> list[str]:
     """Drop forms that cannot win and would take seconds to time: native half-precision GEMMs over
     many rows on a CPU without AVX-512 (torch then converts element by element; measured ~7x
     slower than float32 on the AVX2 reference machine)."""
-    if dtype in _HALF and rows >= POINTS[3] and "avx512f" not in cpu_flags() and "upcast" in forms:
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if x86 and dtype in _HALF and rows >= POINTS[3] and "avx512f" not in cpu_flags() and "upcast" in forms:
         return [f for f in forms if f not in ("wxt", "xwt")]
     return forms
 
@@ -175,6 +179,16 @@ def _write(path: Path, signature: dict[str, str], plans: dict) -> str | None:
     except OSError as error:
         return f"not cached: {error}"
     return None
+
+
+def forget(directory: Path | None = None) -> bool:
+    """Delete this machine's cached decisions (all dtypes, shapes and thread counts); True if there were any."""
+    path = cache_file(machine_signature(), directory)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def plan_for(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
