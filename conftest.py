@@ -15,6 +15,9 @@ import pytest
 
 from benchmarkdata import SHARED_ENV, in_ci, shared_root, tiny_model_dir
 
+# `pytest --benchmark-only`: tokens/s, ratio to the official package and roofline fraction per scenario
+pytest_plugins = ["evals.benchmark_table"]
+
 
 def pytest_configure(config):
     # Under pytest-xdist every worker would start one torch (and OpenMP) thread per core: on a

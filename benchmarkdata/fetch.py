@@ -111,6 +111,13 @@ def plan(entry: ManifestEntry, revision: str | None = None, endpoint: str | None
 
 
 def _refusal(entry: ManifestEntry, found: str, planned: Plan, what: str) -> NewRevisionError:
+    if entry.sha256 is None and not entry.revisions:
+        commit = f" at hub commit {planned.hub_commit}" if planned.hub_commit else ""
+        return NewRevisionError(
+            f"{entry.file}: {what} sha256 {found}{commit}, and the manifest pins no sha256 for this file "
+            f"({entry.unpinned}). Nothing was kept. To use it, recorded in the report under its own sha256 and hub "
+            f"commit, pass --accept-new-revision (pytest evals) or run `python -m benchmarkdata fetch {entry.file} "
+            f"--accept-new-revision`")
     expected = (f"expected revision {planned.expected.id} with sha256 {planned.expected.sha256}" if planned.expected
                 else f"expected one of the known revisions ({_known_text(entry)})")
     commit = f", hub commit {planned.hub_commit}" if planned.hub_commit else ""
@@ -202,10 +209,13 @@ def ensure(names: Iterable[str], data_dir: Path | None = None, *, cache_dir: Pat
                 "they come from the shared folder only: set RWKVEVAL_SHARED to it, or point --data-dir at a folder "
                 "holding them")
         if offline_default() if offline is None else offline:
+            unpinned = [n for n in missing if entries[n].sha256 is None]
+            accept = (f" --accept-new-revision` (the manifest pins no sha256 for {_names(unpinned)} yet)"
+                      if unpinned else "`")
             raise OfflineError(
                 f"data files not found in any data root ({roots}) and downloads are off (--offline or "
                 f"{OFFLINE_ENV}=1): {_names(missing)}. On a machine with a network run `python -m benchmarkdata "
-                f"fetch {' '.join(missing)}` (into {data_cache(cache_dir)}), or point --data-dir at a folder "
+                f"fetch {' '.join(missing)}{accept} (into {data_cache(cache_dir)}), or point --data-dir at a folder "
                 "holding them")
         for name in missing:
             located[name] = fetch_file(entries[name], data_cache(cache_dir), None, accept_new_revision, endpoint,
@@ -257,6 +267,8 @@ def list_lines() -> list[str]:
         where = "fetchable" if entry.remote else "shared only"
         revisions = ", ".join(r.id + ("" if r.hub_commit or "url" in (entry.remote or {}) else " (not fetchable)")
                               for r in entry.known()) if entry.remote else entry.revision
+        if entry.sha256 is None:
+            revisions = (revisions + ", " if revisions else "") + "none pinned (fetch with --accept-new-revision)"
         lines.append(f"{entry.file:50s} {entry.rows:>7d} rows  {where:12s} revisions: {revisions}  {entry.licence}")
     return lines
 

@@ -41,7 +41,7 @@ class MissingDataError(DataError):
 @dataclass(frozen=True)
 class ManifestEntry:
     file: str
-    sha256: str
+    sha256: str | None  # None: no checksum pinned yet (``unpinned`` says why); every copy is a new revision
     rows: int
     licence: str
     source: str
@@ -50,10 +50,12 @@ class ManifestEntry:
     revision: str = "pinned"  # the id of the top-level (pinned) revision
     hub_commit: str | None = None  # the hub commit serving the pinned revision, where known
     revisions: tuple[Revision, ...] = ()  # further known revisions
+    unpinned: str = ""  # why the manifest pins no sha256 (entries with sha256 None), and how to fetch one
 
     def known(self) -> tuple[Revision, ...]:
-        """Every known revision, the pinned one first."""
-        return (Revision(self.revision, self.sha256, self.rows, self.hub_commit), *self.revisions)
+        """Every known revision, the pinned one first (none pinned when ``sha256`` is None)."""
+        pinned = (Revision(self.revision, self.sha256, self.rows, self.hub_commit),) if self.sha256 else ()
+        return (*pinned, *self.revisions)
 
 
 @functools.cache
@@ -121,6 +123,10 @@ def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None,
             revision = identify(entry.known(), name, found, root)
         except ValueError as error:
             raise DataError(str(error)) from None
+        if revision is None and entry.sha256 is None:
+            raise DataError(f"{path}: sha256 {found} is no fetched revision of {name}: the manifest pins no sha256 "
+                            f"for it ({entry.unpinned}); fetch it with `python -m benchmarkdata fetch {name} "
+                            f"--accept-new-revision`, which records the copy it downloads")
         if revision is None:
             known = ", ".join(f"{r.id} {r.sha256}" for r in entry.known())
             raise DataError(f"{path}: sha256 mismatch: expected a known revision ({known}; manifest.json), "

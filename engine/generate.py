@@ -5,7 +5,8 @@ all live sequences decode as one batch, one token per step; when a sequence fini
 token, a stop string, or its token budget) its row leaves the batch and the next waiting prompt
 is prefilled into it, so the batch stays full until the queue is empty. Sampling draws from one
 generator per prompt, seeded ``row_seed(seed, i)`` from ``seed`` and the prompt's index, so a
-seeded run is reproducible whatever the batch size or the order in which slots free up.
+seeded run is reproducible whatever the batch size or the order in which slots free up; a caller
+whose prompts are independent requests passes one seed per prompt instead, used as given.
 """
 from __future__ import annotations
 
@@ -54,10 +55,13 @@ def parse_stop(stop, vocab_size: int) -> tuple[frozenset[int], tuple[str, ...]]:
 
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=None,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
              batch_size: int | None = 16, *, on_result: ResultCallback | None = None,
              on_tokens: TokensCallback | None = None) -> list[Generation]:
     """Generate for every prompt (token ids); see the module docstring for the batching.
+
+    ``seed``: the call's base seed (prompt i samples with ``row_seed(seed, i)``; None: random), or a
+    list of one seed per prompt, each prompt's own.
 
     ``on_result(i, generation)`` is called the moment prompt i finishes (so a caller can store
     it before the batch ends); ``on_tokens(prompt_tokens, generated_tokens)`` after each prefill
@@ -72,7 +76,13 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
             raise InputError(f"prompt {n} is empty; expected at least one token (start with token 0)")
         checked.append(ids)
     stop_ids, stop_strs = parse_stop(stop, V)
-    base_seed = seed if seed is not None else random_base_seed()
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != len(checked) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seed):
+            raise InputError(f"seed must be an int or one int per prompt ({len(checked)}), found {seed!r:.80}")
+        seeds = list(seed)
+    else:
+        base_seed = seed if seed is not None else random_base_seed()
+        seeds = [row_seed(base_seed, i) for i in range(len(checked))]
 
     results: list[Generation | None] = [None] * len(checked)
     if max_new_tokens == 0:
@@ -89,7 +99,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
             on_result(i, results[i])
 
     rows = [Row(Settings(max_new_tokens, temperature, top_p, top_k,
-                         row_seed(base_seed, i) if temperature > 0 else None, stop_ids, stop_strs),
+                         seeds[i] if temperature > 0 else None, stop_ids, stop_strs),
                 prompt=ids, tag=i) for i, ids in enumerate(checked)]
     if batch_size is None:
         batch_size = auto_decode_rows(model)

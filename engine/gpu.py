@@ -31,7 +31,7 @@ import contextlib
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal
+from typing import Any, Hashable, Literal, Sequence
 
 import torch
 
@@ -425,7 +425,7 @@ class RWKV7CUDA(RWKV7):
         return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, batch_size: int | None = 16, **callbacks):
+                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,

@@ -293,7 +293,7 @@ class RWKV7:
         return loglikelihood_rolling(self, token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | None = None, batch_size: int | None = 16, **callbacks):
+                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(self, prompts, max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,

@@ -9,9 +9,14 @@ Text (the custom module's exact match): the normalisations named in ``--match-no
 in a fixed order to both sides: ``strip`` (outer whitespace), ``lower``, ``punctuation`` (ASCII and
 Unicode punctuation removed), ``articles`` (English a/an/the removed, as SQuAD does),
 ``whitespace`` (runs collapsed to one space), ``numbers`` (equal if both read as the same number).
+
+Boxed LaTeX answers (MATH-500, the custom checkers ``boxed_last``/``boxed_any``/``math_equiv``):
+the content of ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces matched) or ``\\boxed x``, parsed
+as LaTeX by math-verify (HF, ``parse``/``verify``: sympy equivalence), never compared as strings.
 """
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
@@ -22,6 +27,7 @@ NORMALIZATIONS = ("strip", "lower", "punctuation", "articles", "whitespace", "nu
 _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 _UNIT = re.compile(r"^(.*?\d)\s*[A-Za-z%]+\.?$")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_BOX = re.compile(r"\\(?:boxed|fbox)")
 
 
 def parse_number(text: str | None) -> Decimal | None:
@@ -71,3 +77,51 @@ def exact_match(prediction: str, reference: str, steps: Iterable[str]) -> bool:
     if "numbers" in steps and numbers_equal(prediction, reference):
         return True
     return normalize_text(prediction, steps) == normalize_text(reference, steps)
+
+
+def _box_at(text: str, at: int) -> str | None:
+    """The box whose command ends at ``at``: ``{...}`` with nested braces, or `` x`` up to a space
+    or dollar sign; None when its braces never close."""
+    if text.startswith(" ", at):
+        return re.split(r"[\s$]", text[at + 1:], maxsplit=1)[0] or None
+    if not text.startswith("{", at):
+        return None
+    depth = 0
+    for i in range(at, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[at + 1:i]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{..}``/``\\fbox{..}`` (nested braces matched) or ``\\boxed x``;
+    None when there is none or its braces never close."""
+    starts = [m.end() for m in _BOX.finditer(text)]
+    return _box_at(text, starts[-1]) if starts else None
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The content of every box in ``text``, in order (boxes whose braces never close left out)."""
+    found = (_box_at(text, m.end()) for m in _BOX.finditer(text))
+    return [box for box in found if box is not None]
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_latex(answer: str) -> tuple:
+    """math-verify's reading of one answer (empty when it cannot parse it); cached: references and
+    votes repeat."""
+    from math_verify import LatexExtractionConfig, parse
+
+    return tuple(parse("\\boxed{" + answer + "}", extraction_config=[LatexExtractionConfig()]))
+
+
+def equivalent(answer: str, reference: str) -> bool:
+    """``answer`` and ``reference`` (LaTeX) are the same mathematical object for math-verify."""
+    from math_verify import verify
+
+    parsed, gold = parse_latex(answer), parse_latex(reference)
+    return bool(parsed and gold) and bool(verify(list(gold), list(parsed)))

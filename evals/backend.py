@@ -282,6 +282,12 @@ class LocalBackend:
         for settings, index in groups.items():
             stop, max_new_tokens, temperature, top_p, top_k, seed = settings
             prompts = [self._context_ids(requests[i].context, requests[i].bos) for i in index]
+            if temperature > 0 and seed is not None:
+                from engine.decoding import row_seed
+
+                # each request seeded as a server seeds a one-prompt request, so a sampled answer
+                # depends on its request alone (the cache key), not on which requests share the call
+                seed = [row_seed(seed, 0)] * len(index)
 
             def on_result(j: int, generation, index=index, prompts=prompts) -> None:
                 out[index[j]] = GenerateResponse(generation.text, len(prompts[j]), len(generation.tokens),

@@ -86,7 +86,8 @@ def model_identity(info: Mapping[str, Any]) -> str:
 
     A checkpoint: its sha256 and dtype (not the device, so workers on several GPUs share entries),
     and the adapters merged into it, if any (kind, file sha256, scale, PiSSA init sha256, in order).
-    A remote endpoint: URL, model and the options that change what it answers. Anything else (a
+    A remote endpoint: URL, model and the options that change what it answers (the system prompt
+    the backend sends among them). Anything else (a
     test fake): its backend kind and name.
     """
     if info.get("sha256"):
@@ -100,6 +101,8 @@ def model_identity(info: Mapping[str, Any]) -> str:
     if info.get("endpoint"):
         parts = [f"endpoint:{info['endpoint']}"] + [f"{k}:{info.get(k)}" for k in
                                                    ("model", "api_mode", "chat_template", "token_ids")]
+        if info.get("system_prompt") is not None:  # --system-prompt sent by the backend (chat mode, templates)
+            parts.append("system_prompt_sha256:" + hashlib.sha256(info["system_prompt"].encode("utf-8")).hexdigest())
         return "|".join(parts)
     if info.get("backend") and info.get("name"):
         return f"backend:{info['backend']}|name:{info['name']}"

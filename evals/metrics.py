@@ -105,6 +105,21 @@ def aggregate(rows: Sequence[Mapping[str, Any]], spec: Mapping[str, tuple[str, s
     return {name: aggregate_one(_column(rows, key), aggregation) for name, (aggregation, key) in spec.items()}
 
 
+def chance_level(rows: Sequence[Mapping[str, Any]]) -> float:
+    """The score a uniform guess expects: mean of ``1 / n_options`` over the rows (MMLU 0.25, PIQA
+    0.5, MMLU-Pro about 0.1 as its questions have 3 to 10 options)."""
+    if not rows:
+        raise ValueError("cannot compute a chance level without rows")
+    total = 0.0
+    for row in rows:
+        n = row.get("n_options")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"row {row.get('doc_id')!r}: n_options must be the number of answer options "
+                             f"(an integer >= 1) for a metric with a chance level, found {n!r}")
+        total += 1.0 / n
+    return total / len(rows)
+
+
 def poisson_binomial_interval(probabilities: Sequence[float], level: float = 0.99) -> tuple[int, int]:
     """Central interval [lo, hi] holding at least ``level`` of the number of successes of
     independent trials with success probabilities ``probabilities`` (exact, by convolution).

@@ -1,6 +1,6 @@
 """Multiple choice by log-likelihood: the requests, the argmax and the length-normalised argmax.
 
-Shared by MMLU, CMMLU, ARC, PIQA, WinoGrande and the custom data module. A question with choices
+Shared by MMLU, CMMLU, C-Eval, ARC, PIQA, WinoGrande and the custom data module. A question with choices
 becomes one :class:`LoglikelihoodRequest` per choice (the leading space belongs to the
 continuation); the prediction is the choice of highest log-likelihood (``acc``) and, as in
 lm-evaluation-harness, the one of highest log-likelihood per character of the choice text without
@@ -44,6 +44,15 @@ def choose(logprobs: Sequence[float], gold: int, texts: Sequence[str] | None = N
         out["extracted_norm"] = best_norm
         out["scores"]["acc_norm"] = float(best_norm == gold)
     return out
+
+
+def letter_row(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> dict[str, Any]:
+    """The sample row of a question answered by a letter ``doc["answer"]`` (CMMLU, C-Eval): the
+    letter of highest log-likelihood among ``LETTERS[:len(logprobs)]``."""
+    chosen = choose(logprobs, LETTERS.index(doc["answer"]))
+    return {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"],
+            "choice_logprobs": dict(zip(LETTERS, logprobs)), "extracted": LETTERS[chosen["extracted"]],
+            "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
 def split_flat(flat: Sequence[LoglikelihoodResponse], sizes: Sequence[int]) -> list[list[float]]:

@@ -8,8 +8,9 @@ API (``rwkveval serve``, vLLM, llama.cpp, a hosted API). The three request kinds
   continuation. A server that does not return them is a :class:`RemoteProtocolError`, never a
   silent chance-level score.
 - generation: ``POST /v1/completions`` (``--api-mode completion``, optionally wrapped in a chat
-  template, :data:`CHAT_TEMPLATES`) or ``POST /v1/chat/completions`` (``--api-mode chat``, the
-  context as one user message).
+  template, :data:`evals.templates.CHAT_TEMPLATES`) or ``POST /v1/chat/completions`` (``--api-mode
+  chat``, the context as one user message). ``--system-prompt`` goes in the template's system turn
+  or, in chat mode, as a system message (:func:`evals.templates.as_sent` says what is sent).
 
 Token ids. When the server has the tokenizer endpoints (``/tokenizer_info``, ``/tokenize``;
 ``rwkveval serve`` and vLLM do), context and continuation are tokenized separately, exactly as
@@ -21,7 +22,8 @@ engine's. Otherwise prompts go as text and the continuation starts at the first 
 says to pass ``--no-bos``.
 
 Failures. Each HTTP request is retried on connection errors, 429 and 5xx with exponential
-backoff and jitter (honouring ``Retry-After``), up to ``max_retries`` times. ``timeout`` bounds
+backoff and jitter (honouring ``Retry-After``), up to ``max_retries`` times, no wait longer than
+``backoff_max`` (``--max-retry-delay``). ``timeout`` bounds
 each attempt as a whole (connecting, sending, the headers and the whole body), not each read, so
 a server that trickles its answer cannot hold a request past it. Requests that still fail (or get
 another 4xx) are collected; when the batch is over, :class:`RemoteFailures` names every failed
@@ -53,32 +55,9 @@ from evals.backend import (
     SILENT, FailedRequests, GenerateRequest, GenerateResponse, InvalidResponse, Listener, LoglikelihoodRequest,
     LoglikelihoodResponse, RollingRequest, RollingResponse, check_logprob,
 )
+from evals.templates import CHAT_TEMPLATES, ChatTemplate, as_sent, chat_messages  # noqa: F401 (re-exported)
 
 API_MODES = ("completion", "chat")
-
-
-@dataclass(frozen=True)
-class ChatTemplate:
-    """Wraps a generation context as one user turn and opens the assistant's turn."""
-
-    prefix: str
-    suffix: str
-    stop: tuple[str, ...]
-
-    def render(self, context: str) -> str:
-        return self.prefix + context + self.suffix
-
-
-CHAT_TEMPLATES: dict[str, ChatTemplate] = {
-    "rwkv": ChatTemplate("User: ", "\n\nAssistant:", ("\n\nUser:",)),
-    "chatml": ChatTemplate("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", ("<|im_end|>",)),
-    # Qwen2.5's template with its default system message
-    "qwen": ChatTemplate("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-                         "<|im_end|>\n<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n",
-                         ("<|im_end|>", "<|endoftext|>")),
-    # DeepSeek-R1: the reply opens with its reasoning; the text is returned whole
-    "r1": ChatTemplate("<｜begin▁of▁sentence｜><｜User｜>", "<｜Assistant｜><think>\n", ("<｜end▁of▁sentence｜>",)),
-}
 
 
 class RemoteError(RuntimeError):
@@ -118,7 +97,8 @@ class RemoteOptions:
     timeout: float = 300.0  # seconds per HTTP request, the whole exchange (not per read)
     wait: float = 60.0  # seconds to wait for the server to answer and list the model
     backoff: float = 0.5  # first retry delay in seconds, doubled each retry
-    backoff_max: float = 30.0
+    backoff_max: float = 30.0  # --max-retry-delay: no wait between attempts is longer (Retry-After included)
+    system_prompt: str | None = None  # chat mode or a chat template only: the system turn of every generation
 
     def __post_init__(self) -> None:
         if self.api_mode not in API_MODES:
@@ -128,9 +108,13 @@ class RemoteOptions:
         if self.chat_template is not None and self.api_mode == "chat":
             raise ValueError("a chat template applies to --api-mode completion; in chat mode the server "
                              "applies its own")
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.wait < 0:
-            raise ValueError(f"expected concurrency >= 1, max_retries >= 0, timeout > 0 and wait >= 0, found "
-                             f"{self.concurrency}, {self.max_retries}, {self.timeout}, {self.wait}")
+        if self.system_prompt is not None and self.api_mode != "chat" and self.chat_template is None:
+            raise ValueError("a system prompt goes in a chat template's system turn or a chat-mode system message: "
+                             "pass --chat-template or --api-mode chat")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.wait < 0 or self.backoff_max <= 0:
+            raise ValueError(f"expected concurrency >= 1, max_retries >= 0, timeout > 0, wait >= 0 and a retry delay "
+                             f"cap > 0, found {self.concurrency}, {self.max_retries}, {self.timeout}, {self.wait}, "
+                             f"{self.backoff_max}")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"the endpoint must be an http:// or https:// URL, found {self.url!r}")
 
@@ -346,10 +330,13 @@ class RemoteBackend:
         # what the server says of its model (rwkveval serve: path, sha256, shape) stays nested: the
         # response cache keys a checkpoint by its top-level sha256, and a remote run's answers also
         # depend on the API mode and template, which that key would not see
-        return {"backend": "remote", "endpoint": self.url, "name": self.model, "model": self.model,
+        info = {"backend": "remote", "endpoint": self.url, "name": self.model, "model": self.model,
                 "api_mode": o.api_mode, "chat_template": o.chat_template, "token_ids": self.tokenized,
-                "concurrency": o.concurrency, "max_retries": o.max_retries,
+                "concurrency": o.concurrency, "max_retries": o.max_retries, "max_retry_delay": o.backoff_max,
                 "server_model": {k: v for k, v in self.server_info.items() if k != "limits"}}
+        if o.system_prompt is not None:  # absent otherwise, so earlier runs' cache identities still match
+            info["system_prompt"] = o.system_prompt
+        return info
 
     def close(self) -> None:
         if self._loop.is_closed():
@@ -559,11 +546,11 @@ class RemoteBackend:
         if request.top_k > 0:
             body["top_k"] = request.top_k  # not OpenAI's; vLLM and rwkveval serve take it
         if o.api_mode == "chat":
-            body["messages"] = [{"role": "user", "content": request.context}]
+            body["messages"] = chat_messages(request.context, o.system_prompt)
             path = "/v1/chat/completions"
         else:
             template = CHAT_TEMPLATES[o.chat_template] if o.chat_template else None
-            text = template.render(request.context) if template else request.context
+            text = as_sent(request.context, o.api_mode, o.chat_template, o.system_prompt)
             stop += [s for s in (template.stop if template else ()) if s not in stop]
             body["prompt"] = [0] + self._tokenize(text) if request.bos else text
             path = "/v1/completions"

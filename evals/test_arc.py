@@ -40,7 +40,8 @@ CASE_PARAM = "case"
 
 
 def declare(config) -> list[Declared]:
-    return [Declared(BENCHMARK, tuple(FILES), tuple(ACC_AND_NORM), tuple(f for pair in FILES.values() for f in pair))]
+    return [Declared(BENCHMARK, tuple(FILES), tuple(ACC_AND_NORM), tuple(f for pair in FILES.values() for f in pair),
+                     chance=tuple(ACC_AND_NORM))]
 
 
 def preprocess(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -72,7 +73,8 @@ def score(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> dict[s
     chosen = choose(logprobs, doc["gold"], doc["choices"])
     return {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["labels"][doc["gold"]],
             "choice_logprobs": dict(zip(doc["labels"], logprobs)), "extracted": doc["labels"][chosen["extracted"]],
-            "extracted_norm": doc["labels"][chosen["extracted_norm"]], "scores": chosen["scores"]}
+            "extracted_norm": doc["labels"][chosen["extracted_norm"]], "n_options": len(logprobs),
+            "scores": chosen["scores"]}
 
 
 def protocol(k: int, bos: bool) -> dict[str, Any]:

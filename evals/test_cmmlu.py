@@ -28,7 +28,7 @@ import pytest
 
 from benchmarkdata.loader import describe, locate
 from evals.backend import LoglikelihoodRequest
-from evals.multiple_choice import ACC, LETTERS, choose, lettered, requests_for, split_flat
+from evals.multiple_choice import ACC, LETTERS, letter_row, lettered, requests_for, split_flat
 from evals.suite import Declared
 
 BENCHMARK = "cmmlu"
@@ -65,7 +65,7 @@ CASE_PARAM = "subject"
 
 def declare(config) -> list[Declared]:
     files = tuple(f"cmmlu/{split}/{s}.csv" for s in SUBJECTS for split in ("test", "dev"))
-    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)]
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files, chance=tuple(ACC))]
 
 
 def read_csv(name: str, data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -100,10 +100,7 @@ def render(prompt: str, bos: bool) -> list[LoglikelihoodRequest]:
 
 
 def score(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> dict[str, Any]:
-    chosen = choose(logprobs, LETTERS.index(doc["answer"]))
-    return {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"],
-            "choice_logprobs": dict(zip(LETTERS, logprobs)), "extracted": LETTERS[chosen["extracted"]],
-            "scores": chosen["scores"]}
+    return letter_row(doc, prompt, logprobs)
 
 
 @pytest.fixture(scope="module")

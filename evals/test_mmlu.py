@@ -64,8 +64,8 @@ CASE_PARAM = "subject"
 def declare(config) -> list[Declared]:
     """MMLU, and one benchmark per subject group (its overall row is the group's score)."""
     files = (TEST_FILE, DEV_FILE)
-    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files)] + [
-        Declared(f"{BENCHMARK}_{group}", tuple(sorted(subjects)), tuple(ACC), files) for group, subjects in GROUPS.items()]
+    return [Declared(BENCHMARK, SUBJECTS, tuple(ACC), files, chance=tuple(ACC))] + [
+        Declared(f"{BENCHMARK}_{group}", tuple(sorted(subjects)), tuple(ACC), files, chance=tuple(ACC)) for group, subjects in GROUPS.items()]
 
 
 def load(data_dir: Path | None = None) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
@@ -102,7 +102,7 @@ def score(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> dict[s
     chosen = choose(logprobs, doc["answer"])
     return {"doc_id": doc["doc_id"], "prompt": prompt, "target": LETTERS[doc["answer"]],
             "choice_logprobs": dict(zip(LETTERS, logprobs)), "extracted": LETTERS[chosen["extracted"]],
-            "scores": chosen["scores"]}
+            "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
 def protocol(k: int, bos: bool) -> dict[str, Any]:
@@ -130,6 +130,6 @@ def test_mmlu(subject, mmlu_data, evaluation, eval_config):
     data = [describe(TEST_FILE, eval_config.data_dir), describe(DEV_FILE, eval_config.data_dir)]
     evaluation.record(BENCHMARK, subject, rows, ACC, protocol(k, eval_config.bos), data)
     # The group's pooled score is the overall of a benchmark of its own (works across xdist workers).
-    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "scores")} for row in rows]
+    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "n_options", "scores")} for row in rows]
     evaluation.record(f"{BENCHMARK}_{GROUP_OF[subject]}", subject, slim, ACC,
                       {**protocol(k, eval_config.bos), "group_of": BENCHMARK}, data)

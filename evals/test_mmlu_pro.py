@@ -70,7 +70,8 @@ CASE_PARAM = "case"
 
 def declare(config) -> list[Declared]:
     metrics = tuple(COT_METRICS) + metric_names(config.ttc) if config.cot else tuple(DIRECT_METRICS)
-    return [Declared(BENCHMARK, CASES, metrics, (TEST_FILE, VALIDATION_FILE))]
+    chance = ("acc", "acc_first_pattern") if config.cot else ("acc",)  # a guess among the options
+    return [Declared(BENCHMARK, CASES, metrics, (TEST_FILE, VALIDATION_FILE), chance=chance)]
 
 
 def preprocess(row: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +153,7 @@ def score_direct(doc: dict[str, Any], prompt: str, responses: Sequence[Loglikeli
     best = max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))  # ties: the first letter
     return {"doc_id": doc["question_id"], "prompt": prompt, "target": doc["answer"],
             "choice_logprobs": dict(zip(CHOICES, logprobs)), "extracted": CHOICES[best],
-            "scores": {"acc": float(CHOICES[best] == doc["answer"])}}
+            "n_options": len(doc["options"]), "scores": {"acc": float(CHOICES[best] == doc["answer"])}}
 
 
 def score_cot(doc: dict[str, Any], prompt: str, shots: int, response: GenerateResponse) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def score_cot(doc: dict[str, Any], prompt: str, shots: int, response: GenerateRe
         correct = letter == doc["answer"]
     return {"doc_id": doc["question_id"], "prompt": prompt, "target": doc["answer"], "shots": shots,
             "output": response.text, "finish_reason": response.finish_reason, "extracted": letter,
-            "extracted_by": stage or "guess",
+            "extracted_by": stage or "guess", "n_options": len(doc["options"]),
             "scores": {"acc": float(correct), "acc_first_pattern": float(bool(first) and first.group(1) == doc["answer"]),
                        "guessed": float(letter is None)}}
 

@@ -33,7 +33,7 @@ QUESTIONS, LABELS = "piqa/valid.jsonl", "piqa/valid-labels.lst"
 
 
 def declare(config) -> list[Declared]:
-    return [Declared(BENCHMARK, (CASE,), tuple(ACC_AND_NORM), (QUESTIONS, LABELS))]
+    return [Declared(BENCHMARK, (CASE,), tuple(ACC_AND_NORM), (QUESTIONS, LABELS), chance=tuple(ACC_AND_NORM))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -61,7 +61,8 @@ def render(doc: dict[str, Any], bos: bool) -> list[LoglikelihoodRequest]:
 def score(doc: dict[str, Any], logprobs: Sequence[float]) -> dict[str, Any]:
     chosen = choose(logprobs, doc["gold"], doc["choices"])
     return {"doc_id": doc["doc_id"], "prompt": context(doc), "target": doc["gold"], "choice_logprobs": list(logprobs),
-            "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"], "scores": chosen["scores"]}
+            "extracted": chosen["extracted"], "extracted_norm": chosen["extracted_norm"], "n_options": len(logprobs),
+            "scores": chosen["scores"]}
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ DATA_FILE = "winogrande/dev_mosaicml_gauntlet.jsonl"
 
 
 def declare(config) -> list[Declared]:
-    return [Declared(BENCHMARK, (CASE,), tuple(ACC), (DATA_FILE,))]
+    return [Declared(BENCHMARK, (CASE,), tuple(ACC), (DATA_FILE,), chance=tuple(ACC))]
 
 
 def load(data_dir: Path | None = None) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def score(doc: dict[str, Any], logprobs: Sequence[float]) -> dict[str, Any]:
     chosen = choose(logprobs, doc["gold"])
     return {"doc_id": doc["doc_id"], "prompt": " | ".join(doc["contexts"]) + " || " + doc["continuation"],
             "target": doc["gold"], "choice_logprobs": list(logprobs), "extracted": chosen["extracted"],
-            "scores": chosen["scores"]}
+            "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 
 from benchmarkdata.loader import DataError, iter_jsonl
 from evals.fakes import PLUGIN_CONFTEST
-from evals.test_custom import check_budget, data_files, load, render_prompt, rouge
+from evals.test_custom import check_budget, data_files, load, render_prompt
+from evals.text_metrics import rouge
 
 pytest_plugins = ["pytester"]
 
@@ -23,8 +24,12 @@ def test_generation_rows_and_auto_metric(tmp_path):
     path = write(tmp_path / "qa.jsonl", {"id": "a", "prompt": "2+2=", "answer": "4"}, "", {"prompt": "x", "answer": "y"})
     docs, metric = load(path, None)
     assert metric == "exact_match"
-    assert docs == [{"prompt": "2+2=", "answer": "4", "doc_id": "a", "line": 1},
-                    {"prompt": "x", "answer": "y", "doc_id": 3, "line": 3}]
+    keep = ("prompt", "answer", "target", "doc_id", "line")
+    assert [{k: d[k] for k in keep} for d in docs] == [
+        {"prompt": "2+2=", "answer": "4", "target": "4", "doc_id": "a", "line": 1},
+        {"prompt": "x", "answer": "y", "target": "y", "doc_id": 3, "line": 3}]
+    assert {d["checker"].text for d in docs} == {"exact_match"} and docs[0]["row"] == {"id": "a", "prompt": "2+2=",
+                                                                                      "answer": "4"}
 
 
 def test_multiple_choice_rows(tmp_path):

@@ -62,7 +62,7 @@ def test_cmmlu(tiny_model_path, tmp_path):
 
 
 def test_arc_piqa_winogrande(tiny_model_path, tmp_path):
-    result, run_dir = run_suite(tiny_model_path, tmp_path, "-k", "arc or piqa or winogrande", "--limit", "20")
+    result, run_dir = run_suite(tiny_model_path, tmp_path, "-k", "test_arc or piqa or winogrande", "--limit", "20")
     assert result.returncode == 0, result.stdout[-3000:]
     arc = full_report(run_dir, "arc", 2, 20)
     assert set(arc["overall"]["metrics"]) == {"acc", "acc_norm"}
@@ -75,7 +75,7 @@ def test_gsm8k_greedy_and_samples(tiny_model_path, tmp_path):
                                 "--max-new-tokens", "16", "--samples", "2")
     assert result.returncode == 0, result.stdout[-3000:]
     bench = full_report(run_dir, "gsm8k", 1, 20)
-    assert set(bench["overall"]["metrics"]) == {"strict_match", "flexible_extract", "no_answer",
+    assert set(bench["overall"]["metrics"]) == {"strict_match", "flexible_extract", "numeric_match", "no_answer",
                                                 "maj@1", "pass@1", "maj@2", "pass@2"}
     assert bench["protocol"]["sampling"]["samples"] == 2 and bench["protocol"]["max_new_tokens"] == 16
     row = first_row(run_dir, "gsm8k", "test")
@@ -113,13 +113,16 @@ def test_custom_folder_exact_match_and_multiple_choice(tiny_model_path, tmp_path
     choice = full_report(run_dir, "custom_multiple_choice", 1, 10)  # 20 split over two files of 15
     assert set(choice["cases"]["animals"]["metrics"]) == {"acc", "acc_norm"}
     match = full_report(run_dir, "custom_exact_match", 1, 10)
-    assert set(match["cases"]["capitals"]["metrics"]) == {"exact_match", "maj@1", "pass@1", "maj@2", "pass@2"}
+    assert set(match["cases"]["capitals"]["metrics"]) == {"exact_match", "checker_errors", "maj@1", "pass@1", "maj@2",
+                                                          "pass@2"}
     assert match["protocol"]["normalize"] == ["strip", "lower", "numbers"]
 
 
 def test_custom_rouge_and_semantic(tiny_model_path, tmp_path):
     qa = write_question_sets(tmp_path / "sets") / "capitals.jsonl"
-    for metric, names in (("rouge", {"rouge1", "rouge2", "rougeL"}), ("semantic", {"semantic_similarity"})):
+    for metric, names in (("rouge", {"rouge1", "rouge2", "rougeL", "checker_errors"} | {f"rouge{k}_{part}" for k in ("1", "2", "L")
+                                                                           for part in ("precision", "recall")}),
+                          ("semantic", {"semantic_similarity", "checker_errors"})):
         result, run_dir = run_suite(tiny_model_path, tmp_path / metric, "-k", "custom", "--data-file", str(qa),
                                     "--custom-metric", metric, "--limit", "20", "--max-new-tokens", "8")
         assert result.returncode == 0, result.stdout[-3000:]

@@ -43,23 +43,75 @@ def test_gsm8k_chat_template():
     assert prompt.startswith("User: There are 15 trees in the grove.")
     assert "\n\nAssistant: There are 15 trees originally." in prompt
     assert prompt.endswith("\n\nUser: " + JANET["question"] + "\n\nAssistant:")
+    # --system-prompt opens the chat with a System: turn (GSM8K and MATH-500 alike)
+    assert test_gsm8k.build_prompt(JANET, 1, "rwkv", "Be exact.") == "System: Be exact.\n\n" + prompt
+    problem = {"problem": "1+1?"}
+    assert test_math500.build_prompt(problem, "rwkv", "S") == "System: S\n\n" + test_math500.build_prompt(problem, "rwkv")
 
 
-@pytest.mark.parametrize("text, strict, flexible, strict_ok, flexible_ok", [
-    ("She makes 9 * 2 = 18. The answer is 18.", "18", "18.", True, True),
-    ("The answer is 18", "1", "18", False, True),   # the published pattern's quirk: '.' eats the last digit
-    ("The answer is $18.00.", None, "$18.00.", False, True),                # strict pattern has no '$'
-    ("So 1,000 eggs. The answer is 1,000.\n", "1,000", "1,000.", False, False),
-    ("The answer is 17. No wait, the answer is 18. The answer is 18.", "17.", "18.", False, True),  # first vs last
-    ("It is 18 dollars.", None, "18", False, True),
-    ("no numbers here", None, None, False, False),
-    ("The answer is -3.", "-3", "-3.", False, False),
-])
-def test_gsm8k_extraction_table(text, strict, flexible, strict_ok, flexible_ok):
+# (output, target, strict extraction, flexible extraction, strict_match, flexible_extract, numeric_match):
+# strict_match and flexible_extract as lm-eval scores gsm8k_cot (strings after its regexes_to_ignore),
+# numeric_match the flexible extraction as a number
+GSM8K_TABLE = [
+    ("She makes 9 * 2 = 18. The answer is 18.", "18", "18", "18.", True, True, True),
+    ("The answer is 18", "18", "1", "18", False, True, True),   # the published pattern's quirk: '.' eats a digit
+    ("The answer is 18.00.", "18", "18.00", "18.00.", False, False, True),        # trailing zeros: a string
+    ("Half a cup, so the answer is 0.50.", "0.5", None, "0.50.", False, False, True),
+    ("It costs $18.00 in total.", "18", None, "$18.00", False, False, True),
+    ("The answer is 018.", "18", "018", "018.", False, False, True),
+    ("The answer is $18.00.", "18", None, "$18.00.", False, False, True),         # strict pattern has no '$'
+    ("So 1,000 eggs. The answer is 1,000.\n", "1000", "1,000", "1,000.", True, True, True),  # ',' is ignored
+    ("The answer is 17. No wait, the answer is 18. The answer is 18.", "18", "17.", "18.", False, True, True),
+    ("It is 18 dollars.", "18", None, "18", False, True, True),
+    ("no numbers here", "18", None, None, False, False, False),
+    ("The answer is -3.", "-3", "-3", "-3.", True, True, True),
+    ("The answer is 5.", "18", "5", "5.", False, False, False),
+    ("Janet makes 9 * 2 = 18 dollars. The answer is 18.\n\nQ: next", "18", "18", "18.", True, True, True),
+    ("The answer is 1,8.", "18", "1,8", "1,8.", True, True, True),     # both delete every comma
+]
+
+
+@pytest.mark.parametrize("text, target, strict, flexible, strict_ok, flexible_ok, numeric_ok", GSM8K_TABLE)
+def test_gsm8k_extraction_table(text, target, strict, flexible, strict_ok, flexible_ok, numeric_ok):
     assert test_gsm8k.extract_strict(text) == strict
     assert test_gsm8k.extract_flexible(text) == flexible
-    assert test_gsm8k.judge(strict, "18") == strict_ok
-    assert test_gsm8k.judge(flexible, "18") == flexible_ok
+    row = test_gsm8k.score({"doc_id": 0, "target": target}, "p", out(text))
+    assert row["scores"]["strict_match"] == float(strict_ok)
+    assert row["scores"]["flexible_extract"] == float(flexible_ok)
+    assert row["scores"]["numeric_match"] == float(numeric_ok)
+    assert row["scores"]["no_answer"] == float(strict is None)
+
+
+def test_gsm8k_matches_lm_eval_filters_and_metric():
+    """Every table row scored by lm-eval's own installed code: the gsm8k-cot.yaml task file's two
+    filters (RegexFilter with its patterns and group_select) and its exact_match metric with the
+    task's regexes_to_ignore and ignore_case."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+    yaml = pytest.importorskip("yaml")
+
+    from pathlib import Path
+
+    task = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k-cot.yaml").read_text())
+    filters = {f["name"]: f["filter"][0] for f in task["filter_list"]}
+    metric = {k: v for k, v in task["metric_list"][0].items() if k not in ("metric", "aggregation", "higher_is_better")}
+    assert filters["strict-match"]["regex_pattern"] == test_gsm8k.STRICT.pattern
+    assert filters["flexible-extract"]["regex_pattern"] == test_gsm8k.FLEXIBLE.pattern
+    assert metric["regexes_to_ignore"] == [p.pattern for p in test_gsm8k.IGNORED]
+    for text, target, *_ in GSM8K_TABLE:
+        row = test_gsm8k.score({"doc_id": 0, "target": target}, "p", out(text))
+        for name, ours in (("strict-match", "strict_match"), ("flexible-extract", "flexible_extract")):
+            spec = {k: v for k, v in filters[name].items() if k != "function"}
+            (filtered,), = RegexFilter(**spec).apply([[text]], [{}])
+            theirs = exact_match_hf_evaluate([filtered], [target], **metric)["exact_match"]
+            assert row["scores"][ours] == theirs, (text, name, filtered)
+    # the fidelity gap this closes: equal as numbers, not as strings, so lm-eval scores them wrong
+    scores = {t: test_gsm8k.score({"doc_id": 0, "target": target}, "p", out(t))["scores"]
+              for t, target, *_ in GSM8K_TABLE}
+    assert {t for t, s in scores.items() if s["numeric_match"] and not s["flexible_extract"]} == {
+        "The answer is 18.00.", "Half a cup, so the answer is 0.50.", "It costs $18.00 in total.",
+        "The answer is 018.", "The answer is $18.00."}
 
 
 @pytest.mark.parametrize("a, b, equal", [

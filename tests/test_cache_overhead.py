@@ -2,6 +2,7 @@
 cache, in one run on the same model.
 
     pytest --benchmark-only tests/test_cache_overhead.py
+    pytest --benchmark-only tests/test_cache_overhead.py --throughput-shape tiny   # CI's smoke run: 100 requests
 
 The case is 1,000 log-likelihood requests, the first 1,000 LAMBADA documents with their contexts
 cut to the last 128 characters (short requests make the per-answer cost weigh more, so the
@@ -24,6 +25,7 @@ from evals.cache import CachedBackend, ResponseCache
 from evals.test_lambada import render
 
 REQUESTS = 1000
+SMOKE_REQUESTS = 100  # proves the code runs; the 5% target is judged on the full case only
 CONTEXT_CHARS = 128
 TARGET = 0.05
 
@@ -35,13 +37,18 @@ def _only_with_benchmark_only(request):
 
 
 @pytest.fixture(scope="module")
-def case(shared_dir) -> list[LoglikelihoodRequest]:
-    docs = read_jsonl("lambada_openai/lambada_test.jsonl")[:REQUESTS]
+def requests_count(request) -> int:
+    return SMOKE_REQUESTS if request.config.getoption("throughput_shape") == "tiny" else REQUESTS
+
+
+@pytest.fixture(scope="module")
+def case(shared_dir, requests_count) -> list[LoglikelihoodRequest]:
+    docs = read_jsonl("lambada_openai/lambada_test.jsonl")[:requests_count]
     requests = [render({"doc_id": i, "text": d["text"]}) for i, d in enumerate(docs)]
     return [LoglikelihoodRequest(r.context[-CONTEXT_CHARS:], r.continuation, r.bos) for r in requests]
 
 
-def test_cache_overhead_on_a_1000_request_case(benchmark, tiny_model_path, case, tmp_path):
+def test_cache_overhead_on_a_1000_request_case(benchmark, tiny_model_path, case, requests_count, tmp_path):
     backend = LocalBackend(engine.load_model(tiny_model_path), batch_size=16)
     backend.loglikelihood(case[:32])  # warm-up: kernels built, allocator primed
     bare, cached, stored = [], [], []
@@ -56,10 +63,11 @@ def test_cache_overhead_on_a_1000_request_case(benchmark, tiny_model_path, case,
         stored.append(cache.count())
         assert answers == expected
     overhead = statistics.median(cached) / statistics.median(bare) - 1
-    benchmark.extra_info.update({"requests": REQUESTS, "bare_s": bare, "cached_s": cached, "stored": stored,
+    benchmark.extra_info.update({"requests": requests_count, "bare_s": bare, "cached_s": cached, "stored": stored,
                                  "overhead": overhead, "target": TARGET})
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)  # the figures above are the result
-    print(f"\ncache overhead on {REQUESTS} requests: bare {statistics.median(bare):.2f} s, "
+    print(f"\ncache overhead on {requests_count} requests: bare {statistics.median(bare):.2f} s, "
           f"cached {statistics.median(cached):.2f} s, {overhead:+.1%} (target < {TARGET:.0%})")
-    assert stored == [REQUESTS] * 3
-    assert overhead < TARGET, f"storing each answer cost {overhead:.1%} of the case's time"
+    assert stored == [requests_count] * 3
+    if requests_count == REQUESTS:
+        assert overhead < TARGET, f"storing each answer cost {overhead:.1%} of the case's time"

@@ -134,7 +134,7 @@ def test_compare_warns_when_runs_scored_different_revisions(hub, toy, tmp_path, 
     out = capsys.readouterr().out
     assert "warning: data revision differs: toy: toy/questions.jsonl: A scored revision v1" in out
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert comparison["data_warnings"] == [warning]
+    assert comparison["comparisons"][0]["data_warnings"] == [warning]
 
 
 def test_baseline_names_data_revision_differences(hub, toy, tmp_path):
@@ -210,10 +210,42 @@ def test_fetch_a_known_revision_by_its_hub_commit(hub, toy, capsys):
     assert find(QUESTIONS).revision.id == "new-" + sha(V3)[:12] and (cache / QUESTIONS).read_bytes() == V3
 
 
+def test_an_unpinned_file_is_fetched_only_when_accepted_and_then_recognised(hub, toy, tmp_path, monkeypatch):
+    """An entry with no sha256 yet (C-Eval's zip): a fetch is refused saying so, kept with
+    --accept-new-revision (checked against the hub's own sha256) and found afterwards."""
+    cache, _ = toy
+    files = json.loads(loader.MANIFEST.read_text())["files"]
+    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
+                  "fidelity": "verbatim", "unpinned": "written without a network",
+                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
+    loader.MANIFEST.write_text(json.dumps({"files": files}))
+    loader.manifest.cache_clear()
+    commit = hub.put("Org/Toy", "unpinned.zip", V3, "dataset")
+    with pytest.raises(OfflineError, match="fetch toy/unpinned.zip --accept-new-revision` .the manifest pins no sha256"):
+        ensure(["toy/unpinned.zip"], offline=True, progress=silent)
+    with pytest.raises(NewRevisionError, match=r"pins no sha256 for this file \(written without a network\)"
+                                               r".*--accept-new-revision"):
+        ensure(["toy/unpinned.zip"], endpoint=hub.url, progress=silent)
+    assert not (cache / "toy/unpinned.zip").exists()
+    got = ensure(["toy/unpinned.zip"], endpoint=hub.url, progress=silent, accept_new_revision=True)[0]
+    assert (got.revision.id, got.revision.hub_commit, got.fetched) == ("new-" + sha(V3)[:12], commit, True)
+    again = find("toy/unpinned.zip")
+    assert again.revision.accepted and describe("toy/unpinned.zip")["accepted_new_revision"] is True
+    stray = tmp_path / "mine"
+    (stray / "toy").mkdir(parents=True)
+    (stray / "toy" / "unpinned.zip").write_bytes(V1)  # a copy fetched elsewhere: nothing vouches for it
+    with pytest.raises(DataError, match="the manifest pins no sha256"):
+        find("toy/unpinned.zip", stray)
+    assert "none pinned" in "\n".join(fetch_module.list_lines())
+
+
 def test_real_manifest_revisions_are_well_formed():
     hexes = re.compile(r"[0-9a-f]{64}")
     for entry in manifest().values():
         known = entry.known()
+        if entry.sha256 is None:  # nothing pinned yet: it must say why, and be fetchable to pin it
+            assert entry.unpinned and entry.remote and not known, entry.file
+            continue
         assert len({r.id for r in known}) == len(known) and len({r.sha256 for r in known}) == len(known), entry.file
         for revision in known:
             assert hexes.fullmatch(revision.sha256) and revision.rows and revision.rows > 0, entry.file

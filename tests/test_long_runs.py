@@ -248,3 +248,63 @@ def count_engine_tokens():
     # would be far more tokens than the engine ran
     assert case["requests"] == sum(len(r["choice_logprobs"]) for r in rows)
     assert ran < 0.5 * case["requests"] * min(len(r["prompt"]) for r in rows if "prompt" in r)
+
+
+def test_under_xdist_a_check_before_the_work_is_still_one_usage_error(tiny_model_path, tmp_path):
+    """xdist's controller collects nothing itself; the plugin collects there once, so a bad gate
+    stops the run with one message instead of an internal error from every worker."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env.pop("RWKV_MODEL", None)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "evals", "-n", "2", "-p", "no:cacheprovider",
+                           "-k", "mmlu_pro", f"--model={tiny_model_path}", "--threshold", "mmlu_pro.accuracy>=0.5",
+                           "--report-dir", str(tmp_path)], cwd=Path(__file__).resolve().parent.parent, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "INTERNALERROR" not in done.stdout + done.stderr
+    assert done.stderr.count("ERROR:") == 1 and "does not report 'accuracy'" in done.stderr
+    assert time.monotonic() - started < 30  # two workers started, nothing evaluated
+    assert not list(tmp_path.glob("2*"))
+
+
+def test_xdist_workers_write_whole_lines_and_the_controller_the_total(suite, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    suite.makeconftest(PLUGIN_CONFTEST + '''
+import time
+from evals.backend import SILENT
+
+class Slow(FakeBackend):
+    def loglikelihood(self, requests, listener=SILENT):
+        answers = super().loglikelihood(requests)
+        for i, answer in enumerate(answers):
+            time.sleep(0.03)
+            listener.on_tokens(7, 0)
+            listener.on_result(i, answer)
+        return answers
+
+@pytest.fixture(scope="session")
+def eval_backend():
+    return Slow()
+''')
+    (suite.path / "fake.pth").write_bytes(b"not loaded")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-n", "2", "--model", "fake.pth",
+                           "--limit", "120", "--no-cache", "--progress-interval", "0.1",
+                           "--progress-summary-interval", "0.5"], cwd=suite.path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (suite.path / "reports" / "latest" / "progress.log").read_text().splitlines()
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (gw\d|total) .*(ETA (-|\d+m\d\ds)|docs/s.*)$")
+    assert log and all(line.match(x) for x in log), [x for x in log if not line.match(x)][:3]  # whole lines
+    assert {x.split()[1] for x in log} == {"gw0", "gw1", "total"}
+    totals = [x for x in log if x.split()[1] == "total"]
+    assert any("2 workers:" in x and "total " in x for x in totals)
+    assert "[progress] 2 workers:" in done.stdout  # the controller shows it too

@@ -123,13 +123,15 @@ def test_report_files_and_contents(suite):
     from openpyxl import load_workbook
 
     book = load_workbook(run_dir / "summary.xlsx")
-    assert book.sheetnames == ["summary", "lambada"]
+    assert book.sheetnames == ["run", "summary", "lambada"]
     summary = [list(r) for r in book["summary"].iter_rows(values_only=True)]
-    assert summary[0] == ["benchmark", "case", "metric", "value", "stderr", "n", "ci95_low", "ci95_high"]
+    assert summary[0] == ["benchmark", "case", "metric", "value", "stderr", "n", "ci95_low", "ci95_high", "chance"]
     acc_row = next(r for r in summary if r[:3] == ["lambada", "openai", "acc"])
     assert acc_row[3] == pytest.approx(case["metrics"]["acc"]["value"]) and acc_row[5] == 20
     per_case = [list(r) for r in book["lambada"].iter_rows(values_only=True)]
     assert per_case[1][:2] == ["openai", 20]
+    page = (run_dir / "report.html").read_text()
+    assert 'id="status" class="status status-complete"' in page and 'id="chart-lambada"' in page
 
 
 def test_no_bos_is_recorded(suite):

@@ -127,3 +127,45 @@ def test_endpoint_options_are_checked(tmp_path, tiny_model_path):
     assert done.returncode == 4 and "pass one of them" in done.stderr
     done = run_evals(tmp_path, "--endpoint", "http://127.0.0.1:9", "--endpoint-wait", "0.5")
     assert done.returncode == 4 and "did not answer and list its model within 0.5 s" in done.stderr
+
+
+@pytest.mark.slow
+def test_answers_that_arrived_are_cached_when_others_of_the_case_fail(server_url, tmp_path):
+    import threading
+
+    lock, seen, behaving = threading.Lock(), [0], [False]
+    nan = sabotage("nan")
+
+    def three_bad(path: str, body: dict) -> dict:  # every 5th scoring answer impossible: 3 of 16
+        if behaving[0] or not path.endswith("/completions"):
+            return body
+        with lock:
+            seen[0] += 1
+            bad = seen[0] % 5 == 0
+        return nan(path, body) if bad else body
+
+    with FlakyServer(server_url, lambda n: "pass", rewrite=three_bad) as fake:
+        done = run_evals(tmp_path, "--endpoint", fake.url, "--concurrency", "2", cache=True)
+        assert done.returncode == 1, done.stdout[-3000:]
+        assert f"3 of {LIMIT} loglikelihood requests to" in done.stdout
+        cache = ResponseCache.open(tmp_path / "cache", create=False)
+        assert cache.count(kind="loglikelihood") == int(LIMIT) - 3  # the good answers are kept
+        cache.close()
+        behaving[0] = True  # the same endpoint (the cache keys answers by it), answering well now
+        done = run_evals(tmp_path, "--endpoint", fake.url, cache=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert f"response cache: {int(LIMIT) - 3} responses reused, 3 computed" in done.stdout
+
+
+@pytest.mark.slow
+def test_gates_follow_the_served_checkpoint_by_its_sha256(tiny_model_path, tmp_path):
+    model = engine.load_model(tiny_model_path)
+    config = ServerConfig(model_name="tiny")  # not the name the thresholds file keys: its sha256 is
+    with torch_threads(1), serve_in_thread(create_app(model, config)) as url:
+        done = run_evals(tmp_path, "--endpoint", url)
+    assert done.returncode == 0, done.stdout[-3000:]
+    results = json.loads((tmp_path / "latest" / "results.json").read_text())
+    gates = results["benchmarks"]["lambada"]["overall"]["gates"]
+    assert {g["label"] for g in gates} == {"lambada.acc", "lambada.ppl"}
+    assert all(g["source"] == "thresholds.toml[tiny-rwkv7-834K]" for g in gates)
+    assert "ungated" not in done.stdout

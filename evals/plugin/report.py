@@ -9,6 +9,7 @@ its gates are undecided, so a partial run never reports a pooled gate as passed.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -18,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from evals.metrics import Metric
 from evals.plugin.result import CaseResult, Verdict, judge, pool
 from evals.thresholds import OVERALL, Gate
 
@@ -86,8 +86,10 @@ class Judged:
     outcome: str | None
 
 
-def _metrics(metrics: Mapping[str, Metric]) -> dict[str, Any]:
-    return {name: m.to_dict() for name, m in metrics.items()}
+def _metrics(verdict: Verdict) -> dict[str, Any]:
+    """Each metric's aggregate and its chance level (None where a guess has no defined score:
+    perplexities, counts, generated answers)."""
+    return {name: {**m.to_dict(), "chance": verdict.chance.get(name)} for name, m in verdict.metrics.items()}
 
 
 def _rates(wall: float, value: float) -> float | None:
@@ -97,7 +99,7 @@ def _rates(wall: float, value: float) -> float | None:
 def case_entry(judged: Judged) -> dict[str, Any]:
     r, counts = judged.result, judged.result.counts
     entry = {
-        "metrics": _metrics(judged.verdict.metrics), "n": len(r.rows), "requests": counts.requests,
+        "metrics": _metrics(judged.verdict), "n": len(r.rows), "requests": counts.requests,
         "prompt_tokens": counts.prompt_tokens, "generated_tokens": counts.generated_tokens, "wall_s": counts.wall_s,
         "documents_per_s": _rates(counts.wall_s, len(r.rows)),
         "prompt_tokens_per_s": _rates(counts.wall_s, counts.prompt_tokens),
@@ -127,11 +129,11 @@ def overall_entry(cases: Sequence[Judged], gates: Sequence[Gate]) -> tuple[dict[
                              "decided_in_test": single}
     failures: list[str] = []
     if single:  # the one case's verdict holds the overall gates already
-        entry["metrics"] = _metrics(cases[0].verdict.metrics)
+        entry["metrics"] = _metrics(cases[0].verdict)
         entry["gates"] = [o.to_dict() for o in cases[0].verdict.gates if o.case == OVERALL]
         return entry, failures
     verdict = judge(pooled, gates)
-    entry["metrics"] = _metrics(verdict.metrics)
+    entry["metrics"] = _metrics(verdict)
     if missing:
         entry["missing"] = missing
         entry["gates"] = []
@@ -164,7 +166,9 @@ def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged],
             outcomes += entry["gates"]
         outcomes += overall["gates"]
         first = items[0].result
-        benchmarks[bench] = {"protocol": first.protocol, "data": list(first.data), "cases": cases, "overall": overall}
+        # every case's files (the custom benchmark reads one file per case), each once, in case order
+        data = list({json.dumps(d, sort_keys=True): d for j in items for d in j.result.data}.values())
+        benchmarks[bench] = {"protocol": first.protocol, "data": data, "cases": cases, "overall": overall}
     model = dict(envelope.get("model") or {})
     if judged:
         model.update(next(iter(judged.values())).result.model)
@@ -180,8 +184,3 @@ def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged],
     }
     return results, failures
 
-
-def metric_line(m: Mapping[str, Any]) -> str:
-    metric = Metric.from_dict(m)
-    se = f" ± {metric.stderr:.4f}" if metric.stderr is not None else ""
-    return f"{metric.value:.4f}{se}"

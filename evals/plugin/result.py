@@ -1,14 +1,15 @@
 """One case's result, typed and frozen, and the one place it is judged.
 
 A benchmark test hands its rows to the recorder, which builds a :class:`CaseResult`: what was
-evaluated (benchmark, case, rows, metric spec, protocol, data files, model), what it cost
+evaluated (benchmark, case, rows, metric spec, protocol, data files, model, the metrics with a
+chance level), what it cost
 (:class:`Counts`) and where it ran (its shard). It travels to the controller as plain JSON on
 ``report.user_properties`` (so also from xdist workers) and is never changed afterwards: a
 sharded case is merged into a new result (:func:`merge_shards`), a benchmark's overall row is a
 pooled result (:func:`pool`).
 
-:func:`judge` turns a result into a :class:`Verdict`: its metrics, the outcome of every gate that
-applies, and the ``--baseline`` comparison. The recorder (to fail a test), the shard merge and the
+:func:`judge` turns a result into a :class:`Verdict`: its metrics, their chance levels, the outcome
+of every gate that applies, and the ``--baseline`` comparison. The recorder (to fail a test), the shard merge and the
 overall rows all call it, so a gate is decided the same way wherever it is decided.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from evals.metrics import Metric, aggregate
+from evals.metrics import Metric, aggregate, chance_level
 from evals.thresholds import OVERALL, Gate, GateOutcome, check
 
 PROPERTY = "rwkveval"  # the user_properties key carrying a case's result
@@ -60,6 +61,7 @@ class CaseResult:
     single_case: bool = False  # the benchmark has only this case: its overall gates are decided with it
     shard: tuple[int, int] = (0, 1)  # (index, count)
     expected_cases: tuple[str, ...] = ()  # the benchmark's cases selected in this run, as collection saw them
+    chance: tuple[str, ...] = ()  # metrics with a chance level (Declared.chance); rows carry n_options
 
     @property
     def sharded(self) -> bool:
@@ -75,7 +77,7 @@ class CaseResult:
         return cls(**{**data, "rows": tuple(data["rows"]), "data": tuple(data["data"]),
                       "spec": {name: tuple(pair) for name, pair in data["spec"].items()},
                       "counts": Counts(**data["counts"]), "shard": tuple(data["shard"]),
-                      "expected_cases": tuple(data["expected_cases"])})
+                      "expected_cases": tuple(data["expected_cases"]), "chance": tuple(data.get("chance", ()))})
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Verdict:
     metrics: dict[str, Metric]
     gates: tuple[GateOutcome, ...]
     baseline: dict[str, Any] | None = None
+    chance: dict[str, float] = field(default_factory=dict)  # metric -> the score a uniform guess expects
 
     @property
     def failures(self) -> list[str]:
@@ -101,13 +104,15 @@ def judge(result: CaseResult, gates: Sequence[Gate], baseline: Any = None) -> Ve
     if not result.rows:
         raise ValueError(f"{result.benchmark}/{result.case}: no documents were evaluated")
     metrics = aggregate(result.rows, result.spec)
+    level = chance_level(result.rows) if any(m in metrics for m in result.chance) else None
+    chance = {m: level for m in result.chance if m in metrics}
     outcomes = check(gates, result.benchmark, result.case, metrics)
     if result.single_case and result.case != OVERALL:
         outcomes += check(gates, result.benchmark, OVERALL, metrics)
     verdict = None
     if baseline is not None and result.case != OVERALL:
         verdict = baseline.judge(result.benchmark, result.case, result.rows, result.spec, data=result.data)
-    return Verdict(metrics, tuple(outcomes), verdict)
+    return Verdict(metrics, tuple(outcomes), verdict, chance)
 
 
 def merge_shards(parts: Sequence[CaseResult], case_nodeid: str) -> CaseResult:

@@ -4,7 +4,7 @@
   the name in the same second), so two runs never write into one folder.
 - Every file is written atomically (a temporary file, then a rename): ``samples/<bench>-<case>.jsonl``
   as each case finishes, ``results.json`` after every case (status ``running``) and at the end,
-  ``summary.xlsx`` at the end.
+  ``summary.xlsx`` and ``report.html`` at the end.
 - A write that fails (a full disk) does not stop the run: it is remembered and reported once per
   file at the end (:attr:`RunFolder.errors`); the response cache lives elsewhere and stays usable.
 - At the end a link points at the run: ``latest`` for a complete run, ``last-interrupted`` or
@@ -74,8 +74,21 @@ class RunFolder:
     def results(self, results: Mapping[str, Any]) -> bool:
         return self._write("results.json", lambda p: write_json(p, dict(results)))
 
-    def workbook(self, benchmarks: Mapping[str, Any]) -> bool:
-        return self._write("summary.xlsx", lambda p: write_xlsx(p, benchmarks))
+    def workbook(self, results: Mapping[str, Any]) -> bool:
+        return self._write("summary.xlsx", lambda p: write_xlsx(p, results))
+
+    def page(self, results: Mapping[str, Any], samples: Mapping[tuple[str, str], list[dict[str, Any]]]) -> bool:
+        """report.html; an installation without jinja2 or matplotlib (both are dependencies) is
+        reported like a failed write, since results.json and the workbook are already on disk."""
+        from evals.plugin.writers.html_writer import write_report_html
+
+        try:
+            import jinja2  # noqa: F401
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            self.errors.setdefault("report.html", f"needs the package {error.name} (pip install -e . installs it)")
+            return False
+        return self._write("report.html", lambda p: write_report_html(p, results, samples))
 
     def link(self, status: str) -> Path | None:
         """Point ``latest`` (complete) or ``last-<status>`` at this run; the link's path."""

@@ -15,6 +15,9 @@ process reward: :func:`evals.rewards.steps.step_scores` scores each prefix of an
   use it are marked ``_oracle`` in reports; it knows the reference answer, so it measures the
   search, not a deployable ranking.
 
+A Hugging Face reward model can also score plain texts in a layout of its own, one forward each
+(:mod:`.plain`, CharacterEval's BaichuanCharRM).
+
 ``identity()`` is what a reward's scores depend on (a checkpoint's hash, a hub revision, the judge
 prompt...): stored rewards are keyed by it, so a changed reward model is never mistaken for the
 old one. ``weight(score)`` maps a score to [0, 1] for reward-weighted votes.

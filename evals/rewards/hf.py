@@ -7,7 +7,10 @@ code, as InternLM2-Reward and ArmoRM need). An answer is rendered as a chat, the
 chat template and tokenized without further special tokens, as the Skywork-Reward and
 InternLM2-Reward model cards do; a tokenizer without a chat template gets the pair
 ``(question, answer)`` (the convention of pair-encoder reward models such as OpenAssistant's
-DeBERTa). The reward is the single logit (``num_labels == 1``), or the model output's ``score``
+DeBERTa). A local folder whose model class is its own code and maps no Auto class for sequence
+classification (CharacterEval's BaichuanCharRM, which ``run_char_rm.py`` imports by name) is
+loaded, with ``--trust-remote-code``, through the class ``config.json``'s ``architectures`` names,
+found in the folder's ``modeling_*.py``. The reward is the single logit (``num_labels == 1``), or the model output's ``score``
 where its own code provides one (ArmoRM). Inputs are scored in batches of ``--reward-batch-size``
 on ``--reward-device``, right-padded; the model reads each sequence's last non-pad token, so a
 batch scores what each input alone would.
@@ -15,7 +18,9 @@ batch scores what each input alone would.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,7 @@ from evals.rewards import INSTALL_HINT, RewardError, RewardInput
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def _folder_identity(folder: Path) -> str:
+def folder_identity(folder: Path) -> str:
     """A fingerprint of a local model folder: its small files' contents, and each weight file's
     name, size and first and last MiB (hashing whole multi-gigabyte files would take minutes)."""
     digest = hashlib.sha256()
@@ -43,6 +48,39 @@ def _folder_identity(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def own_model_class(folder: Path) -> type | None:
+    """The class ``config.json``'s ``architectures[0]`` names, from the folder's own ``modeling_*.py``
+    (None when the folder does not define it). Runs the folder's code: callers need the user's
+    ``--trust-remote-code``."""
+    try:
+        names = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError):
+        return None
+    if not names:
+        return None
+    for module in sorted(folder.glob("modeling_*.py")):
+        if re.search(rf"^class {re.escape(names[0])}\(", module.read_text(encoding="utf-8", errors="replace"), re.M):
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return get_class_from_dynamic_module(f"{module.stem}.{names[0]}", str(folder))
+    return None
+
+
+def _load_model(source: str, trust_remote_code: bool, dtype: Any) -> tuple[Any, str]:
+    """(the model, how it was loaded): AutoModelForSequenceClassification, or a trusted local
+    folder's own class when no Auto class maps it."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return (AutoModelForSequenceClassification.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                                   dtype=dtype), "AutoModelForSequenceClassification")
+    except ValueError:
+        own = own_model_class(Path(source)) if trust_remote_code and Path(source).is_dir() else None
+        if own is None:
+            raise
+        return own.from_pretrained(source, dtype=dtype), f"{own.__module__.split('.')[-1]}.{own.__name__} (its own code)"
+
+
 class HFReward:
     kind = "hf"
     oracle = False
@@ -51,7 +89,7 @@ class HFReward:
                  trust_remote_code: bool = False):
         try:
             import torch
-            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers import AutoTokenizer
         except ImportError as error:
             raise RewardError(f"--reward hf:{name_or_path}: cannot import transformers ({error}); {INSTALL_HINT}") from None
         self.name, self.device, self.batch_size = name_or_path, device, batch_size
@@ -60,9 +98,8 @@ class HFReward:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(local) if local.is_dir() else name_or_path,
                                                            trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(local) if local.is_dir() else name_or_path, trust_remote_code=trust_remote_code,
-                dtype=torch.float32 if device == "cpu" else "auto")
+            self.model, self.loaded_as = _load_model(str(local) if local.is_dir() else name_or_path,
+                                                     trust_remote_code, torch.float32 if device == "cpu" else "auto")
         except (OSError, ValueError) as error:
             hint = "" if trust_remote_code else " (a model with its own code needs --trust-remote-code)"
             raise RewardError(f"--reward hf:{name_or_path}: cannot load a sequence-classification model: "
@@ -80,7 +117,7 @@ class HFReward:
         if self.tokenizer.pad_token is None:
             self.batch_size = 1  # nothing to pad with: one answer per forward call
         self.revision = getattr(self.model.config, "_commit_hash", None)
-        self._identity = (f"hf:{_folder_identity(local)}" if local.is_dir()
+        self._identity = (f"hf:{folder_identity(local)}" if local.is_dir()
                           else f"hf:{name_or_path}@{self.revision or 'unknown-revision'}")
 
     def identity(self) -> str:
@@ -88,7 +125,7 @@ class HFReward:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "hf", "oracle": False, "model": self.name, "revision": self.revision,
-                "class": type(self.model).__name__, "chat_template": self.tokenizer.chat_template is not None,
+                "class": type(self.model).__name__, "loaded_as": self.loaded_as, "chat_template": self.tokenizer.chat_template is not None,
                 "trust_remote_code": self.trust_remote_code, "device": self.device, "batch_size": self.batch_size,
                 "score": "the single logit (num_labels 1), or the model output's `score`"}
 

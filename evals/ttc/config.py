@@ -57,9 +57,8 @@ class TTCConfig:
 
         strategy, reward = get("strategy"), get("reward")
         judge_prompt = get("judge_prompt")
-        if reward is not None and strategy == "greedy":
-            raise pytest.UsageError("--reward ranks candidates of a strategy; add --strategy sample, best_of_n, "
-                                    "beam or mcts (with --strategy greedy it would change nothing)")
+        # --reward with greedy is checked at collection (evals/plugin/collection.py): a benchmark that
+        # scores with a reward model itself (CharacterEval) reads it without a strategy
         if strategy in NEEDS_REWARD and reward is None:
             raise pytest.UsageError(f"--strategy {strategy} needs --reward SPEC: hf:NAME_OR_DIR, rwkv:CHECKPOINT, "
                                     f"or verifier (the benchmark's own check, an oracle)")

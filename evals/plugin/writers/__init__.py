@@ -1,4 +1,5 @@
-"""One small writer per report format (JSON, JSONL, xlsx), all writing atomically."""
+"""One small writer per report format (JSON, JSONL, xlsx; HTML in html_writer, loaded only at the
+end as it needs matplotlib), all writing atomically."""
 from evals.plugin.writers.atomic import atomic_path
 from evals.plugin.writers.json_writer import write_json
 from evals.plugin.writers.jsonl_writer import write_jsonl
