@@ -1,12 +1,21 @@
-"""Running many sequences of different lengths through the model together.
+"""Running many sequences of different lengths through the model together, and how many.
 
 An RNN has no attention mask, so padding would change the state. Instead, rows are sorted by
 length (longest first) and run in segments: each segment feeds every row that still has tokens,
 for as many tokens as the shortest of them has left. The rows still running are always a prefix
 of the batch, so their state is a view that the model updates in place; no token is wasted.
+
+Each segment after the first is a separate forward call over the rows left, so rows of very
+different lengths turn one batch into a tail of small calls, each paying a pass over every
+weight for a few tokens (decode speed, not prefill speed). Callers therefore batch rows of
+similar length: :func:`pack` cuts a list sorted longest first into batches of at most
+``Budget.tokens`` tokens (rows x the longest) and ``Budget.rows`` rows, and :func:`auto_budget`
+sizes both from the model's shape and the memory free on its device.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -27,15 +36,86 @@ LogitsCallback = Callable[[list[int], list[int], torch.Tensor], None]
 TokensCallback = Callable[[int, int], None]
 
 
-def max_tokens_per_call(vocab_size: int, want_logits: bool) -> int:
+# Rows per batch at most (auto): the state of every row is copied a few times per batch.
+MAX_ROWS = 512
+# Decoding rows at most (auto): past ~64 rows a CPU decoding step's products are compute-bound
+# (the batch-64 figure of tests/test_throughput.py), and each finished row costs a state copy.
+MAX_DECODE_ROWS = 64
+# Share of the free memory a batch may use (activations, states, logits); the rest is the
+# process's own tensors and the allocator's slack.
+_MEMORY_SHARE = 0.25
+
+
+def max_tokens_per_call(vocab_size: int, want_logits: bool, max_tokens: int = MAX_TOKENS_PER_CALL) -> int:
     if not want_logits:
-        return MAX_TOKENS_PER_CALL
-    return max(1, min(MAX_TOKENS_PER_CALL, LOGIT_BUDGET // vocab_size))
+        return max_tokens
+    return max(1, min(max_tokens, LOGIT_BUDGET // vocab_size))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much one batch holds: ``tokens`` (rows x the longest row, per forward call), ``rows``,
+    and ``prefix_states`` (states of shared prefixes kept at once while scoring)."""
+
+    tokens: int
+    rows: int
+    prefix_states: int
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "rows", "prefix_states"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"batch budget: {name} must be an int >= 1, found {value!r}")
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: CUDA's own count, or the kernel's MemAvailable (sysconf elsewhere)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def auto_budget(model, rows: int | None = None) -> Budget:
+    """The batch budget for ``model`` from its shape and the memory free now. ``rows`` (a user's
+    batch size) caps the rows; the token budget is whatever a quarter of the free memory holds in
+    activations (~(24 C + 3 F) float32 per token in flight), at most MAX_TOKENS_PER_CALL."""
+    cfg = model.config
+    usable = int(free_memory(model.device) * _MEMORY_SHARE)
+    per_token = (24 * cfg.n_embd + 3 * cfg.ffn_size) * 4
+    state_row = cfg.n_layer * (cfg.n_head * cfg.head_size ** 2 + 2 * cfg.n_embd) * 4
+    tokens = max(256, min(MAX_TOKENS_PER_CALL, usable // 2 // per_token))
+    auto_rows = max(1, min(MAX_ROWS, usable // 4 // (3 * state_row), LOGIT_BUDGET // cfg.vocab_size))
+    prefix_states = max(8, min(1024, usable // 4 // state_row))
+    return Budget(tokens, rows if rows is not None else auto_rows, prefix_states)
+
+
+def auto_decode_rows(model) -> int:
+    """Rows decoded together when the batch size is automatic."""
+    return min(MAX_DECODE_ROWS, auto_budget(model).rows)
+
+
+def pack(lengths: Sequence[int], tokens: int, rows: int) -> list[range]:
+    """Cut items sorted longest first (``lengths``) into consecutive batches of at most ``rows``
+    items whose count x first (longest) length is at most ``tokens``; a longer item goes alone."""
+    out, i = [], 0
+    while i < len(lengths):
+        take = max(1, min(rows, tokens // max(1, lengths[i]), len(lengths) - i))
+        out.append(range(i, i + take))
+        i += take
+    return out
 
 
 def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
             on_logits: LogitsCallback | None = None, want_last: bool = False,
-            on_tokens: TokensCallback | None = None) -> tuple[State, torch.Tensor | None]:
+            on_tokens: TokensCallback | None = None, max_tokens: int = MAX_TOKENS_PER_CALL
+            ) -> tuple[State, torch.Tensor | None]:
     """Run ``seqs[i]`` from row i of ``state`` (zeros if None) to its end.
 
     Returns the final state (row i for seqs[i]; the input state is not changed) and, with
@@ -43,7 +123,8 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
     keeps its row's state (its last logits are then undefined: NaN).
     ``on_logits`` receives the logits of every position, segment by segment, so that callers
     reduce them at once (log-probabilities of targets) instead of keeping [n, T, V] around.
-    ``on_tokens(count, 0)`` is told the tokens of each forward call as it returns.
+    ``on_tokens(count, 0)`` is told the tokens of each forward call as it returns. A forward call
+    runs at most ``max_tokens`` tokens (fewer with ``on_logits``: their logits fit LOGIT_BUDGET).
     """
     n = len(seqs)
     if n == 0:
@@ -57,7 +138,8 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
     order = sorted(range(n), key=lambda i: -lengths[i])  # longest first: running rows are a prefix
     work = state.select(order)  # a copy, updated in place below
     last = torch.full((n, cfg.vocab_size), float("nan")) if want_last else None
-    budget = max_tokens_per_call(cfg.vocab_size, on_logits is not None or want_last)
+    # want_last alone computes logits for the rows that end in a segment only: [rows, V], not [rows, T, V]
+    budget = max_tokens_per_call(cfg.vocab_size, on_logits is not None, max_tokens)
     pos = 0  # every running row has consumed the same number of tokens
     running = sum(1 for L in lengths if L > 0)
     while running:
@@ -68,16 +150,20 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
         ends_here = seg == remaining
         mode = "all" if on_logits is not None else ("last" if want_last and ends_here else "none")
         view = State(work.att_x[:, :running], work.wkv[:, :running], work.ffn_x[:, :running])
-        logits, _ = model.forward(tokens, view, logits=mode, inplace=True)
+        ending = sum(1 for i in rows if lengths[i] == pos + seg)  # the last rows of the batch end here
+        if mode == "last" and ending < running:
+            # only the rows that end need logits: the head is as big as the rest of a small model
+            logits, _ = model.forward(tokens, view, logits=mode, inplace=True, logit_rows=ending)
+        else:
+            logits, _ = model.forward(tokens, view, logits=mode, inplace=True)
         if on_tokens is not None:
             on_tokens(tokens.numel(), 0)
         if on_logits is not None:
             on_logits(rows, [pos] * running, logits)
         if want_last and ends_here:
-            final = logits[:, -1]
-            for j, i in enumerate(rows):
-                if lengths[i] == pos + seg:
-                    last[i] = final[j]
+            final = logits[:, -1]  # (running or ending, V): the ending rows are the last ones
+            for j, i in enumerate(rows[running - ending:]):
+                last[i] = final[final.shape[0] - ending + j]
         pos += seg
         while running and lengths[order[running - 1]] <= pos:
             running -= 1

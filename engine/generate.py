@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .batching import TokensCallback
+from .batching import TokensCallback, auto_decode_rows
 from .decoding import DOCUMENT_END, Decoder, Row, Settings, random_base_seed, row_seed, sample_token
 from .errors import InputError
 from .scoring import ResultCallback, _check_ids
@@ -35,8 +35,8 @@ class Generation:
 
 def _check_options(max_new_tokens, temperature, top_p, top_k, batch_size) -> None:
     Settings(max_new_tokens, temperature, top_p, top_k).check(2**31)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be an int >= 1, found {batch_size!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+        raise InputError(f"batch_size must be an int >= 1 or None (automatic), found {batch_size!r}")
 
 
 def parse_stop(stop, vocab_size: int) -> tuple[frozenset[int], tuple[str, ...]]:
@@ -56,7 +56,7 @@ def parse_stop(stop, vocab_size: int) -> tuple[frozenset[int], tuple[str, ...]]:
 
 def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=None,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | Sequence[int] | None = None,
-             batch_size: int = 16, *, on_result: ResultCallback | None = None,
+             batch_size: int | None = 16, *, on_result: ResultCallback | None = None,
              on_tokens: TokensCallback | None = None) -> list[Generation]:
     """Generate for every prompt (token ids); see the module docstring for the batching.
 
@@ -65,7 +65,8 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
 
     ``on_result(i, generation)`` is called the moment prompt i finishes (so a caller can store
     it before the batch ends); ``on_tokens(prompt_tokens, generated_tokens)`` after each prefill
-    and each decoding step."""
+    and each decoding step. ``batch_size=None``: rows decoded together sized from the model and
+    free memory (:func:`engine.batching.auto_decode_rows`)."""
     _check_options(max_new_tokens, temperature, top_p, top_k, batch_size)
     V = model.config.vocab_size
     checked = []
@@ -100,5 +101,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
     rows = [Row(Settings(max_new_tokens, temperature, top_p, top_k,
                          seeds[i] if temperature > 0 else None, stop_ids, stop_strs),
                 prompt=ids, tag=i) for i, ids in enumerate(checked)]
+    if batch_size is None:
+        batch_size = auto_decode_rows(model)
     Decoder(model, max_batch=batch_size, on_finish=finish, on_tokens=on_tokens).run(rows)
     return results  # type: ignore[return-value]

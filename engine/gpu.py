@@ -38,7 +38,7 @@ import torch
 from .config import ModelConfig
 from .errors import InputError
 from .kernels import cupy_available, cupy_install_hint, ops
-from .model import _DECAY_SCALE, _LN_X_EPS, DTYPES, LayerWeights, RWKV7
+from .model import _DECAY_SCALE, _LN_X_EPS, DTYPES, LayerWeights, RWKV7, TorchPath
 from .state import State
 
 Plan = Literal["eager", "capture", "replay"]
@@ -244,8 +244,8 @@ class HostLogits:
     def zero_state(self, batch_size: int) -> State:
         return self.model.zero_state(batch_size)
 
-    def forward(self, tokens, state=None, logits="all", *, inplace=False):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace)
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
         return (None if out is None else out.cpu()), new
 
 
@@ -264,7 +264,7 @@ class RWKV7CUDA(RWKV7):
                  dtype: str = "float32", path: str | None = None, sha256: str | None = None,
                  initial_wkv: torch.Tensor | None = None, state_from: str | None = None,
                  adapters: tuple[dict, ...] = (), use_graphs: bool = True, max_graphs: int = 8,
-                 capture_after: int = 2):
+                 capture_after: int = 2, fast: bool = True):
         dev = check_gpu_target(device, dtype, cfg.head_size, cuda_devices=torch.cuda.device_count(),
                                has_cupy=cupy_available())
         if dev.type == "cuda" and dev.index is None:  # a state made on "cuda" reports cuda:N
@@ -296,13 +296,14 @@ class RWKV7CUDA(RWKV7):
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
-                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
-                ) -> tuple[torch.Tensor | None, State]:
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
+                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
         """As :meth:`RWKV7.forward`; [B, 1] steps with ``inplace=True`` replay CUDA graphs."""
         if isinstance(state, State):
             self._check_state_device(state)
-        if self._capturing or not self.use_graphs or not is_decode_step(tokens, state, logits, inplace):
-            return super().forward(tokens, state, logits, inplace=inplace)
+        if (self._capturing or not self.use_graphs or logit_rows is not None
+                or not is_decode_step(tokens, state, logits, inplace)):
+            return super().forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
         checked = self.check_tokens(tokens)
         state.check_fits(self.config, checked.shape[0])
         key = decode_graph_key(checked.shape[0], state, logits)
@@ -374,9 +375,12 @@ class RWKV7CUDA(RWKV7):
 
     # ------------------------------------------------------------------ the math, kernels swapped in
 
-    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True, contiguous: bool = False) -> torch.Tensor:
-        """cuBLAS takes [out, in] weights as they are; results are always contiguous (the kernels need it)."""
-        return torch.nn.functional.linear(x, W) if linear else x @ W
+    def _choose_kernels(self, fast: bool) -> TorchPath:
+        """Products as the reference writes them (cuBLAS takes [out, in] weights as they are, and
+        its results are contiguous, which the kernels need); the WKV recurrence and the fused
+        steps are this class's own (the kernels of engine/kernels, whatever ``fast`` says)."""
+        self.wkv_impl = "CUDA kernel (engine/kernels/wkv7.cu)"
+        return TorchPath()
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
                   wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,13 +404,13 @@ class RWKV7CUDA(RWKV7):
             wkv.copy_(state)
         y = ops.groupnorm_bonus_gate(y, heads(r), heads(k), heads(v), heads(g), p.ln_x_w, p.ln_x_b,
                                      p.r_k, eps=_LN_X_EPS)  # (B, T, H, N) in the model dtype
-        return self._mm(y.view(B, T, C), p.W_o), v_first
+        return self.kernels.linear(y.view(B, T, C), p.W_o), v_first
 
     def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
         k = ops.token_shift_mix(x, _contiguous(x_prev), p.ffn_x_k.view(1, -1))[0]  # (B, T, C), M = 1
-        k = torch.relu(self._mm(k, p.ffn_key)).square_()  # (B, T, F)
-        return self._mm(k, p.ffn_value)  # (B, T, C)
+        k = torch.relu(self.kernels.linear(k, p.ffn_key)).square_()  # (B, T, F)
+        return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
 
     # ------------------------------------------------------------------ scoring and generation
 
@@ -421,7 +425,7 @@ class RWKV7CUDA(RWKV7):
         return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int = 16, **callbacks):
+                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,

@@ -5,6 +5,12 @@ removes old values from the state), v_first (layer 0's value, mixed into later l
 A sequence runs as matrix products over all T tokens at once; only the WKV recurrence is
 sequential in time, as a rank-2 update per step (O(N^2) per head, not the N^3 of ``state @ ab``).
 
+One switch, ``fast``, picks how the products and the recurrence run (as nanoGPT's ``flash`` flag
+does): the plain path (:class:`TorchPath`: ``F.linear``, ``x @ A @ B`` and
+:func:`wkv7_reference`, the oracle every fast path is tested against) or, on the CPU, the
+compiled kernels with each product in the form measured fastest on this machine
+(:class:`engine.kernels.cpu.CPUPath`). The math below is the same either way.
+
 Shapes: B batch, T tokens, C = n_embd = H * N, H heads of size N, V vocabulary, L layers.
 """
 from __future__ import annotations
@@ -27,14 +33,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 # decay = exp(-exp(-0.5) * sigmoid(.)) keeps w in (0.545, 1): the official constant 0.606531 is exp(-0.5)
 _DECAY_SCALE = math.exp(-0.5)
-# CPUs with native bf16 matrix units; elsewhere torch's bf16 GEMM converts element by element and
-# runs ~7x slower than float32 (measured on this project's AVX2 EPYC: 4.5 vs 31 GFLOP/s per core)
-_NATIVE_BF16_CPU = {"AVX512_BF16", "AMX"}
-# Linear weights stay in the checkpoint's [out, in] layout. On the CPU, a product over up to this
-# many rows runs in engine/kernels/matvec_cpu.c (one pass over the weight); over more rows MKL
-# computes W @ x^T, which for 2-512 rows ran 1.2-3x faster than x @ W^T or x @ W_[in,out] on the
-# reference machine (the 0.1B head at 64 rows: 65 vs 108 ms; an FFN matrix at 16 rows: 0.8 vs 2.0).
-MATVEC_MAX_ROWS = 8
 # group norm eps of ln_x: the head outputs are small, the official value is 64e-5, not 1e-5
 _LN_X_EPS = 64e-5
 
@@ -105,18 +103,41 @@ def wkv7_reference(
     return y.view(T, B, H, N).transpose(0, 1)  # (B, T, H, N)
 
 
+class TorchPath:
+    """The plain path: the products and the recurrence as the math writes them, in torch.
+
+    ``linear(x, W)``: x [..., in] times a linear weight W [out, in] (the checkpoint's layout);
+    ``lora(x, A, B, act)``: act(x @ A) @ B with A [in, rank], B [rank, out];
+    ``wkv``: :func:`wkv7_reference`. The fast paths have the same contracts.
+    """
+
+    name = "torch reference"
+
+    @staticmethod
+    def linear(x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
+        return F.linear(x, W)  # (..., out)
+
+    @staticmethod
+    def lora(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, act=None) -> torch.Tensor:
+        h = x @ A  # (..., rank)
+        return (act(h) if act is not None else h) @ B  # (..., out)
+
+    wkv = staticmethod(wkv7_reference)
+
+
 class RWKV7:
     """An RWKV-7 model on one device in one dtype (float32 or bfloat16; the state is float32).
 
     ``initial_wkv`` [L, H, N, N] is a tuned initial state (RWKV-PEFT's state tuning): every
     sequence starts from it instead of zeros. ``adapters`` describes the adapter files merged into
-    ``sd`` (engine/adapters.py), for :meth:`info`.
+    ``sd`` (engine/adapters.py), for :meth:`info`. ``fast=False`` runs the plain torch path
+    (:class:`TorchPath`) instead of the CPU kernels.
     """
 
     def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cpu",
                  dtype: str = "float32", path: str | None = None, sha256: str | None = None,
                  initial_wkv: torch.Tensor | None = None, state_from: str | None = None,
-                 adapters: Sequence[dict] = ()):
+                 adapters: Sequence[dict] = (), fast: bool = True):
         if dtype not in DTYPES:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
         self.config = cfg
@@ -139,7 +160,7 @@ class RWKV7:
         def t(key: str) -> torch.Tensor:
             return sd[key].to(device=dev, dtype=dt).contiguous()
 
-        lin = t  # linear weights: [out, in], as in the checkpoint (see MATVEC_MAX_ROWS)
+        lin = t  # linear weights: [out, in], as in the checkpoint (the products take that layout)
 
         def vec(key: str) -> torch.Tensor:
             return sd[key].reshape(-1).to(device=dev, dtype=dt).contiguous()
@@ -172,59 +193,27 @@ class RWKV7:
         from .tokenizer import get_tokenizer
 
         self.tokenizer = get_tokenizer(cfg.vocab_size)
-        # bf16 weights on a CPU without bf16 matrix units: products over many rows upcast the
-        # (small) weight once and run in float32, which is what a bf16 GEMM computes anyway
-        # (bf16 operands, float32 accumulation); the result is rounded back to bf16.
-        self._upcast_rows = 0
-        # the WKV recurrence: the compiled CPU kernel (engine/kernels/wkv7_cpu.c) where it builds,
-        # else the torch reference; both compute the same thing (tests/test_wkv_cpu.py)
-        self._wkv = wkv7_reference
+        self.fast = fast
+        self.kernels = self._choose_kernels(fast)
+
+    def _choose_kernels(self, fast: bool):
+        """The plain torch path, or on the CPU the compiled kernels with products in the forms
+        measured fastest here (engine/kernels/tuning.py; the first model of a shape on a machine
+        times them, a few tens of ms, later ones read the decision from the cache)."""
         self.wkv_impl = "torch reference"
-        # products of float32 weights with a few rows: the C matvec kernel where it builds
-        self._matvec = None
-        if self.device.type == "cpu":
-            from .kernels import cpu as cpu_kernel
+        if not fast or self.device.type != "cpu":
+            return TorchPath()
+        from .kernels import cpu, tuning
 
-            if cpu_kernel.load() is None:
-                self.wkv_impl = f"torch reference (C kernel unavailable: {cpu_kernel.UNAVAILABLE_REASON})"
-            else:
-                self._matvec = cpu_kernel.matvec
-                if cfg.head_size <= cpu_kernel.MAX_N:
-                    self._wkv, self.wkv_impl = cpu_kernel.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
-        if self.dtype != torch.float32 and self.device.type == "cpu":
-            if torch.backends.cpu.get_cpu_capability() not in _NATIVE_BF16_CPU:
-                self._upcast_rows = 8
-
-    def _mm(self, x: torch.Tensor, W: torch.Tensor, linear: bool = True, contiguous: bool = False) -> torch.Tensor:
-        """x (..., in) times a linear weight W [out, in] (``linear``: F.linear(x, W)) or a LoRA
-        matrix W [in, out] (x @ W). A linear product over more than MATVEC_MAX_ROWS rows on the
-        CPU comes back as a transposed view (strides (1, rows)), which every caller reads through
-        elementwise ops, reshape or a further _mm; ``contiguous`` asks for row-major output, built
-        block by block (the head: a transposing copy of 64 x 65536 logits alone took ~24 ms)."""
-        rows = x.numel() // x.shape[-1]
-        upcast = self._upcast_rows and rows >= self._upcast_rows
-        if not linear:
-            return (x.float() @ W.float()).to(x.dtype) if upcast else x @ W
-        if self._matvec is not None and rows <= MATVEC_MAX_ROWS and W.dtype == torch.float32:
-            return self._matvec(x.reshape(rows, x.shape[-1]), W).view(*x.shape[:-1], W.shape[0])
-        if self.device.type != "cpu":
-            return F.linear(x, W)
-        if not upcast and x.dtype != torch.float32 and rows <= MATVEC_MAX_ROWS:
-            return F.linear(x, W)  # bf16 over a few rows: torch's own kernel, no upcast copy of W
-        xt = x.reshape(rows, x.shape[-1]).t()  # (in, rows)
-        if upcast:
-            xt = xt.float()
-
-        def product(w: torch.Tensor) -> torch.Tensor:  # (out, rows) in x's dtype
-            return (w.float() @ xt).to(x.dtype) if upcast else w @ xt
-
-        if not contiguous:
-            return product(W).t().view(*x.shape[:-1], W.shape[0])
-        out = torch.empty(rows, W.shape[0], dtype=x.dtype, device=x.device)
-        block = min(4096, max(256, 2**18 // rows))  # a (block, rows) float32 result of ~1 MB stays in L2
-        for i in range(0, W.shape[0], block):
-            out[:, i:i + block] = product(W[i:i + block]).t()
-        return out.view(*x.shape[:-1], W.shape[0])
+        kernel = cpu.load() is not None
+        wkv = wkv7_reference
+        if not kernel:
+            self.wkv_impl = f"torch reference (C kernel unavailable: {cpu.UNAVAILABLE_REASON})"
+        elif self.config.head_size <= cpu.MAX_N:
+            wkv, self.wkv_impl = cpu.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
+        first = self.layers[0]
+        plan = tuning.plan_for(first.ffn_key, first.W_r, first.w1, first.w2, kernel)
+        return cpu.CPUPath(plan, wkv, self.wkv_impl)
 
     # ------------------------------------------------------------------ public API
 
@@ -233,7 +222,8 @@ class RWKV7:
         return {
             "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
             "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
-            "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl,
+            "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl, "engine_path": self.kernels.name,
+            **({"cpu_products": self.kernels.plan.describe()} if hasattr(self.kernels, "plan") else {}),
             "adapters": [dict(r) for r in self.adapters],
             "initial_state": "zeros" if self.initial_wkv is None else f"tuned ({self.state_from or 'given'})",
         }
@@ -245,18 +235,22 @@ class RWKV7:
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
-                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False
-                ) -> tuple[torch.Tensor | None, State]:
+                logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
+                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
         """Run ``tokens`` [B, T] from ``state`` (zeros if None).
 
         Returns logits float32 [B, T, V] (``logits="last"``: [B, 1, V]; ``"none"``: None, the head
-        is skipped) and the new state. The state passed in is left unchanged unless ``inplace``,
-        which saves a copy of the whole state per call (decoding, ragged batches).
+        is skipped) and the new state. ``logit_rows=k``: logits of the last k rows only ([k, ., V];
+        a ragged batch's rows that end in this call). The state passed in is left unchanged unless
+        ``inplace``, which saves a copy of the whole state per call (decoding, ragged batches).
         """
         tokens = self.check_tokens(tokens)
         B, T = tokens.shape
         if logits not in ("all", "last", "none"):
             raise InputError(f"logits must be 'all', 'last' or 'none', found {logits!r}")
+        if logit_rows is not None and (not isinstance(logit_rows, int) or not 1 <= logit_rows <= B or logits == "none"):
+            raise InputError(f"logit_rows must be an int in [1, B={B}] with logits 'all' or 'last', "
+                             f"found {logit_rows!r} with logits={logits!r}")
         if state is None:
             state, inplace = self.zero_state(B), True
         elif not isinstance(state, State):
@@ -283,8 +277,10 @@ class RWKV7:
             return None, new
         if logits == "last":
             x = x[:, -1:]
+        if logit_rows is not None:
+            x = x[B - logit_rows:]  # (logit_rows, T or 1, C)
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
-        return self._mm(x, self.head, contiguous=True).float(), new  # (B, T, V)
+        return self.kernels.linear(x, self.head, contiguous=True).float(), new  # (B, T, V)
 
     def loglikelihood(self, pairs, **kwargs):
         from .scoring import loglikelihood
@@ -297,7 +293,7 @@ class RWKV7:
         return loglikelihood_rolling(self, token_lists, bos=bos, **kwargs)
 
     def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int = 16, **callbacks):
+                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
         from .generate import generate
 
         return generate(self, prompts, max_new_tokens, stop=stop, temperature=temperature, top_p=top_p,
@@ -336,11 +332,11 @@ class RWKV7:
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.float().view(B, T, H, N)
 
-        y = self._wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
+        y = self.kernels.wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
         y = F.group_norm(y.reshape(B * T, C).to(x.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
         bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
         y = y + bonus.view(B, T, C)
-        return self._mm(y * g, p.W_o), v_first
+        return self.kernels.linear(y * g, p.W_o), v_first
 
     def _projections(self, layer: int, p: LayerWeights, mixed, v_first: torch.Tensor | None):
         """From the six token-shift mixes xr xw xk xv xa xg (each (B, T, C)) to r, w (the decay's
@@ -349,40 +345,42 @@ class RWKV7:
         xr, xw, xk, xv, xa, xg = mixed
         B, T, C = xr.shape
         H, N = self.config.n_head, self.config.head_size
-        r = self._mm(xr, p.W_r)  # (B, T, C)
-        w = self._mm(torch.tanh(self._mm(xw, p.w1, False)), p.w2, False)  # (B, T, C)
-        k = self._mm(xk, p.W_k)
-        v = self._mm(xv, p.W_v)
-        a = torch.sigmoid(p.a0 + self._mm(self._mm(xa, p.a1, False), p.a2, False))  # in-context learning rate
-        g = self._mm(torch.sigmoid(self._mm(xg, p.g1, False)), p.g2, False)  # output gate
+        linear, lora = self.kernels.linear, self.kernels.lora
+        r = linear(xr, p.W_r)  # (B, T, C)
+        w = lora(xw, p.w1, p.w2, torch.tanh)  # (B, T, C)
+        k = linear(xk, p.W_k)
+        v = linear(xv, p.W_v)
+        a = torch.sigmoid(p.a0 + lora(xa, p.a1, p.a2))  # in-context learning rate
+        g = lora(xg, p.g1, p.g2, torch.sigmoid)  # output gate
 
         kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
         k = k * (1 + (a - 1) * p.k_a)
         if layer == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(p.v0 + self._mm(self._mm(xv, p.v1, False), p.v2, False))
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + lora(xv, p.v1, p.v2))
         return r, w, k, v, a, g, kk, v_first
 
     def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
         k = x + (shifted - x) * p.ffn_x_k
-        k = torch.relu(self._mm(k, p.ffn_key)) ** 2  # (B, T, F)
-        return self._mm(k, p.ffn_value)  # (B, T, C)
+        k = torch.relu(self.kernels.linear(k, p.ffn_key)) ** 2  # (B, T, F)
+        return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *, checksum: bool = True,
                sha256: str | None = None, adapters: Sequence[str | Path] | AdapterOptions | None = None,
                adapter_init: str | Path | None = None, lora_alpha: float | None = None,
-               lora_scaling: float | None = None) -> RWKV7:
+               lora_scaling: float | None = None, fast: bool = True) -> RWKV7:
     """Load an RWKV-7 checkpoint (.pth or .safetensors) and check every key and shape.
 
     ``sha256``: the file's checksum when the caller computed it already (it is not read again).
     ``adapters``: RWKV-PEFT adapter files (LoRA, PiSSA with ``adapter_init``, DiSHA, a tuned state)
     merged into the checkpoint's tensors before the model is built (engine/adapters.py); LoRA's
     scale is ``lora_alpha / rank`` or ``lora_scaling``. A ``blocks.N.att.time_state`` in the
-    checkpoint itself (a merged state tuning) is its initial state.
+    checkpoint itself (a merged state tuning) is its initial state. ``fast=False``: the plain
+    torch path (the oracle) instead of the CPU kernels.
     """
     if dtype not in DTYPES:
         raise InputError(f"dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
@@ -395,24 +393,25 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32", *,
     sd = read_state_dict(path)
     if sha256 is None and checksum:
         sha256 = file_sha256(path)
-    return _build(sd, device, dtype, options, f"checkpoint {path}", path=str(path), sha256=sha256)
+    return _build(sd, device, dtype, options, f"checkpoint {path}", path=str(path), sha256=sha256, fast=fast)
 
 
 def from_state_dict(sd: dict[str, torch.Tensor], device: str = "cpu", dtype: str = "float32", *,
                     adapters: Sequence[str | Path] | AdapterOptions | None = None,
                     adapter_init: str | Path | None = None, lora_alpha: float | None = None,
-                    lora_scaling: float | None = None) -> RWKV7:
-    """Build a model from an in-memory state dict (checked like a file), with adapters as in load_model."""
+                    lora_scaling: float | None = None, fast: bool = True) -> RWKV7:
+    """Build a model from an in-memory state dict (checked like a file), with adapters and ``fast``
+    as in load_model."""
     options = adapter_options(adapters, adapter_init=adapter_init, lora_alpha=lora_alpha, lora_scaling=lora_scaling)
-    return _build(sd, device, dtype, options, "state dict")
+    return _build(sd, device, dtype, options, "state dict", fast=fast)
 
 
 def _build(sd: dict[str, torch.Tensor], device: str, dtype: str, options: AdapterOptions, where: str,
-           path: str | None = None, sha256: str | None = None) -> RWKV7:
+           path: str | None = None, sha256: str | None = None, fast: bool = True) -> RWKV7:
     cfg, merged = prepare_checkpoint(sd, options, where)
     return model_class(device)(merged.state_dict, cfg, device=device, dtype=dtype, path=path, sha256=sha256,
                                initial_wkv=merged.initial_wkv, state_from=merged.state_from,
-                               adapters=merged.records)
+                               adapters=merged.records, fast=fast)
 
 
 # ---- the GPU path (engine/gpu.py): chosen by device; imported only when asked for
@@ -463,6 +462,7 @@ def random_state_dict(cfg: ModelConfig, seed: int = 0, *, layer0_v: bool = True)
     return sd
 
 
-def random_model(cfg: ModelConfig, seed: int = 0, device: str = "cpu", dtype: str = "float32") -> RWKV7:
+def random_model(cfg: ModelConfig, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+                 fast: bool = True) -> RWKV7:
     """A seeded random-weights model of shape ``cfg`` (for tests, self-checks and speed work)."""
-    return from_state_dict(random_state_dict(cfg, seed), device=device, dtype=dtype)
+    return from_state_dict(random_state_dict(cfg, seed), device=device, dtype=dtype, fast=fast)

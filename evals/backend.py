@@ -199,7 +199,7 @@ class LocalBackend:
     """
 
     model: Any
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the engine packs by its token budget (scoring) or sizes the batch (generation)
     extra_info: dict[str, Any] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:

@@ -7,7 +7,8 @@ This plugin prints those figures at the end of the run, one row per benchmark th
 ``tokens_per_s``; the ratio to the official package is taken from ``ratio_to_official`` or, for
 the GPU benchmarks, computed against the ``official_<scenario>`` row of the same shape. Other
 benchmarks with figures of their own (search: prefill tokens and ratios to forking; the response
-cache: its overhead) get one line each with those figures.
+cache: its overhead; evaluation throughput: documents/s beside the official loop) get one line
+each with those figures and their target.
 
 Registered by the root ``conftest.py``; it prints nothing when no benchmark ran.
 """
@@ -20,7 +21,8 @@ import pytest
 
 NONE = "-"
 OTHER_KEYS = ("prefill_tokens", "generated_tokens", "reward_calls", "prefill_ratio_to_fork", "time_ratio_to_fork",
-              "median_s", "overhead", "target")
+              "median_s", "overhead", "target", "docs_per_s", "official_docs_per_s", "ratio_to_official",
+              "ratio_to_one_document_per_call")
 HEADER = ("benchmark", "scenario", "dtype", "tokens/s", "official tokens/s", "ratio", "matmul roofline",
           "bandwidth roofline", "target")
 
@@ -39,7 +41,12 @@ def _percent(value: Any) -> str:
 
 def _target(info: Mapping[str, Any]) -> str:
     if "meets_target" in info:
-        return ("met" if info["meets_target"] else "MISSED") + f" (>= {info.get('target_ratio')}x)"
+        parts = [("met" if info["meets_target"] else "MISSED") + f" (>= {info.get('target_ratio')}x)"]
+        for key, name in (("matmul_target", "matmul"), ("bandwidth_target", "bandwidth")):
+            if f"meets_{key}" in info:  # a roofline fraction's own target (tests/test_throughput.py)
+                met = "met" if info[f"meets_{key}"] else "MISSED"
+                parts.append(f"{name} {met} (>= {_percent(info.get(key))})")
+        return ", ".join(parts)
     targets = info.get("targets")
     if isinstance(targets, Mapping) and targets:
         return ", ".join(f"{k}: {v}" for k, v in targets.items())
@@ -64,6 +71,8 @@ def table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> tuple[list[tuple[str
     for name, info in rows:
         if "tokens_per_s" not in info:
             figures = [f"{k} {_number(info[k])}" for k in OTHER_KEYS if k in info]
+            if figures and "meets_target" in info:
+                figures.append(_target(info))
             if figures:
                 others.append(f"{name}: " + ", ".join(figures))
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine import ModelConfig
+from engine import ModelConfig, official_config
 from engine.kernels import reference
 
 # Several heads, head sizes 64 and 32, the World vocabulary, small and unequal LoRA ranks.
@@ -19,6 +19,24 @@ SHAPES = {
 
 SMALL = ModelConfig(n_layer=2, n_embd=64, n_head=2, head_size=32, vocab_size=256,
                     ffn_size=128, rank_w=8, rank_a=8, rank_v=8, rank_g=8)
+
+
+# the benchmarks' smoke shape (--throughput-shape tiny): the World vocabulary, two small layers
+SMOKE = ModelConfig(n_layer=2, n_embd=128, n_head=2, head_size=64, vocab_size=65536,
+                    ffn_size=512, rank_w=32, rank_a=32, rank_v=32, rank_g=32)
+
+
+def throughput_config(name: str) -> ModelConfig:
+    """The shape a benchmark runs on for ``--throughput-shape name``."""
+    return SMOKE if name == "tiny" else official_config(name)
+
+
+def skip_unless_benchmark_only(request, command: str) -> None:
+    """Benchmarks run only under ``--benchmark-only`` (minutes of CPU on the 0.1B shape)."""
+    import pytest
+
+    if not request.config.getoption("benchmark_only", False):
+        pytest.skip(f"benchmarks run with `{command}` (minutes of CPU on the 0.1B shape)")
 
 
 VECTORS = ("r", "w", "k", "v", "a", "b")  # the WKV-7 inputs besides the state, in the kernels' order

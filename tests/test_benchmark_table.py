@@ -19,6 +19,9 @@ GPU = {"scenario": "decode_b1", "shape": "0.1B", "engine": "rwkveval", "dtype": 
        "targets": {"fraction_of_bandwidth_roofline": "met (>= 0.7)"}}
 GPU_OFFICIAL = {"scenario": "official_decode_b1", "shape": "0.1B", "engine": "official", "dtype": "float16",
                 "tokens_per_s": 300.0}
+CPU_B1_ROOFLINE = {**CPU_B1, "target_ratio": 1.2, "bandwidth_target": 0.6, "meets_bandwidth_target": False}
+EVAL = {"benchmark": "lambada", "docs_per_s": 6.5, "official_docs_per_s": 1.1, "ratio_to_official": 5.909,
+        "target_ratio": 4.0, "meets_target": True}
 SEARCH = {"strategy": "beam", "fork": False, "prefill_tokens": 2048, "prefill_ratio_to_fork": 4.0,
           "time_ratio_to_fork": 2.5, "shape": {"n_layer": 2}}
 
@@ -36,6 +39,13 @@ def test_table_rows_from_extra_info():
     assert lines[3][8] == "fraction_of_bandwidth_roofline: met (>= 0.7)"
     assert lines[4][5] == "-"  # the official package against itself: no ratio
     assert others == ["test_search[beam-rerun]: prefill_tokens 2,048, prefill_ratio_to_fork 4, time_ratio_to_fork 2.5"]
+
+
+def test_roofline_targets_and_evaluation_rows():
+    lines, others = table([("test_decode[bfloat16-1]", CPU_B1_ROOFLINE), ("test_eval_throughput[lambada-auto]", EVAL)])
+    assert lines[1][8] == "met (>= 1.2x), bandwidth MISSED (>= 60%)"
+    assert others == ["test_eval_throughput[lambada-auto]: docs_per_s 6.5, official_docs_per_s 1.1, "
+                      "ratio_to_official 5.909, met (>= 4.0x)"]
 
 
 def test_benchmark_only_prints_the_table(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):

@@ -17,10 +17,9 @@ import torch
 
 import engine
 from engine.search import SearchSettings, beam_search, mcts
+from helpers import skip_unless_benchmark_only, throughput_config
 
 PROMPT = 512
-SMOKE = engine.ModelConfig(n_layer=2, n_embd=128, n_head=2, head_size=64, vocab_size=65536,
-                           ffn_size=512, rank_w=32, rank_a=32, rank_v=32, rank_g=32)
 SETTINGS = {
     "beam": SearchSettings("beam", 48, delimiter=" ", max_steps=4, expand=4, beam_width=4, temperature=1.0, seed=1),
     "mcts": SearchSettings("mcts", 48, delimiter=" ", max_steps=4, expand=4, simulations=8, temperature=1.0, seed=1),
@@ -30,16 +29,12 @@ _measured: dict = {}
 
 @pytest.fixture(scope="session", autouse=True)
 def _only_with_benchmark_only(request):
-    if not request.config.getoption("benchmark_only", False):
-        pytest.skip("search benchmarks run with `pytest --benchmark-only tests/test_search_benchmark.py` "
-                    "(minutes of CPU on the 0.1B shape)")
+    skip_unless_benchmark_only(request, "pytest --benchmark-only tests/test_search_benchmark.py")
 
 
 @pytest.fixture(scope="session")
 def model(request):
-    name = request.config.getoption("throughput_shape")
-    cfg = SMOKE if name == "tiny" else engine.official_config(name)
-    return engine.random_model(cfg, seed=0)
+    return engine.random_model(throughput_config(request.config.getoption("throughput_shape")), seed=0)
 
 
 def _reward(items):

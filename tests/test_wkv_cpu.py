@@ -85,8 +85,8 @@ def test_model_uses_kernel_and_matches_reference():
     sd = engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4)
     fast = engine.from_state_dict(sd)
     assert fast.info()["wkv"].startswith("C kernel")
-    slow = engine.from_state_dict(sd)
-    slow._wkv = wkv7_reference
+    slow = engine.from_state_dict(sd, fast=False)
+    assert slow.kernels.wkv is wkv7_reference
     toks = torch.randint(0, 65536, (2, 9), generator=torch.Generator().manual_seed(0))
     a, sa = fast.forward(toks)
     b, sb = slow.forward(toks)
@@ -95,15 +95,17 @@ def test_model_uses_kernel_and_matches_reference():
 
 
 # ---------------------------------------------------------------------------------------------
-# the matvec kernel (engine/kernels/matvec_cpu.c): F.linear over a few rows
+# the matvec kernel (engine/kernels/matvec_cpu.c): F.linear over a few rows, float32 or bf16 weights
 
 
-@pytest.mark.parametrize("M", [1, 2, 3, 8])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("M", [1, 2, 3, 8, 32])
 @pytest.mark.parametrize("R,C", [(768, 768), (13, 7), (4, 64), (1, 1), (65, 3072)])
-def test_matvec_matches_linear(M, R, C):
+def test_matvec_matches_linear(M, R, C, wdtype):
     g = torch.Generator().manual_seed(M * 100 + R + C)
-    W, x = torch.randn(R, C, generator=g), torch.randn(M, C, generator=g)
+    W, x = torch.randn(R, C, generator=g).to(wdtype), torch.randn(M, C, generator=g)
     y = cpu.matvec(x, W)
+    # the bf16 weights exactly as stored, widened: the kernel's only error is float32 accumulation
     ref = torch.nn.functional.linear(x.double(), W.double()).float()
     assert y.shape == (M, R) and y.dtype == torch.float32
     assert (y - ref).abs().max().item() <= 2e-6 * C ** 0.5 * max(1.0, ref.abs().max().item())
@@ -123,33 +125,37 @@ def test_matvec_input_checks():
         cpu.matvec(x, torch.zeros(16, 8).t())
     with pytest.raises(ValueError, match="x: expected a 2-D float32 CPU tensor, found torch.float64"):
         cpu.matvec(x.double(), W)
-    with pytest.raises(ValueError, match=r"W: expected a 2-D float32 CPU tensor, .*shape \(8, 16, 1\)"):
+    with pytest.raises(ValueError, match=r"W: expected a 2-D float32 or bfloat16 CPU tensor, .*shape \(8, 16, 1\)"):
         cpu.matvec(x, W.unsqueeze(-1))
+    with pytest.raises(ValueError, match="W: expected a 2-D float32 or bfloat16 CPU tensor, found torch.float16"):
+        cpu.matvec(x, W.half())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_model_products_equal_linear_for_any_row_count(dtype):
-    """RWKV7._mm picks the matvec kernel, MKL's W @ x^T (a transposed view) or F.linear by the row
-    count; every form equals F.linear, and reads back like a contiguous tensor."""
+    """The model's linear() routes each row count to the form its plan chose (the matvec kernel,
+    W @ x^T as a transposed view, F.linear, float32 upcast); whatever it chose equals F.linear,
+    and reads back like a contiguous tensor (tests/test_cpu_products.py checks every form)."""
     import engine
     from helpers import SHAPES
 
     model = engine.from_state_dict(engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4), dtype=dtype)
+    linear = model.kernels.linear
     W = model.layers[1].ffn_key  # [F, C]
     g = torch.Generator().manual_seed(0)
     tol = 1e-5 if dtype == "float32" else 3e-2
-    for B, T in [(1, 1), (1, 8), (3, 3), (2, 5), (64, 1), (1, 37)]:
+    for B, T in [(1, 1), (1, 8), (3, 3), (2, 5), (64, 1), (1, 37), (4, 80)]:
         x = torch.randn(B, T, W.shape[1], generator=g).to(model.dtype)
-        y = model._mm(x, W)
+        y = linear(x, W)
         ref = torch.nn.functional.linear(x.float(), W.float())
         assert y.shape == (B, T, W.shape[0]) and y.dtype == model.dtype
         assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item(), (B, T)
         assert torch.equal(y.reshape(-1), y.contiguous().view(-1))
-        yc = model._mm(x, W, contiguous=True)  # the head's form: row-major, built block by block
+        yc = linear(x, W, contiguous=True)  # the head's form: row-major, built block by block
         assert yc.is_contiguous() and torch.allclose(yc, y, atol=1e-6, rtol=0)
     big = model.head  # [65536, 96]: more than one block of rows
     x = torch.randn(64, 1, big.shape[1], generator=g).to(model.dtype)
     ref = torch.nn.functional.linear(x.float(), big.float())
-    y = model._mm(x, big, contiguous=True)
+    y = linear(x, big, contiguous=True)
     assert y.is_contiguous() and y.shape == (64, 1, big.shape[0])
     assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item()

@@ -1,4 +1,8 @@
-"""CUDA kernels of the GPU path: ``*.cu`` sources, their loader and their Python wrappers.
+"""Kernels: the CPU fast path (``cpu``, ``tuning``) and the CUDA kernels of the GPU path (the rest).
+
+- ``cpu``       the compiled CPU kernels (``wkv7_cpu.c``, ``matvec_cpu.c``), the product forms and
+                ``CPUPath`` (``linear``, ``lora``, ``wkv``) that the model's fast path runs
+- ``tuning``    which product form runs at which row count: measured once per machine, cached
 
 - ``wkv7.cu``   WKV-7 recurrence, sequence (prefill) and single-step (decode) kernels
 - ``fused.cu``  group norm + bonus + gate after WKV; all token-shift mixes in one pass

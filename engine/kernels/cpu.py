@@ -1,14 +1,25 @@
-"""The CPU fast paths: ``wkv7_cpu.c`` and ``matvec_cpu.c`` compiled on first use, called via ctypes.
+"""The CPU fast path: compiled kernels, the product forms, and ``linear`` / ``lora`` that route each
+product to the form measured fastest on this machine.
 
-The readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one
-torch call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the
-WKV kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
+Kernels (``wkv7_cpu.c``, ``matvec_cpu.c``) are compiled on first use and called via ctypes. The
+readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one torch
+call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
+kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
 reference machine). The matvec kernel runs a decode step's products over a few rows in one pass
-over each weight (:func:`matvec`; the reference is ``F.linear``). Both are built with the system C
-compiler (``$CC`` or ``cc``) into one library in a cache folder keyed by the sources, the flags
-and the CPU, so a shared home folder across different machines never runs foreign machine code.
-Where no compiler works, :func:`load` returns None and the model uses the reference; the reason
-is kept in :data:`UNAVAILABLE_REASON` and reported by ``model.info()``.
+over each weight, float32 or bf16 (half the bytes), accumulating in float32 (:func:`matvec`).
+Both are built with the system C compiler (``$CC`` or ``cc``) into one library in a cache folder
+keyed by the sources, the flags and the CPU, so a shared home folder across different machines
+never runs foreign machine code. Where no compiler works, :func:`load` returns None and the model
+uses the reference; the reason is kept in :data:`UNAVAILABLE_REASON` and reported by ``model.info()``.
+
+Products: a linear weight W [out, in] (the checkpoint's layout) times activations x [..., in]
+can run as the matvec kernel, as ``W @ x^T`` (BLAS; the result is a transposed view), as
+``x @ W^T`` (``F.linear``) or, for bf16/fp16 weights, as ``W @ x^T`` in float32 (the weight
+widened, which is what a half-precision GEMM computes anyway: half-precision operands, float32
+accumulation). Which form is fastest depends on the CPU (bf16 units or not), the BLAS, the row
+count and the thread count, so :class:`CPUPath` follows a :class:`Plan` measured once per machine
+by :mod:`engine.kernels.tuning`. Every form equals ``F.linear`` within its dtype's rounding
+(tests/test_cpu_products.py).
 """
 from __future__ import annotations
 
@@ -20,9 +31,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
@@ -87,9 +101,10 @@ def load():
         fn = lib.wkv7_forward_f32
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
-        fn = lib.matvec_f32
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
+        for name in ("matvec_f32", "matvec_bf16"):
+            fn = getattr(lib, name)
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
         _lib = lib
     return _lib
 
@@ -140,14 +155,16 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
 
 
 def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, W)`` for a few rows: x [M, C] float32, W [R, C] float32 contiguous (a linear
-    weight, [out, in]); returns y [M, R] float32. One pass over W serves all M rows, so it is
-    meant for M up to ~8 (decode steps); raises ValueError naming a wrong input."""
+    """``F.linear(x, W)`` for a few rows: x [M, C] float32, W [R, C] float32 or bfloat16, contiguous
+    (a linear weight, [out, in]); returns y [M, R] float32 (float32 accumulation either way). One
+    pass over W serves all M rows, so it is meant for a few rows (decode steps); raises ValueError
+    naming a wrong input."""
     lib = _loaded("matvec")
-    for name, t in (("x", x), ("W", W)):
-        if t.dtype != torch.float32 or t.device.type != "cpu" or t.dim() != 2:
-            raise ValueError(f"{name}: expected a 2-D float32 CPU tensor, found {t.dtype} on {t.device}, "
-                             f"shape {tuple(t.shape)}")
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D float32 CPU tensor, found {x.dtype} on {x.device}, shape {tuple(x.shape)}")
+    if W.dtype not in (torch.float32, torch.bfloat16) or W.device.type != "cpu" or W.dim() != 2:
+        raise ValueError(f"W: expected a 2-D float32 or bfloat16 CPU tensor, found {W.dtype} on {W.device}, "
+                         f"shape {tuple(W.shape)}")
     if not W.is_contiguous():
         raise ValueError(f"W: expected a contiguous [out, in] weight, found strides {W.stride()}")
     if x.shape[1] != W.shape[1]:
@@ -156,5 +173,135 @@ def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     M, R = x.shape[0], W.shape[0]
     y = torch.empty(M, R, dtype=torch.float32)
     if M and R:
-        lib.matvec_f32(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr())
+        kernel = lib.matvec_f32 if W.dtype == torch.float32 else lib.matvec_bf16
+        kernel(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr())
     return y
+
+
+# ---------------------------------------------------------------------------------------------
+# The product forms, and the plan that picks one per row count
+
+# Rows of the products the plan is measured at, and the row counts each one stands for:
+# rows <= 2 use the form measured at 1, <= 8 at 4, <= 32 at 16, <= 128 at 64, more at 256.
+POINTS = (1, 4, 16, 64, 256)
+_BOUNDS = (2, 8, 32, 128)
+# the matvec kernel makes one pass over W per call: a candidate up to the point at 16 rows
+MATVEC_MAX_ROWS = 32
+LINEAR_FORMS = {
+    "matvec": "engine/kernels/matvec_cpu.c: one pass over W, float32 accumulation",
+    "wxt": "W @ x^T in the weight's dtype (BLAS; the result is a transposed view)",
+    "xwt": "x @ W^T in the weight's dtype (F.linear)",
+    "upcast": "W @ x^T in float32, the half-precision weight widened (float32 accumulation)",
+}
+LORA_FORMS = {"native": "x @ A, then @ B, in the weight's dtype", "upcast": "both products in float32"}
+# the head's logits come back row-major, built in blocks of W's rows whose float32 result (block x
+# rows) stays in L2: a transposing copy of 64 x 65536 logits alone took ~24 ms
+_BLOCK_FLOATS = 2**18
+
+
+def point_index(rows: int) -> int:
+    """Which of :data:`POINTS` stands for a product over ``rows`` rows."""
+    return bisect_left(_BOUNDS, rows)
+
+
+def linear_candidates(dtype: torch.dtype, rows: int, kernel: bool) -> list[str]:
+    """The forms that can compute a product of this dtype over ``rows`` rows here."""
+    forms = ["wxt", "xwt"]
+    if dtype != torch.float32:
+        forms.append("upcast")
+    if kernel and dtype in (torch.float32, torch.bfloat16) and rows <= MATVEC_MAX_ROWS:
+        forms.insert(0, "matvec")
+    return forms
+
+
+def lora_candidates(dtype: torch.dtype) -> list[str]:
+    return ["native"] if dtype == torch.float32 else ["native", "upcast"]
+
+
+def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
+    """``F.linear(x, W)`` for x [rows, in], W [out, in], computed in ``form`` (one of
+    :data:`LINEAR_FORMS`); returns [rows, out] in x's dtype. ``wxt`` and ``upcast`` return a
+    transposed view (strides (1, rows)), which callers read through elementwise ops or reshape;
+    ``contiguous`` asks for row-major output, built block by block."""
+    if form == "matvec":
+        return matvec(x.float(), W).to(x.dtype)
+    if form == "xwt":
+        return F.linear(x, W)
+    if form not in ("wxt", "upcast"):
+        raise ValueError(f"unknown product form {form!r}: expected one of {sorted(LINEAR_FORMS)}")
+    upcast = form == "upcast"
+    xt = (x.float() if upcast else x).t()  # (in, rows)
+
+    def product(w: torch.Tensor) -> torch.Tensor:  # (out, rows) in x's dtype
+        return (w.float() @ xt).to(x.dtype) if upcast else w @ xt
+
+    if not contiguous:
+        return product(W).t()
+    rows = x.shape[0]
+    out = torch.empty(rows, W.shape[0], dtype=x.dtype, device=x.device)
+    block = min(4096, max(256, _BLOCK_FLOATS // max(rows, 1)))
+    for i in range(0, W.shape[0], block):
+        out[:, i:i + block] = product(W[i:i + block]).t()
+    return out
+
+
+def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+              act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """``act(x @ A) @ B`` for x [..., in], A [in, rank], B [rank, out] (LoRA matrices are stored
+    [in, out]), computed in ``form`` (one of :data:`LORA_FORMS`); returns [..., out] in x's dtype."""
+    if form == "upcast":
+        h = x.float() @ A.float()  # (..., rank)
+        return ((act(h) if act is not None else h) @ B.float()).to(x.dtype)
+    if form != "native":
+        raise ValueError(f"unknown LoRA form {form!r}: expected one of {sorted(LORA_FORMS)}")
+    h = x @ A  # (..., rank)
+    return (act(h) if act is not None else h) @ B
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The product form for each of :data:`POINTS` (``linear`` and ``lora``, one form per point),
+    and where it came from (``source``: measured, or read from the decision cache)."""
+
+    linear: tuple[str, ...]
+    lora: tuple[str, ...]
+    source: str = "measured"
+    info: dict | None = None  # machine, timings and selection time, for model.info()
+
+    def __post_init__(self) -> None:
+        for name, forms, known in (("linear", self.linear, LINEAR_FORMS), ("lora", self.lora, LORA_FORMS)):
+            if len(forms) != len(POINTS) or any(f not in known for f in forms):
+                raise ValueError(f"plan: expected {len(POINTS)} {name} forms from {sorted(known)}, found {forms!r}")
+
+    def to_json(self) -> dict:
+        return {"linear": list(self.linear), "lora": list(self.lora)}
+
+    def describe(self) -> dict:
+        """Plain JSON for model.info(): the form per row range, its source, and the measurement."""
+        ranges = [f"{lo}-{hi}" for lo, hi in zip((1, *(b + 1 for b in _BOUNDS)), _BOUNDS)] + [f">{_BOUNDS[-1]}"]
+        return {"source": self.source, "linear": dict(zip(ranges, self.linear)),
+                "lora": dict(zip(ranges, self.lora)), **(self.info or {})}
+
+
+class CPUPath:
+    """The fast CPU path of the model: ``linear``, ``lora`` and ``wkv`` (the same contracts as
+    :class:`engine.model.TorchPath`), each product in the form the plan measured fastest."""
+
+    def __init__(self, plan: Plan, wkv: Callable[..., torch.Tensor], wkv_name: str):
+        self.plan = plan
+        self.wkv = wkv
+        self.name = f"CPU kernels (products: {plan.source}; WKV: {wkv_name})"
+
+    def linear(self, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
+        """``F.linear(x, W)``: x [..., in], W [out, in] -> [..., out] in x's dtype; a transposed
+        view unless ``contiguous`` (see :func:`linear_form`)."""
+        rows = x.numel() // x.shape[-1]
+        form = self.plan.linear[point_index(rows)]
+        y = linear_form(form, x.reshape(rows, x.shape[-1]), W, contiguous)
+        return y.view(*x.shape[:-1], W.shape[0])
+
+    def lora(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+             act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """``act(x @ A) @ B``: x [..., in], A [in, rank], B [rank, out] -> [..., out]."""
+        rows = x.numel() // x.shape[-1]
+        return lora_form(self.plan.lora[point_index(rows)], x, A, B, act)

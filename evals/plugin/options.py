@@ -46,6 +46,22 @@ def _parsed(parse):
     return convert
 
 
+# ---- issue 18: --batch-size auto
+def _batch_size(text: str) -> int | None:
+    """``auto`` (None: the engine packs by a token budget sized from the model and free memory)
+    or at most this many sequences per engine call."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, found {text!r}")
+    return value
+# ---- end issue 18
+
+
 def _device(text: str) -> str:
     if text == "cpu" or text == "cuda" or (text.startswith("cuda:") and text[5:].isdigit()):
         return text
@@ -88,7 +104,9 @@ def add_options(parser: pytest.Parser) -> None:
     add("--device", type=_device, default="cpu", help="engine device: cpu, cuda or cuda:N (default: %(default)s)")
     add("--dtype", choices=DTYPES, default="float32", help="engine weight dtype (default: %(default)s)")
     add_adapter_options(add)  # --adapter, --adapter-init, --lora-alpha, --lora-scaling (engine/adapters.py)
-    add("--batch-size", type=positive_int, default=16, help="engine batch size (default: %(default)s)")
+    add("--batch-size", type=_batch_size, default=None, metavar="auto|N",
+        help="sequences per engine call: auto packs requests by a token budget sized from the model and free "
+             "memory; N caps a batch at N sequences (default: auto)")
     # ---- what is evaluated
     add("--limit", type=_parsed(Limit.parse), default=None, metavar="N|FRACTION",
         help="documents per benchmark in total, a seeded stratified sample over its selected cases; "
@@ -271,7 +289,7 @@ class EvalConfig:
     hub_url: str
     device: str
     dtype: str
-    batch_size: int
+    batch_size: int | None  # None: auto (packed by a token budget)
     limit: Limit | None
     limit_seed: int
     num_fewshot: int | None
@@ -385,6 +403,7 @@ class EvalConfig:
         data["limit"] = self.limit.to_json() if self.limit else None
         data["thresholds"] = [f"{g.label(g.case)}{g.op}{g.bound:g}" for g in self.thresholds]
         data["cache"] = data.pop("use_cache")
+        data["batch_size"] = "auto" if self.batch_size is None else self.batch_size
         for key, value in data.items():
             if isinstance(value, Path):
                 data[key] = str(value)

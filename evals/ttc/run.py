@@ -193,6 +193,7 @@ def search_settings(cfg: Any, stop: Sequence[str], max_new_tokens: int):
 
 def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[str], max_new_tokens: int,
               reward: CachedReward, store: StrategyStore) -> tuple[list[list[Candidate]], list[dict]]:
+    from engine.batching import auto_decode_rows
     from engine.search import beam_search, mcts
 
     settings = search_settings(cfg, stop, max_new_tokens)
@@ -213,7 +214,8 @@ def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[s
                            f"({evaluation.backend.info().get('backend')}) has none")
     search = beam_search if settings.strategy == "beam" else mcts
     # a few questions at a time, each chunk stored when it finishes: a kill loses one chunk
-    chunk = max(1, cfg.batch_size // settings.expand)
+    batch_size = cfg.batch_size or (auto_decode_rows(model) if model is not None else 16)
+    chunk = max(1, batch_size // settings.expand)
     evaluation.progress.start(f"{evaluation.label} {settings.strategy}", len(tasks), len(tasks))
     try:
         evaluation.progress.advance(len(tasks) - len(todo))
@@ -227,7 +229,7 @@ def _searched(evaluation: Any, cfg: Any, tasks: Sequence[Task], stop: Sequence[s
                                       check=tasks[part[q]].check) for q, steps in items]
                 return reward.score(inputs, [part[q] for q, _ in items])
 
-            results = search(model, prompts, settings, score, batch_size=cfg.batch_size)
+            results = search(model, prompts, settings, score, batch_size=batch_size)
             stored = [{"candidates": [c.to_json() for c in r.candidates], "nodes": len(r.tree),
                        "generated_tokens": r.generated_tokens, "prefill_tokens": r.prefill_tokens,
                        "reward_calls": r.reward_calls} for r in results]

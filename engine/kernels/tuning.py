@@ -1,0 +1,221 @@
+"""Choosing the CPU product forms by measurement, once per machine, and remembering the choice.
+
+Which way of computing ``F.linear(x, W)`` is fastest depends on the CPU and the torch build: with
+bf16 units (AVX512_BF16, AMX) torch's native bf16 GEMM ran ~3x faster than float32 on one EPYC,
+without them it converts element by element and ran ~7x slower on another; MKL's ``W @ x^T``
+beat ``x @ W^T`` by 1.2-3x over 2-512 rows there, and the matvec kernel beat both for a few
+rows. No CPU name or flag predicts all of that, so at first use :func:`plan_for` times every
+candidate form (:func:`engine.kernels.cpu.linear_candidates`) on the model's own weights at each
+row count of :data:`~engine.kernels.cpu.POINTS` and keeps the fastest. Feature detection only
+shortcuts: where the CPU has no AVX-512 at all, native half-precision GEMMs over many rows are
+not timed (the fallback costs seconds per call there); it never overrides a measurement.
+Timings taken while other processes load the cores are slower than the machine's own (a thread
+descheduled in a parallel region costs milliseconds), so a choice made then can be worse:
+:func:`forget` (or deleting the file) measures again at the next model.
+
+The decision is cached in ``products-<key>.json`` beside the compiled kernels
+(:func:`engine.kernels.cpu.cache_dir`: ``$RWKVEVAL_CACHE/kernels`` or ``~/.cache/rwkveval/kernels``),
+one file per machine signature (CPU model and flags) and torch version, one entry per dtype,
+weight shapes and thread count. An entry whose recorded signature or torch version differs from
+this process's is never used. A cache that cannot be read or written costs a new measurement,
+and ``model.info()["cpu_products"]["source"]`` says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from . import cpu
+from .cpu import POINTS, Plan, linear_candidates, linear_form, lora_candidates, lora_form
+
+CACHE_VERSION = 1
+# a timed call should take about this long: probes are sliced to it on big models, so a whole
+# selection stays within a few tens of milliseconds (0.1B shape) to a few hundred (7B)
+_PROBE_BYTES = 16 << 20  # memory-bound points: bytes of W read per call
+_PROBE_FLOPS = 100e6  # compute-bound points: multiply-adds x 2 per call
+_REPEATS = 4
+_KEEP_WITHIN = 2.0  # a form this much slower than the best after two rounds is not timed again
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def cpu_info() -> tuple[str, str]:
+    """(model name, flags line) of the first CPU in /proc/cpuinfo; elsewhere platform's names."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown CPU", ""
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
+    flags = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(("flags", "Features"))), "")
+    return model, flags
+
+
+def cpu_flags() -> set[str]:
+    return set(cpu_info()[1].split())
+
+
+def machine_signature() -> dict[str, str]:
+    """The CPU (model name and a digest of its flags) and the torch version: what a plan is valid for."""
+    model, flags = cpu_info()
+    return {"cpu": model, "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
+            "torch": torch.__version__}
+
+
+def bf16_units() -> bool:
+    """True when the CPU reports native bf16 arithmetic (AVX512_BF16 or AMX-BF16)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def _shortcut(dtype: torch.dtype, rows: int, forms: list[str]) -> list[str]:
+    """Drop forms that cannot win and would take seconds to time: native half-precision GEMMs over
+    many rows on a CPU without AVX-512 (torch then converts element by element; measured ~7x
+    slower than float32 on the AVX2 reference machine)."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if x86 and dtype in _HALF and rows >= POINTS[3] and "avx512f" not in cpu_flags() and "upcast" in forms:
+        return [f for f in forms if f not in ("wxt", "xwt")]
+    return forms
+
+
+def time_forms(forms: Sequence[str], run: Callable[[str], object], repeats: int = _REPEATS) -> dict[str, float]:
+    """Best seconds per call of ``run(form)`` for each form: one warm-up call each, then rounds
+    over the forms in turn, so a burst of load elsewhere hits them alike. The minimum is kept: on
+    a shared machine a call whose thread was descheduled takes milliseconds longer, never less.
+    From the second round on, forms slower than ``_KEEP_WITHIN`` x the best are not timed again."""
+    for form in forms:
+        run(form)  # first-touch allocations, library dispatch, thread pool start
+    best = {form: math.inf for form in forms}
+    alive = list(forms)
+    for round_ in range(repeats):
+        for form in alive:
+            start = time.perf_counter()
+            run(form)
+            best[form] = min(best[form], time.perf_counter() - start)
+        if round_ >= 1 and len(alive) > 1:
+            fastest = min(best[f] for f in alive)
+            alive = [f for f in alive if best[f] <= _KEEP_WITHIN * fastest]
+    return best
+
+
+def _probe(W: torch.Tensor, rows: int) -> torch.Tensor:
+    """W's first rows, as many as keep one timed call near the probe budget (W's actual input size)."""
+    out, inp = W.shape
+    if rows <= POINTS[2]:
+        keep = _PROBE_BYTES // (inp * W.element_size())
+    else:
+        keep = int(_PROBE_FLOPS // (2 * inp * rows))
+    return W[:max(64, min(out, keep))]
+
+
+def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+            kernel: bool) -> tuple[Plan, dict]:
+    """Time every candidate form at every point on the model's weights: ``ffn_key`` [F, C] (the
+    largest layer matrix) for the few-row points, where reading W dominates, ``att`` [C, C] for the
+    many-row points, and a LoRA pair [C, r], [r, C]. Returns the plan and the timings (us)."""
+    dtype = ffn_key.dtype
+    gen = torch.Generator().manual_seed(0)
+    linear, lora, timings = [], [], {}
+    for rows in POINTS:
+        W = _probe(ffn_key if rows <= POINTS[2] else att, rows)
+        x = torch.randn(rows, W.shape[1], generator=gen).to(dtype)
+        forms = _shortcut(dtype, rows, linear_candidates(dtype, rows, kernel))
+        best = time_forms(forms, lambda form: linear_form(form, x, W)) if len(forms) > 1 else {forms[0]: 0.0}
+        linear.append(min(best, key=best.get))
+        timings[f"linear@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
+        xl = torch.randn(rows, lora_a.shape[0], generator=gen).to(dtype)
+        forms = lora_candidates(dtype)
+        best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh)) if len(forms) > 1 \
+            else {forms[0]: 0.0}
+        lora.append(min(best, key=best.get))
+        if len(forms) > 1:
+            timings[f"lora@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
+    return Plan(tuple(linear), tuple(lora)), timings
+
+
+def plan_key(dtype: torch.dtype, ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor,
+             kernel: bool) -> str:
+    """The cache entry's name: dtype, the weight shapes timed, the thread count, whether the
+    compiled kernels are there."""
+    shapes = "x".join(map(str, ffn_key.shape)) + "," + "x".join(map(str, att.shape)) + "," + \
+        "x".join(map(str, lora_a.shape))
+    return f"{str(dtype).removeprefix('torch.')}|{shapes}|threads={torch.get_num_threads()}|kernel={int(kernel)}"
+
+
+def cache_file(signature: dict[str, str], directory: Path | None = None) -> Path:
+    digest = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
+    return (directory or cpu.cache_dir()) / f"products-{digest}.json"
+
+
+def _read(path: Path, signature: dict[str, str]) -> tuple[dict, str | None]:
+    """(entries, problem): the file's plans when it belongs to this machine and torch, else {}."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, ValueError) as error:
+        return {}, f"cache {path} unreadable ({error})"
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("plans"), dict):
+        return {}, f"cache {path} has another format"
+    if data.get("signature") != signature:
+        return {}, f"cache {path} was written for {data.get('signature')}"
+    return data["plans"], None
+
+
+def _write(path: Path, signature: dict[str, str], plans: dict) -> str | None:
+    """Write the cache atomically; returns why not, or None."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
+            json.dump({"version": CACHE_VERSION, "signature": signature, "plans": plans}, f, indent=1, sort_keys=True)
+        os.replace(f.name, path)
+    except OSError as error:
+        return f"not cached: {error}"
+    return None
+
+
+def forget(directory: Path | None = None) -> bool:
+    """Delete this machine's cached decisions (all dtypes, shapes and thread counts); True if there were any."""
+    path = cache_file(machine_signature(), directory)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def plan_for(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+             kernel: bool, *, directory: Path | None = None, remeasure: bool = False) -> Plan:
+    """The product plan for a model with these weights on this machine: from the cache, or measured
+    now (and cached). ``remeasure`` ignores a cached entry."""
+    signature = machine_signature()
+    path = cache_file(signature, directory)
+    key = plan_key(ffn_key.dtype, ffn_key, att, lora_a, kernel)
+    plans, problem = _read(path, signature)
+    machine = {"machine": signature, "threads": torch.get_num_threads(), "bf16_units": bf16_units(),
+               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    entry = plans.get(key)
+    if entry is not None and not remeasure:
+        try:
+            plan = Plan(tuple(entry["linear"]), tuple(entry["lora"]), source=f"cached ({path})",
+                        info={**machine, "selection_ms": entry.get("selection_ms"),
+                              "timings_us": entry.get("timings_us", {})})
+            return plan
+        except (KeyError, TypeError, ValueError) as error:
+            problem = f"cache entry {key!r} in {path} is damaged ({error})"
+    start = time.perf_counter()
+    plan, timings = measure(ffn_key, att, lora_a, lora_b, kernel)
+    selection_ms = round((time.perf_counter() - start) * 1e3, 1)
+    plans[key] = {**plan.to_json(), "selection_ms": selection_ms, "timings_us": timings}
+    written = _write(path, signature, plans)
+    notes = "; ".join(n for n in (problem, written) if n)
+    source = "measured" + (f" ({notes})" if notes else f", cached in {path}")
+    return Plan(plan.linear, plan.lora, source=source,
+                info={**machine, "selection_ms": selection_ms, "timings_us": timings})

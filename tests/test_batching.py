@@ -1,0 +1,183 @@
+"""How scoring batches its work: shared-prefix plans, packing by a token budget, the automatic
+budget, and the head run only for rows that need logits; the numbers never change with it."""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import engine
+from engine import prefixes
+from engine.batching import Budget, advance, auto_budget, auto_decode_rows, free_memory, pack
+from helpers import SMALL
+
+
+@pytest.fixture(scope="module")
+def small():
+    return engine.random_model(SMALL, seed=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared-prefix plans
+
+
+def _plan(contexts):
+    contexts = sorted(tuple(c) for c in contexts)
+    nodes, starts = prefixes.plan(contexts)
+    return contexts, nodes, starts
+
+
+def test_a_few_shot_header_per_category_is_one_node_each():
+    header = {c: [0] + [c] * 40 for c in (1, 2, 3)}  # three categories, 41-token headers
+    contexts = [header[c] + [100 + q, 7, 8] for c in header for q in range(5)]
+    contexts, nodes, starts = _plan(contexts)
+    assert len(nodes) == 3 and all(n.parent is None and n.end == 41 for n in nodes)
+    for ctx, (node, length) in zip(contexts, starts):
+        assert nodes[node].tokens == tuple(ctx[:length]) and length < len(ctx)
+
+
+def test_nested_prefixes_make_a_tree_and_every_context_keeps_a_token():
+    system = list(range(1, 31))  # shared by all
+    contexts = [system + [200 + g] * 20 + [q] for g in range(2) for q in range(3)] + [system + [9]]
+    contexts, nodes, starts = _plan(contexts)
+    root = [k for k, n in enumerate(nodes) if n.parent is None]
+    assert len(root) == 1 and nodes[root[0]].end == 30
+    children = [n for n in nodes if n.parent == root[0]]
+    assert len(children) == 2 and all(n.start == 30 and n.end == 50 and n.depth == 1 for n in children)
+    for ctx, (node, length) in zip(contexts, starts):
+        assert length < len(ctx)
+        if node is not None:
+            assert prefixes.chain(nodes, node)[0] == root[0]
+            assert tuple(ctx[:length]) == nodes[node].context[:nodes[node].end]
+
+
+def test_short_or_rare_shared_prefixes_are_not_worth_a_node():
+    contexts, nodes, starts = _plan([[0, 5, 6, 7, q] for q in range(8)])  # 4 tokens x 7 = 28 < 32
+    assert nodes == [] and all(s == (None, 0) for s in starts)
+    contexts, nodes, starts = _plan([[0] + list(range(1, 40)) + [q] for q in range(2)])  # 40 x 1 >= 32
+    assert len(nodes) == 1 and nodes[0].end == 40
+    contexts, nodes, starts = _plan([[1, 2, 3], [1, 2, 3], [4]])
+    assert nodes == [] and starts == [(None, 0)] * 3
+    assert prefixes.plan([]) == ([], [])
+
+
+def test_shards_bound_the_prefix_states_held_at_once():
+    contexts = [[g] * 40 + [q] for g in range(1, 7) for q in range(2)]  # six nodes of two contexts
+    contexts, nodes, starts = _plan(contexts)
+    assert len(nodes) == 6
+    parts = prefixes.shards(nodes, starts, 4)
+    assert [len(p) for p in parts] == [8, 4] and parts[0].start == 0 and parts[-1].stop == len(contexts)
+    assert prefixes.shards(nodes, starts, 100) == [range(0, 12)]
+    assert prefixes.shards(nodes, starts, 1) == [range(i, i + 2) for i in range(0, 12, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# packing and budgets
+
+
+def test_pack_keeps_tokens_and_rows_within_the_budget():
+    lengths = [100, 90, 90, 50, 40, 40, 40, 10, 3]
+    parts = pack(lengths, tokens=200, rows=3)
+    assert [list(p) for p in parts] == [[0, 1], [2, 3], [4, 5, 6], [7, 8]]
+    for p in parts:
+        assert len(p) <= 3 and (len(p) == 1 or len(p) * lengths[p.start] <= 200)
+    assert pack([500, 2], tokens=100, rows=8) == [range(0, 1), range(1, 2)]  # too long: alone
+    assert pack([], 10, 10) == []
+
+
+def test_auto_budget_follows_free_memory_and_the_batch_size(small, monkeypatch):
+    assert free_memory(small.device) > 0
+    budget = auto_budget(small)
+    assert 256 <= budget.tokens <= engine.batching.MAX_TOKENS_PER_CALL and 1 <= budget.rows <= engine.batching.MAX_ROWS
+    assert auto_budget(small, rows=3).rows == 3
+    monkeypatch.setattr(engine.batching, "free_memory", lambda device: 64 << 20)  # 64 MiB free
+    tight = auto_budget(types.SimpleNamespace(config=engine.official_config("0.1B"), device=torch.device("cpu")))
+    assert tight.tokens == 256 and tight.rows < budget.rows and tight.prefix_states == 8
+    assert auto_decode_rows(small) <= engine.batching.MAX_DECODE_ROWS
+    with pytest.raises(engine.InputError, match="tokens must be an int >= 1, found 0"):
+        Budget(0, 1, 1)
+
+
+def test_logit_rows_runs_the_head_for_the_last_rows_only(small):
+    toks = torch.randint(0, SMALL.vocab_size, (4, 5), generator=torch.Generator().manual_seed(1))
+    full, s_full = small.forward(toks, logits="last")
+    part, s_part = small.forward(toks, logits="last", logit_rows=2)
+    assert part.shape == (2, 1, SMALL.vocab_size) and torch.allclose(part, full[2:], atol=1e-5)  # other row count, maybe another form
+    assert torch.equal(s_part.wkv, s_full.wkv)
+    every, _ = small.forward(toks, logit_rows=1)
+    assert every.shape == (1, 5, SMALL.vocab_size)
+    for bad, mode in [(0, "last"), (5, "last"), (2, "none")]:
+        with pytest.raises(engine.InputError, match="logit_rows must be an int in"):
+            small.forward(toks, logits=mode, logit_rows=bad)
+
+
+def test_ragged_batches_get_each_rows_last_logits(small):
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(0, SMALL.vocab_size, (n,), generator=g).tolist() for n in (7, 3, 3, 1, 5)]
+    calls = []
+    real = small.forward
+
+    def spy(tokens, *args, **kwargs):
+        calls.append((tuple(tokens.shape), kwargs.get("logit_rows"), kwargs.get("logits")))
+        return real(tokens, *args, **kwargs)
+
+    small.forward = spy
+    try:
+        _, last = advance(small, seqs, want_last=True)
+    finally:
+        del small.forward
+    for seq, row in zip(seqs, last):
+        want, _ = small.forward(torch.tensor([seq]), logits="last")
+        assert torch.allclose(row, want[0, 0], atol=1e-5)
+    # rows end at 1, 3 and 5: the head runs for the ending rows, never for the ones going on
+    assert calls == [((5, 1), 1, "last"), ((4, 2), 2, "last"), ((2, 2), 1, "last"), ((1, 2), None, "last")]
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring: the same numbers however it batches
+
+
+def _pairs(seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(n):
+        return torch.randint(1, SMALL.vocab_size, (n,), generator=g).tolist()
+
+    header = [0] + rnd(40)
+    pairs = []
+    for q in range(6):  # a shared few-shot header, questions of different lengths, four options each
+        ctx = header + rnd(2 + 3 * q)
+        pairs += [(ctx, rnd(1 + o % 3)) for o in range(4)]
+    pairs += [([0] + rnd(n), rnd(2)) for n in (1, 9, 30)]  # loose contexts
+    pairs.append((pairs[0][0], pairs[0][1]))  # a repeated request
+    return pairs
+
+
+def test_scores_do_not_depend_on_batch_size_or_budget(small):
+    pairs = _pairs(4)
+    plain = engine.random_model(SMALL, seed=3, fast=False)
+    reference = [plain.loglikelihood([p], batch_size=1) for p in pairs]
+    variants = [dict(batch_size=1), dict(batch_size=5), dict(), dict(budget=Budget(16, 4, 1)),
+                dict(budget=Budget(8192, 512, 1024))]
+    for kwargs in variants:
+        got = small.loglikelihood(pairs, **kwargs)
+        for (lp, greedy), ((want_lp, want_greedy),) in zip(got, reference):
+            assert lp == pytest.approx(want_lp, abs=2e-4), kwargs
+            assert greedy == want_greedy
+    rolling = [t for _, t in pairs[:6]] + [[5] * 20]
+    base = plain.loglikelihood_rolling(rolling, batch_size=1)
+    for kwargs in variants:
+        assert small.loglikelihood_rolling(rolling, **kwargs) == pytest.approx(base, abs=2e-4)
+
+
+def test_a_shared_header_runs_once(small):
+    pairs = _pairs(5)
+    ran = []
+    small.loglikelihood(pairs, on_tokens=lambda p, g: ran.append(p))
+    contexts = {tuple(c) for c, _ in pairs}
+    unshared = sum(len(c) for c in contexts) + sum(len(x) - 1 for _, x in pairs)
+    # 6 questions share 41 header tokens: 5 x 41 fewer tokens run
+    assert sum(ran) == unshared - 5 * 41
+    with pytest.raises(engine.InputError, match="batch_size must be an int >= 1 or None"):
+        small.loglikelihood(pairs, batch_size=0)

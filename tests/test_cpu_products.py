@@ -1,0 +1,253 @@
+"""The CPU product forms and their selection by measurement (engine/kernels/cpu.py, tuning.py).
+
+Every form the selector can choose equals ``F.linear`` computed in float64, within its dtype's
+rounding, for every row count and dtype it serves; the plan measured on this machine is cached
+per CPU signature and torch version, and a different CPU or torch (both faked here) measures
+again; the model's fast path equals its plain torch path.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine
+from benchmarkdata import in_ci
+from engine.kernels import cpu, tuning
+from engine.kernels.cpu import POINTS, CPUPath, Plan, linear_candidates, linear_form, lora_candidates, lora_form
+from helpers import SHAPES
+
+ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 31, 32, 33, 64, 65, 128, 129, 256, 300)
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> bool:
+    if cpu.load() is None:
+        if in_ci():
+            pytest.fail(f"CI machines have a C compiler, but the CPU kernels did not build: {cpu.UNAVAILABLE_REASON}")
+        return False
+    return True
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, inner: int) -> None:
+    """y within the dtype's rounding of ref (float64): float32 accumulation error grows like
+    sqrt(inner); a half-precision result is also rounded once to 8 (bf16) or 11 (fp16) bits."""
+    scale = ref.abs().max().item()
+    err = (y.double() - ref).abs()
+    if dtype == torch.float32:
+        assert err.max().item() <= 2e-6 * inner ** 0.5 * scale
+        return
+    ulp = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11
+    bound = ulp * ref.abs() + 4e-6 * inner ** 0.5 * scale
+    assert bool((err <= bound).all()), (err - bound).max().item()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("rows", ROWS)
+def test_every_linear_form_equals_float64_linear(kernel, dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    for out, inp in [(96, 64), (448, 128), (37, 300)]:
+        W = (torch.randn(out, inp, generator=g) / inp ** 0.5).to(dtype)
+        x = torch.randn(rows, inp, generator=g).to(dtype)
+        ref = F.linear(x.double(), W.double())
+        forms = linear_candidates(dtype, rows, kernel)
+        assert ("matvec" in forms) == (kernel and dtype != torch.float16 and rows <= cpu.MATVEC_MAX_ROWS)
+        for form in forms:
+            for contiguous in (False, True):
+                y = linear_form(form, x, W, contiguous)
+                assert y.shape == (rows, out) and y.dtype == dtype, form
+                assert not contiguous or y.is_contiguous()
+                _close(y, ref, dtype, inp)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("rows", [1, 4, 16, 64, 256])
+def test_every_lora_form_equals_float64(dtype, rows):
+    g = torch.Generator().manual_seed(rows + 7)
+    A = (torch.randn(128, 16, generator=g) / 128 ** 0.5).to(dtype)
+    B = (torch.randn(16, 128, generator=g) / 4).to(dtype)
+    x = torch.randn(2, rows, 128, generator=g).to(dtype)
+    ref = torch.tanh(x.double() @ A.double()) @ B.double()
+    for form in lora_candidates(dtype):
+        y = lora_form(form, x, A, B, torch.tanh)
+        assert y.shape == (2, rows, 128) and y.dtype == dtype
+        # native half precision rounds the rank-16 intermediate too: one more rounding, propagated
+        rel = 1e-5 if dtype == torch.float32 else (3e-2 if dtype == torch.bfloat16 else 4e-3)
+        assert (y.double() - ref).abs().max().item() <= rel * ref.abs().max().item(), form
+
+
+def test_a_head_sized_product_comes_back_row_major(kernel):
+    """Over more rows than one block of W (the head's case), the blockwise forms write every block."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(9000, 64, generator=g) / 8
+    x = torch.randn(70, 64, generator=g)
+    ref = F.linear(x.double(), W.double())
+    for form in linear_candidates(torch.float32, 70, kernel):
+        y = linear_form(form, x, W, contiguous=True)
+        assert y.is_contiguous()
+        _close(y, ref, torch.float32, 64)
+
+
+def test_row_counts_map_to_their_points():
+    assert [cpu.point_index(r) for r in (1, 2, 3, 8, 9, 32, 33, 128, 129, 8192)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert len(POINTS) == 5 and all(cpu.point_index(p) == i for i, p in enumerate(POINTS))
+
+
+def test_the_path_routes_each_row_count_to_its_form(monkeypatch, kernel):
+    forms = ("matvec" if kernel else "wxt", "xwt", "wxt", "xwt", "upcast")
+    plan = Plan(forms, ("native",) * 5)
+    used = []
+    real = cpu.linear_form
+    monkeypatch.setattr(cpu, "linear_form", lambda form, *a: used.append(form) or real(form, *a))
+    path = CPUPath(plan, engine.wkv7_reference, "torch reference")
+    W = torch.randn(40, 24).bfloat16()
+    for B, T in [(1, 1), (2, 3), (4, 5), (8, 8), (4, 64)]:
+        x = torch.randn(B, T, 24).bfloat16()
+        y = path.linear(x, W)
+        assert y.shape == (B, T, 40)
+        assert torch.equal(y.reshape(-1), y.contiguous().view(-1))  # reads like a contiguous tensor
+    assert used == list(forms)
+    with pytest.raises(ValueError, match="expected 5 linear forms"):
+        Plan(("matvec",), ("native",) * 5)
+
+
+def test_time_forms_keeps_the_fastest_and_stops_timing_the_slow():
+    import time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def run(form):
+        calls[form] += 1
+        if form == "slow":
+            time.sleep(0.004)
+
+    best = tuning.time_forms(["slow", "fast"], run, repeats=4)
+    assert min(best, key=best.get) == "fast" and best["slow"] >= 0.004
+    assert calls["fast"] == 5 and calls["slow"] == 3  # warm-up + 4 rounds; the slow one dropped after two
+
+
+def test_no_avx512_skips_native_half_gemm_over_many_rows(monkeypatch):
+    monkeypatch.setattr(tuning.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX2 CPU", "fpu sse avx avx2 fma"))
+    assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["upcast"]
+    assert tuning._shortcut(torch.bfloat16, 4, ["matvec", "wxt", "xwt", "upcast"]) == ["matvec", "wxt", "xwt", "upcast"]
+    assert tuning._shortcut(torch.float32, 256, ["wxt", "xwt"]) == ["wxt", "xwt"]
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX-512 CPU", "avx2 avx512f avx512bw"))
+    assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["wxt", "xwt", "upcast"]
+    assert not tuning.bf16_units()
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX-512 CPU", "avx512f avx512_bf16"))
+    assert tuning.bf16_units()
+    monkeypatch.setattr(tuning.platform, "machine", lambda: "aarch64")  # an ARM CPU: every form is timed
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some ARM CPU", "fp asimd bf16"))
+    assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["wxt", "xwt", "upcast"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the decision cache
+
+
+@pytest.fixture()
+def weights():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(256, 64, generator=g), torch.randn(64, 64, generator=g),
+            torch.randn(64, 8, generator=g), torch.randn(8, 64, generator=g))
+
+
+@pytest.fixture()
+def counted(monkeypatch):
+    calls = []
+    real = tuning.measure
+
+    def measure(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    return calls
+
+
+def test_a_plan_is_measured_once_then_read_from_the_cache(tmp_path, weights, counted, kernel):
+    first = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert first.source.startswith("measured") and len(counted) == 1
+    again = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert again.source.startswith("cached") and len(counted) == 1
+    assert (again.linear, again.lora) == (first.linear, first.lora)
+    info = again.describe()
+    json.dumps(info)
+    assert info["machine"] == tuning.machine_signature() and set(info["linear"]) == {"1-2", "3-8", "9-32", "33-128", ">128"}
+    assert all(f"linear@{p}" in info["timings_us"] for p in POINTS)
+    # another dtype, another thread count: other entries, measured
+    tuning.plan_for(*(w.bfloat16() for w in weights), kernel, directory=tmp_path)
+    assert counted[-1] == torch.bfloat16 and len(counted) == 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(counted) == 3
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path, remeasure=True).source.startswith("measured")
+    assert tuning.forget(tmp_path) and not tuning.forget(tmp_path)
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+
+
+def test_another_cpu_or_torch_measures_again(tmp_path, weights, counted, kernel, monkeypatch):
+    tuning.plan_for(*weights, kernel, directory=tmp_path)
+    here = tuning.cpu_info()
+    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Another CPU", here[1]))
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+    monkeypatch.setattr(tuning, "cpu_info", lambda: (here[0], here[1] + " amx_bf16"))
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+    monkeypatch.setattr(tuning, "cpu_info", lambda: here)
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached")
+    monkeypatch.setattr(torch, "__version__", "9.9.9+other")
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+    assert len(counted) == 4
+    assert len(list(tmp_path.glob("products-*.json"))) == 4  # one file per (CPU, torch)
+
+
+def test_an_entry_written_for_another_machine_is_never_used(tmp_path, weights, counted, kernel):
+    tuning.plan_for(*weights, kernel, directory=tmp_path)
+    path = tuning.cache_file(tuning.machine_signature(), tmp_path)
+    data = json.loads(path.read_text())
+    data["signature"] = {**data["signature"], "cpu": "copied from elsewhere"}
+    path.write_text(json.dumps(data))
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert plan.source.startswith("measured") and "written for" in plan.source and len(counted) == 2
+    assert json.loads(path.read_text())["signature"] == tuning.machine_signature()  # replaced
+
+
+def test_a_damaged_or_unwritable_cache_costs_a_measurement_and_says_so(tmp_path, weights, counted, kernel):
+    path = tuning.cache_file(tuning.machine_signature(), tmp_path)
+    path.write_text("{not json")
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert "unreadable" in plan.source and len(counted) == 1
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached")
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    plan = tuning.plan_for(*weights, kernel, directory=blocked / "sub")
+    assert "not cached" in plan.source and len(counted) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# the model: one switch between the fast path and the plain torch path
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fast_path_equals_plain_path(dtype):
+    sd = engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4)
+    fast, plain = engine.from_state_dict(sd, dtype=dtype), engine.from_state_dict(sd, dtype=dtype, fast=False)
+    assert plain.kernels.name == "torch reference" and plain.info()["wkv"] == "torch reference"
+    assert "cpu_products" in fast.info() and "cpu_products" not in plain.info()
+    json.dumps(fast.info())
+    tol = 1e-4 if dtype == "float32" else 3e-2
+    g = torch.Generator().manual_seed(0)
+    for B, T in [(1, 1), (3, 1), (2, 9), (1, 40), (20, 2)]:
+        toks = torch.randint(0, 65536, (B, T), generator=g)
+        a, sa = fast.forward(toks)
+        b, sb = plain.forward(toks)
+        assert ((a - b).norm() / b.norm()).item() <= tol, (B, T)
+        assert ((sa.wkv - sb.wkv).norm() / sb.wkv.norm()).item() <= tol
