@@ -2,6 +2,11 @@
 the kernel tests' WKV inputs."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
+from pathlib import Path
+
+import pytest
 import torch
 
 from engine import ModelConfig, official_config
@@ -48,3 +53,17 @@ def wkv_inputs(B=2, T=3, H=2, N=64, dtype=torch.float32, step=False) -> dict[str
     if step:
         d.update({name: d[name][:, 0].contiguous() for name in VECTORS})  # [B, H, N]
     return d
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "1m", read_only: bool = False):
+    """A small tmpfs at ``path`` for the duration (needs root); skips the test where it cannot mount."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); CI runs as root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -3,6 +3,7 @@ the call dies part way), errors on foreign, corrupt, empty or unwritable files, 
 model, and several processes writing at once."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from evals.cache import (
     model_identity, request_key,
 )
 from evals.fakes import FakeBackend
+from helpers import tmpfs
 
 
 @dataclass
@@ -149,17 +151,17 @@ def test_empty_file_is_an_error_not_a_fresh_start(tmp_path):
     assert (tmp_path / FILENAME).stat().st_size == 0  # left as it was
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and os.environ.get("RWKVEVAL_ROOT_CHMOD") != "1",
-                    reason="root ignores directory permissions; see test_read_only_folder_with_chattr")
 def test_read_only_folder_is_an_error(tmp_path):
     folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:  # root writes through permission bits: a read-only file system instead
+            stack.enter_context(tmpfs(folder, read_only=True))
+        else:
+            folder.mkdir()
+            folder.chmod(0o555)
+            stack.callback(folder.chmod, 0o755)
         with pytest.raises(CacheError, match="not writable.*--cache-dir"):
             ResponseCache.open(folder)
-    finally:
-        folder.chmod(0o755)
 
 
 def test_foreign_database_is_an_error(tmp_path):

@@ -26,24 +26,11 @@ import pytest
 
 from evals.fakes import PLUGIN_CONFTEST
 from evals.plugin.rundir import make_run_dir
+from helpers import tmpfs
 
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "1m", read_only: bool = False):
-    """A small tmpfs at ``path`` for the duration (needs root); skips the test where it cannot mount."""
-    path.mkdir(parents=True, exist_ok=True)
-    options = f"size={size}" + (",ro" if read_only else "")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'mount failed'}); CI runs as root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def fill(folder: Path, leave: int) -> None:
