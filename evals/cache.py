@@ -9,8 +9,8 @@ different GPUs share one cache.
 
 - :class:`CachedBackend` wraps any :class:`evals.backend.Backend`: it answers stored requests from
   the file and sends only the rest to the model in one call, storing each response as the model
-  reports it (:class:`evals.backend.Listener`), each in its own short transaction, so a SIGKILL
-  loses only the requests in flight.
+  reports it (:class:`evals.backend.Listener`), in short transactions at most ``FLUSH_S`` (50 ms)
+  after it arrives, so a SIGKILL loses only the requests in flight and the last 50 ms of answers.
 - :class:`ReplayBackend` answers only from the file (``--rescore``): no model is loaded, and a
   request that was never stored is an error, never a silent zero.
 
@@ -43,6 +43,7 @@ APPLICATION_ID = 0x72776B76  # "rwkv": what `PRAGMA application_id` says in ever
 FORMAT = "rwkveval-response-cache"
 VERSION = 1
 BUSY_TIMEOUT_S = 120.0
+FLUSH_S = 0.05  # an answer reaches the file at most this long after the model reported it
 _SQL_VARIABLES = 500  # keys per SELECT ... IN (...), well under SQLite's limit
 
 RESPONSE_TYPES: dict[str, type] = {
@@ -332,22 +333,74 @@ class CacheStats:
         return {"reused": self.reused, "computed": self.computed}
 
 
+class _Pending:
+    """Answers on their way to the file, committed in small transactions: an answer that comes at
+    least ``interval`` seconds after the last commit is committed at once (with whatever waits);
+    one that comes sooner (a scored batch reports its answers together) waits for a timer that
+    commits it at most ``interval`` seconds later. So every answer is in the file within
+    ``interval`` of arriving, at a commit per batch rather than per answer (one commit costs
+    ~0.4 ms, see tests/test_cache_overhead.py). An error in the timer's commit is kept and raised
+    by the next :meth:`add` or :meth:`flush`, never lost."""
+
+    def __init__(self, cache: ResponseCache, model_id: str, interval: float):
+        self.cache, self.model_id, self.interval = cache, model_id, interval
+        self._rows: list[tuple[str, str, str, str]] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._last = 0.0
+        self._error: BaseException | None = None
+
+    def add(self, entry: tuple[str, str, str, str]) -> None:
+        self._raise_error()
+        with self._lock:
+            self._rows.append(entry)
+            due = time.monotonic() - self._last >= self.interval
+            if not due and self._timer is None:
+                self._timer = threading.Timer(self.interval, self._from_timer)
+                self._timer.daemon = True
+                self._timer.start()
+        if due:
+            self.flush()
+
+    def _take(self) -> list[tuple[str, str, str, str]]:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            timer, self._timer = self._timer, None
+            self._last = time.monotonic()
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        return rows
+
+    def _from_timer(self) -> None:
+        try:
+            self.cache.put_many(self.model_id, self._take())
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread by _raise_error
+            self._error = error
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def flush(self) -> None:
+        self.cache.put_many(self.model_id, self._take())
+        self._raise_error()
+
+
 class _Storing(Listener):
     """Stores each response the model reports, then passes it on under its caller-side indices."""
 
     def __init__(self, kind: str, keys: list[str], todo: dict[str, list[int]], keyed: list[tuple[str, str]],
-                 out: list[Any], cache: ResponseCache, model_id: str, outer: Listener, stats: CacheStats):
+                 out: list[Any], pending: _Pending, outer: Listener, stats: CacheStats):
         self.kind, self.keys, self.todo, self.keyed = kind, keys, todo, keyed
-        self.out, self.cache, self.model_id, self.outer, self.stats = out, cache, model_id, outer, stats
+        self.out, self.pending, self.outer, self.stats = out, pending, outer, stats
 
     def on_result(self, index: int, response: Any) -> None:
         key = self.keys[index]
         positions = self.todo[key]
         if self.out[positions[0]] is not None:
             return  # already reported
-        # committed before the model goes on: a kill after this line cannot lose it (WAL: the commit
-        # is in the log file, which survives the process); ~0.1 ms per answer, see tests/test_cache_overhead.py
-        self.cache.put_many(self.model_id, [(key, self.kind, self.keyed[positions[0]][1], json.dumps(asdict(response)))])
+        self.pending.add((key, self.kind, self.keyed[positions[0]][1], json.dumps(asdict(response))))
         for i in positions:
             self.out[i] = response
             self.outer.on_result(i, response)
@@ -361,14 +414,16 @@ class _Storing(Listener):
 class CachedBackend:
     """``backend`` behind the cache: stored responses are reused, the rest computed and stored.
 
-    The missing requests go to the model in one call; each response is committed the moment the
-    model reports it, so a killed run loses only the requests in flight.
+    The missing requests go to the model in one call; each response is committed within
+    ``flush_s`` seconds of the model reporting it (and at the end of the call, also when the call
+    fails part way), so a killed run loses only the requests in flight and the last ``flush_s``.
     """
 
     backend: Any
     cache: ResponseCache
     registration: Mapping[str, Any] = field(default_factory=dict)  # extra naming kept for --rescore
     stats: CacheStats = field(default_factory=CacheStats)
+    flush_s: float = FLUSH_S
 
     def __post_init__(self) -> None:
         self._info = self.backend.info()
@@ -402,12 +457,16 @@ class CachedBackend:
         if not todo:
             return out
         keys = list(todo)
-        storing = _Storing(kind, keys, todo, keyed, out, self.cache, self.model_id, listener, self.stats)
-        responses = getattr(self.backend, kind)([requests[todo[k][0]] for k in keys], storing)
-        if len(responses) != len(keys):
-            raise RuntimeError(f"backend answered {len(responses)} of {len(keys)} {kind} requests")
-        for index, response in enumerate(responses):  # a backend that did not report them as it went
-            storing.on_result(index, response)
+        pending = _Pending(self.cache, self.model_id, self.flush_s)
+        storing = _Storing(kind, keys, todo, keyed, out, pending, listener, self.stats)
+        try:
+            responses = getattr(self.backend, kind)([requests[todo[k][0]] for k in keys], storing)
+            if len(responses) != len(keys):
+                raise RuntimeError(f"backend answered {len(responses)} of {len(keys)} {kind} requests")
+            for index, response in enumerate(responses):  # a backend that did not report them as it went
+                storing.on_result(index, response)
+        finally:
+            pending.flush()  # what arrived is kept, also when the call failed part way
         return out
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest],

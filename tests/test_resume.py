@@ -3,7 +3,7 @@ pytest subprocesses running the benchmark modules against slow deterministic fak
 
 The kill test runs a generation case (the custom benchmark over a folder of two question files)
 whose fake answers one request at a time, SIGKILLs it part way through the second file, and
-checks that every answer the backend had handed over is in the cache, that the run folder holds
+checks that every answer the backend had handed over (but those of the last second) is in the cache, that the run folder holds
 valid files with the first case and status ``running``, and that the rerun computes only the
 rest and writes the report of an uninterrupted run.
 """
@@ -51,7 +51,7 @@ class SlowFake(FakeBackend):
             listener.on_result(i, answer)
             if log:
                 with open(log, "a") as handle:
-                    handle.write(json.dumps(getattr(request, "context", None)) + "\\n")
+                    handle.write(json.dumps([time.time(), getattr(request, "context", None)]) + "\\n")
                     handle.flush()
                     os.fsync(handle.fileno())
         return answers
@@ -146,11 +146,14 @@ def test_killed_generation_run_resumes_and_reports_as_if_never_interrupted(suite
                                env={**os.environ, "FAKE_DELAY": "0.1", "FAKE_FINISHED": str(finished)})
     run_dirs = lambda: [p for p in (suite.path / "reports").glob("2*") if p.is_dir()]  # noqa: E731
     wait_for(lambda: len(stored(cache_file, "generate")) >= 8 + 5, "13 stored answers", process)
+    killed_at = time.time()
     process.send_signal(signal.SIGKILL)
     assert process.wait(30) == -signal.SIGKILL
     handed_over = [json.loads(line) for line in finished.read_text().splitlines()]
     kept = stored(cache_file, "generate")
-    assert set(handed_over) <= set(kept)  # every answer handed over before the kill is in the file
+    # every answer handed over before the kill is in the file within the cache's flush interval
+    # (evals.cache.FLUSH_S, 50 ms); a second of slack covers a descheduled timer on a loaded machine
+    assert {context for at, context in handed_over if at < killed_at - 1.0} <= set(kept)
     assert 13 <= len(kept) < 32
     assert not (suite.path / "reports" / "latest").exists()  # a killed run moves no link
 
