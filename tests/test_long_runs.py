@@ -308,3 +308,21 @@ def eval_backend():
     totals = [x for x in log if x.split()[1] == "total"]
     assert any("2 workers:" in x and "total " in x for x in totals)
     assert "[progress] 2 workers:" in done.stdout  # the controller shows it too
+
+
+def test_generation_eta_comes_from_the_token_budget_left():
+    """A batch of sequences that all decode to their budget finishes no request until the end: the
+    ETA is then the tokens left over the generation rate, and it tightens as sequences stop early."""
+    from evals.backend import GenerateResponse
+    from evals.plugin.progress import CaseProgress
+
+    now = [0.0]
+    progress = CaseProgress(None, clock=lambda: now[0], interval=1e9)
+    progress.start("gsm8k/test generate", 4, 4, budgets=[10, 10, 10, 10])
+    now[0] = 2.0
+    progress.on_tokens(0, 8)  # 8 tokens in 2 s, nothing finished: 32 left at 4 tokens/s
+    assert progress.snapshot().tokens_left == 32 and progress.snapshot().eta() == pytest.approx(8.0)
+    progress.on_result(1, GenerateResponse("stop early", 3, 2, "stop"))  # its 8 unused tokens are not to come
+    snapshot = progress.snapshot()
+    assert snapshot.tokens_left == 40 - 10 - (8 - 2) and snapshot.eta() == pytest.approx(24 / 4)
+    assert snapshot.line().endswith("ETA 0m06s")

@@ -20,7 +20,7 @@ import json
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,13 +52,21 @@ class Snapshot:
     prompt_tokens: int
     generated_tokens: int
     elapsed: float
+    tokens_left: int | None = None  # generation: at most this many tokens still to generate
 
     @property
     def documents_done(self) -> float:
         return self.done * self.documents / self.total if self.total else 0.0
 
     def eta(self) -> float | None:
-        if self.done <= 0 or self.done >= self.total or self.elapsed <= 0:
+        if self.done >= self.total or self.elapsed <= 0:
+            return None
+        if self.tokens_left is not None and self.generated_tokens > 0:
+            # generation: the token budget left over the generation rate, an upper bound that
+            # tightens as sequences finish (requests alone would say nothing while a batch of
+            # sequences that all run to their budget is decoding)
+            return self.tokens_left * self.elapsed / self.generated_tokens
+        if self.done <= 0:
             return None
         return (self.total - self.done) * self.elapsed / self.done
 
@@ -97,15 +105,26 @@ class CaseProgress(Listener):
     _last_log: float = field(default=0.0, repr=False)
     _last_plain: float = field(default=0.0, repr=False)
     _dirty: bool = field(default=False, repr=False)  # events since the last line
+    budgets: list[int] | None = field(default=None, repr=False)
+    _budget_left: int = field(default=0, repr=False)
+    _finished_generated: int = field(default=0, repr=False)
 
-    def start(self, label: str, total: int, documents: int) -> None:
+    def start(self, label: str, total: int, documents: int, budgets: Sequence[int] | None = None) -> None:
+        """A new backend call of ``total`` requests serving ``documents`` documents; ``budgets``:
+        each generation request's token budget (for an ETA by tokens)."""
         self.label, self.total, self.documents = label, total, documents or total
         self.done = self.prompt_tokens = self.generated_tokens = 0
+        self.budgets = list(budgets) if budgets is not None else None
+        self._budget_left = sum(self.budgets) if self.budgets is not None else 0
+        self._finished_generated = 0
         self.started = self._last_log = self._last_plain = self.clock()
         self._emit(force=True)
 
     def on_result(self, index: int, response: Any) -> None:
         self.done += 1
+        if self.budgets is not None:
+            self._budget_left -= self.budgets[index]
+            self._finished_generated += getattr(response, "generated_tokens", 0)
         self._dirty = True
         self._emit(force=False)
 
@@ -122,8 +141,12 @@ class CaseProgress(Listener):
         self._emit(force=False)
 
     def snapshot(self) -> Snapshot:
+        tokens_left = None
+        if self.budgets is not None:  # the unfinished sequences' budgets less what they generated so far
+            in_flight = max(0, self.generated_tokens - self._finished_generated)  # low when answers came from the cache
+            tokens_left = max(0, self._budget_left - in_flight)
         return Snapshot(self.label, self.done, self.total, self.documents, self.prompt_tokens,
-                        self.generated_tokens, self.clock() - self.started)
+                        self.generated_tokens, self.clock() - self.started, tokens_left)
 
     def _emit(self, force: bool) -> None:
         now = self.clock()

@@ -74,7 +74,8 @@ class CaseRecorder:
         counting = _Counting(self.progress)
         stats = getattr(self.backend, "stats", None)
         before = stats.to_dict() if stats else {"reused": 0, "computed": 0}
-        self.progress.start(f"{self.label} {kind}", len(requests), self.documents)
+        budgets = [r.max_new_tokens for r in requests] if kind == "generate" else None
+        self.progress.start(f"{self.label} {kind}", len(requests), self.documents, budgets)
         started = time.perf_counter()
         try:
             responses = getattr(self.backend, kind)(requests, counting)
