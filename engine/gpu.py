@@ -35,6 +35,7 @@ from typing import Any, Hashable, Literal, Sequence
 
 import torch
 
+from .batching import HostLogits
 from .config import ModelConfig
 from .errors import InputError
 from .kernels import cupy_available, cupy_install_hint, ops
@@ -226,27 +227,6 @@ class GraphRuntime:
             torch.cuda.synchronize(self.device)
             return str(exc).strip().splitlines()[0]
         return None
-
-
-class HostLogits:
-    """The model as the scorers and ``generate`` see it: logits come back on the CPU.
-
-    engine.scoring and engine.generate index logits with CPU tensors and CPU generators; until
-    they are device-aware, this view hands them CPU logits while the state stays on the GPU.
-    """
-
-    def __init__(self, model: RWKV7):
-        self.model = model
-        self.config = model.config
-        self.tokenizer = model.tokenizer
-        self.device = model.device
-
-    def zero_state(self, batch_size: int) -> State:
-        return self.model.zero_state(batch_size)
-
-    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
-        return (None if out is None else out.cpu()), new
 
 
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
