@@ -10,7 +10,9 @@ baseline the benchmark compares with; the results are the same up to float round
 Every decoding row goes through :class:`engine.decoding.Decoder`. Searches of many questions
 advance in lockstep, so their rows share decoding batches. Child ``j`` of node ``n`` samples
 with seed ``row_seed(seed, n * expand + j)`` (node ids are numbered per question in creation
-order), so a search is reproducible and independent of the batch size and of other questions.
+order), so a search is reproducible and independent of the batch size and of other questions (up
+to float rounding: the product forms are chosen per row count). A decoded step hands back its
+state only when it ended as a finished step: an answer that ended is never expanded.
 
 Rewards come from the caller: ``score([(question index, [step texts]), ...]) -> [float]`` scores
 partial answers (a process reward: the score of a prefix is its last step's score) and complete
