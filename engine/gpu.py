@@ -31,11 +31,10 @@ import contextlib
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal, Sequence
+from typing import Any, Hashable, Literal
 
 import torch
 
-from .batching import HostLogits
 from .config import ModelConfig
 from .errors import InputError
 from .kernels import cupy_available, cupy_install_hint, ops
@@ -391,22 +390,3 @@ class RWKV7CUDA(RWKV7):
         k = ops.token_shift_mix(x, _contiguous(x_prev), p.ffn_x_k.view(1, -1))[0]  # (B, T, C), M = 1
         k = torch.relu(self.kernels.linear(k, p.ffn_key)).square_()  # (B, T, F)
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
-
-    # ------------------------------------------------------------------ scoring and generation
-
-    def loglikelihood(self, pairs, **kwargs):
-        from .scoring import loglikelihood
-
-        return loglikelihood(HostLogits(self), pairs, **kwargs)
-
-    def loglikelihood_rolling(self, token_lists, bos: int | None = 0, **kwargs):
-        from .scoring import loglikelihood_rolling
-
-        return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
-
-    def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
-        from .generate import generate
-
-        return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,
-                        top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, **callbacks)

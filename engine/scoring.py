@@ -8,6 +8,10 @@ sorted lexicographically instead, a batch held contexts of every length, and eac
 left a forward call over the rest, paying a pass over every weight for a few tokens (profiled on
 the 0.1B shape: a 48-context LAMBADA batch ran 2 long calls and 30 one-token calls, and was no
 faster than one context per call). Continuations are sorted and packed the same way.
+
+Logits are reduced on the CPU (a GPU model is seen through :func:`engine.batching.on_host`), in
+float64, chunk by chunk (:func:`target_logprobs`); the server's prompt log-probabilities are the
+same reduction (:class:`TargetScorer` with ``positions``).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import prefixes
-from .batching import Budget, TokensCallback, advance, auto_budget, check_batch_size, pack
+from .batching import Budget, TokensCallback, advance, auto_budget, check_batch_size, on_host, pack
 from .errors import InputError, check_ids
 from .state import State
 
@@ -112,6 +116,7 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int | None = None, *
     ``on_result(i, (logprob, is_greedy))`` is called as each batch finishes; ``on_tokens`` is told
     every token the engine runs (a shared prefix once).
     """
+    model = on_host(model)  # a GPU model's logits are reduced on the CPU
     budget = _budget(model, batch_size, budget)
     V = model.config.vocab_size
     checked: list[tuple[tuple[int, ...], list[int]]] = []
@@ -218,6 +223,7 @@ def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int 
     context window, so no rolling windows are needed: each text runs once, start to end. Texts
     are sorted by length and packed by the budget, as contexts are in :func:`loglikelihood`.
     """
+    model = on_host(model)
     budget = _budget(model, batch_size, budget)
     V = model.config.vocab_size
     if bos is not None:
