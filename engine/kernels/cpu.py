@@ -49,9 +49,9 @@ UNAVAILABLE_REASON: str | None = None
 _lib = None
 _lib_key: str | None = None
 _tried = False
-# /proc/cpuinfo fields naming the CPU: x86 has "model name"; ARM often has none (or a generic
-# one), and names the core by implementer, variant, part and revision, per processor
-_MODEL_FIELDS = ("model name", "CPU implementer", "CPU variant", "CPU part", "CPU revision")
+# /proc/cpuinfo fields naming an ARM core (per processor): ARM kernels often print no "model name"
+# (or a generic one), so the core is told by its implementer, variant, part and revision
+_ARM_FIELDS = ("CPU implementer", "CPU variant", "CPU part", "CPU revision")
 
 
 def cache_dir() -> Path:
@@ -61,8 +61,8 @@ def cache_dir() -> Path:
 
 def cpu_info() -> tuple[str, str]:
     """(model, flags) of this machine's CPUs from /proc/cpuinfo: the model as every distinct
-    ``model name`` / ARM ``CPU implementer``-``variant``-``part``-``revision`` among the
-    processors (big.LITTLE parts have several), the flags as the union of their ``flags`` (x86)
+    ``model name`` and ARM ``CPU implementer``/``variant``/``part``/``revision`` among the
+    processors (big.LITTLE has several parts), the flags as the union of their ``flags`` (x86)
     or ``Features`` (ARM) words, sorted. Without /proc/cpuinfo: platform's processor name."""
     try:
         text = CPUINFO.read_text(errors="replace")
@@ -76,7 +76,9 @@ def cpu_info() -> tuple[str, str]:
             key, sep, value = line.partition(":")
             if sep:
                 fields.setdefault(key.strip(), value.strip())
-        model = " ".join(f"{k}={fields[k]}" for k in _MODEL_FIELDS if k in fields)
+        arm = ", ".join(f"{k.removeprefix('CPU ')} {fields[k]}" for k in _ARM_FIELDS if k in fields)
+        name = fields.get("model name", "ARM CPU" if arm else "")
+        model = f"{name} ({arm})" if arm else name
         if model and model not in models:
             models.append(model)
         flags.update(fields.get("flags", fields.get("Features", "")).split())
