@@ -40,7 +40,8 @@ import torch
 
 from . import peft
 from .argtypes import positive_float
-from .checkpoint import StateDict, check_state_dict, file_sha256, foreign_architecture, infer_config, read_state_dict
+from .checkpoint import (StateDict, check_finite, check_state_dict, file_sha256, foreign_architecture, infer_config,
+                         read_state_dict)
 from .config import ModelConfig
 from .errors import CheckpointError
 
@@ -144,6 +145,10 @@ def read_adapter(path: str | Path, role: str = "adapter", device: str | torch.de
         if not tensor.is_floating_point():
             raise AdapterError(f"{role} {path}: tensor {key!r}: expected a floating-point tensor, found {tensor.dtype}")
         stripped[name] = tensor.to(device)
+        try:  # merged into the weights (or the start state), a NaN would make every logit NaN
+            check_finite(key, stripped[name], f"the {role}")
+        except CheckpointError as error:
+            raise AdapterError(f"{role} {path}: {error}") from None
     return AdapterFile(path, file_sha256(path), stripped, _safetensors_metadata(path))
 
 
@@ -167,7 +172,8 @@ def split_time_state(sd: StateDict, cfg: ModelConfig, where: str) -> tuple[State
 
 
 def stack_time_state(states: dict[int, torch.Tensor], cfg: ModelConfig, where: str) -> torch.Tensor:
-    """Per-layer time states [H, N, N] -> [L, H, N, N] float32; every layer must have one."""
+    """Per-layer time states [H, N, N] -> [L, H, N, N] float32; every layer must have one, every
+    value finite (checked here, before the base checkpoint's own check: the state is split off first)."""
     L, H, N = cfg.n_layer, cfg.n_head, cfg.head_size
     for layer, t in sorted(states.items()):
         key = f"blocks.{layer}.att.time_state"
@@ -176,6 +182,10 @@ def stack_time_state(states: dict[int, torch.Tensor], cfg: ModelConfig, where: s
         if tuple(t.shape) != (H, N, N):
             raise AdapterError(f"{where}: tuned state {key!r} has the wrong shape: expected (n_head, head_size, "
                                f"head_size) = {(H, N, N)}, found {tuple(t.shape)}")
+        try:
+            check_finite(key, t, "the tuned state")
+        except CheckpointError as error:
+            raise AdapterError(f"{where}: {error}") from None
     missing = [layer for layer in range(L) if layer not in states]
     if missing:
         raise AdapterError(f"{where}: a tuned state needs blocks.N.att.time_state for every layer 0-{L - 1}; "

@@ -46,6 +46,48 @@ MAX_DECODE_ROWS = 64
 _MEMORY_SHARE = 0.25
 
 
+def check_batch_size(value, name: str = "batch_size", automatic: bool = True) -> None:
+    """Raise unless ``value`` is an int >= 1 (or, with ``automatic``, None: sized by the engine).
+    ``name`` is what the caller calls it (``batch_size``, ``max_batch``)."""
+    if value is None and automatic:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} must be an int >= 1{' or None (automatic)' if automatic else ''}, found {value!r}")
+
+
+class HostLogits:
+    """A model whose logits live on an accelerator, as the CPU-side code sees it: ``forward``
+    hands its logits back on the CPU while the state stays on the model's device.
+
+    Scoring, decoding and search index logits with CPU tensors (targets, sampled ids) and sample
+    with CPU generators, so every one of them takes its logits through this one view
+    (:func:`on_host`) instead of moving them at each use.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        self.tokenizer = model.tokenizer
+        self.device = model.device
+
+    def zero_state(self, batch_size: int) -> State:
+        return self.model.zero_state(batch_size)
+
+    def info(self) -> dict:
+        return self.model.info()
+
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
+        return (None if out is None else out.cpu()), new
+
+
+def on_host(model):
+    """``model`` when its logits are CPU tensors already, else its :class:`HostLogits` view."""
+    if isinstance(model, HostLogits) or getattr(getattr(model, "device", None), "type", "cpu") == "cpu":
+        return model
+    return HostLogits(model)
+
+
 def max_tokens_per_call(vocab_size: int, want_logits: bool, max_tokens: int = MAX_TOKENS_PER_CALL) -> int:
     if not want_logits:
         return max_tokens

@@ -247,17 +247,18 @@ def check_state_dict(sd: StateDict, cfg: ModelConfig) -> None:
         check_finite(key, sd[key])
 
 
-def check_finite(key: str, tensor: torch.Tensor) -> None:
-    """Raise naming ``key`` if ``tensor`` holds a NaN or an infinity (one pass, no copy: a NaN
-    makes both the minimum and the maximum NaN, an infinity shows at one end)."""
-    if tensor.numel() == 0 or tensor.is_meta:  # shapes only (inspect_checkpoint): checked at load
+def check_finite(key: str, tensor: torch.Tensor, what: str = "the checkpoint") -> None:
+    """Raise naming ``key`` (a tensor of ``what``) if ``tensor`` holds a NaN or an infinity (one
+    pass, no copy: a NaN makes both the minimum and the maximum NaN, an infinity shows at one
+    end). A model with one computes NaN logits, and a greedy argmax over them emits token 0."""
+    if tensor.numel() == 0 or tensor.is_meta:  # shapes only (checks before the work): checked at load
         return
     low, high = torch.aminmax(tensor)
     if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
         return
     nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
     raise CheckpointError(f"tensor {key!r} holds {nan} NaN and {inf} infinite values out of {tensor.numel()}: "
-                          "the checkpoint is damaged (or saved from a diverged run); every weight must be finite")
+                          f"{what} is damaged (or saved from a diverged run); every value must be finite")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -280,16 +281,6 @@ def checkpoint_shapes(path: str | Path) -> StateDict:
     if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size > 0:
         return _safetensors_shapes(path)
     return {key: torch.empty(t.shape, dtype=t.dtype, device="meta") for key, t in read_state_dict(path).items()}
-
-
-def inspect_checkpoint(path: str | Path) -> ModelConfig:
-    """The shape of the checkpoint at ``path``, with every key and shape checked, without reading
-    its weights: what a run checks before it starts, so a wrong file fails in a second instead of
-    after a multi-gigabyte load."""
-    sd = checkpoint_shapes(path)
-    cfg = infer_config(sd)
-    check_state_dict(sd, cfg)
-    return cfg
 
 
 def _safetensors_shapes(path: Path) -> StateDict:

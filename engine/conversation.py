@@ -7,11 +7,15 @@ is in, and the reply is decoded (:class:`engine.decoding.Decoder`) until the bla
 it (or token 0, or the budget). The reply's tokens, the blank line included, stay in the state, so
 the next turn again feeds only its own message. Each piece is tokenized on its own, as RWKV's
 chat demos do, so the transcript's tokens are exactly those that were fed: a greedy
-``model.generate`` over them gives the same reply.
+``model.generate`` over them gives the same reply. The pieces are those of
+:func:`engine.server.chat.render_tokens`, so ``/v1/chat/completions`` runs the same tokens for
+the same messages (up to the reply tokens the model sampled; see that module).
 
 ``undo`` returns to the state before the last turn (a copy is kept per turn); ``save``/``load``
 write and read the conversation (its turns as text, its tokens, its state) as one file that
-``torch.load(weights_only=True)`` reads.
+``torch.load(weights_only=True)`` reads. A saved state means something only to the model that
+made it, so a file records the model's identity (checkpoint sha256, adapters, initial state) and
+``load`` refuses it for any other.
 """
 from __future__ import annotations
 
@@ -24,13 +28,13 @@ from typing import Any
 
 import torch
 
-from .decoding import Decoder, Row, Settings, random_base_seed, row_seed
+from .decoding import FINISH_REASONS, Decoder, Row, Settings, TextStream, random_base_seed, row_seed
 from .errors import InputError
-from .server.chat import fold
+from .server.chat import TURN_END, system_turn, user_turn
 from .state import State
 
-REPLY_END = "\n\n"  # a blank line ends a turn
-FORMAT, VERSION = "rwkveval-chat", 1
+REPLY_END = TURN_END  # a blank line ends a turn
+FORMAT, VERSION = "rwkveval-chat", 2  # version 2: the model's identity holds its adapters and initial state
 
 
 @dataclass
@@ -72,7 +76,7 @@ class Conversation:
     def reset(self) -> None:
         """Back to the start: token 0 and the system message, nothing said yet."""
         self.turns, self._history = [], []
-        opening = [0] + (list(self.model.tokenizer.encode(f"System: {fold(self.system)}\n\n")) if self.system else [])
+        opening = [0] + (list(self.model.tokenizer.encode(system_turn(self.system))) if self.system else [])
         self._point = _Point(opening, None, None)
 
     @property
@@ -88,7 +92,7 @@ class Conversation:
         if not message.strip():
             raise InputError("an empty message: say something")
         prefix = REPLY_END if self._point.separate else ""
-        return list(self.model.tokenizer.encode(f"{prefix}User: {fold(message)}\n\nAssistant:"))
+        return list(self.model.tokenizer.encode(prefix + user_turn(message)))
 
     # ------------------------------------------------------------------ a turn
 
@@ -99,10 +103,11 @@ class Conversation:
         before = self._point
         pending = before.tokens if before.state is None else []  # the opening, run with the first turn
         run = pending + new
-        stream = _Stream(on_text)
+        stream = TextStream(_ReplyText(on_text))
+        # every turn's end, whatever ended it, is where the next turn starts
         row = Row(Settings(self.max_tokens, self.temperature, self.top_p, 0,
                            row_seed(self.seed, len(self.turns)) if self.temperature > 0 else None,
-                           stop_strs=(REPLY_END,), keep_state=True),
+                           stop_strs=(REPLY_END,), keep_state=FINISH_REASONS),
                   prompt=run, start=before.state)
         Decoder(self.model, max_batch=1, on_token=stream.token, on_finish=stream.finish, on_tokens=on_tokens).run([row])
         reply = row.text().strip()
@@ -123,6 +128,17 @@ class Conversation:
 
     # ------------------------------------------------------------------ files
 
+    def identity(self) -> dict[str, Any]:
+        """What a saved state depends on: the checkpoint's sha256, each adapter (sha256, kind,
+        scale, PiSSA init) and whether sequences start from zeros or a tuned state (paths left
+        out: the same files elsewhere are the same model)."""
+        info = self.model.info()
+        adapters = [{"sha256": a.get("sha256"), "kind": a.get("kind"), "scale": a.get("scale"),
+                     "init": (a.get("init") or {}).get("sha256")} for a in info.get("adapters", [])]
+        initial = str(info.get("initial_state", "zeros"))
+        return {"sha256": info.get("sha256"), "adapters": adapters,
+                "initial_state": "zeros" if initial == "zeros" else "tuned"}
+
     def save(self, path: str | Path) -> None:
         def point(p: _Point) -> dict[str, Any]:
             state = None if p.state is None else {"att_x": p.state.att_x.cpu(), "wkv": p.state.wkv.cpu(),
@@ -130,70 +146,79 @@ class Conversation:
             return {"tokens": p.tokens, "state": state, "logits": None if p.logits is None else p.logits.cpu(),
                     "separate": p.separate}
 
-        info = self.model.info()
-        torch.save({"format": FORMAT, "version": VERSION, "model_sha256": info.get("sha256"),
-                    "model": info.get("path"), "system": self.system,
+        torch.save({"format": FORMAT, "version": VERSION, "model_identity": self.identity(),
+                    "model": self.model.info().get("path"), "system": self.system,
                     "turns": [turn.__dict__ for turn in self.turns], "transcript": self.text(),
                     "settings": {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens,
                                  "seed": self.seed},
                     "point": point(self._point), "history": [point(p) for p in self._history]}, Path(path))
 
     def load(self, path: str | Path) -> None:
+        """Replace this conversation with the one saved at ``path``; InputError naming the file when
+        it is not a saved conversation, is damaged, or was saved with another model."""
         try:
             data = torch.load(Path(path), map_location="cpu", weights_only=True)
         except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, struct.error) as error:
             raise InputError(f"{path}: not a saved conversation ({error})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise InputError(f"{path}: not a saved rwkveval conversation (format {FORMAT} version {VERSION})")
-        sha = self.model.info().get("sha256")
-        if data.get("model_sha256") != sha:
-            raise InputError(f"{path}: saved with another model (sha256 {str(data.get('model_sha256'))[:12]}, this one "
-                             f"{str(sha)[:12]}); its state means nothing to this model")
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{path}: not a saved rwkveval conversation (format {FORMAT})")
+        if data.get("version") != VERSION:
+            raise InputError(f"{path}: a conversation saved in version {data.get('version')!r} of the format; "
+                             f"this rwkveval reads version {VERSION} (save it again with this version)")
+        saved, here = _field(data, "model_identity", dict, path), self.identity()
+        if saved != here:
+            what = next(k for k in here if saved.get(k) != here[k])
+            raise InputError(f"{path}: saved with another model ({what}: saved {str(saved.get(what))[:80]}, this "
+                             f"model {str(here[what])[:80]}); its state means nothing to this model")
+        system = data.get("system")
+        if system is not None and not isinstance(system, str):
+            raise InputError(f"{path}: 'system' should be a string or None, found {type(system).__name__}")
+        settings = _field(data, "settings", dict, path)
+        try:
+            turns = [Turn(**t) for t in _field(data, "turns", list, path)]
+        except TypeError as error:
+            raise InputError(f"{path}: a turn does not fit ({error})") from None
+        current = self._read_point(_field(data, "point", dict, path), path)
+        history = [self._read_point(p, path) for p in _field(data, "history", list, path)]
+        values = [_field(settings, name, (int, float, type(None)), path, "settings.")
+                  for name in ("temperature", "top_p", "max_tokens", "seed")]
+        self.system, self.turns, self._point, self._history = system, turns, current, history
+        self.temperature, self.top_p, self.max_tokens, self.seed = values
 
-        def point(d: dict[str, Any]) -> _Point:
-            state = None
-            if d["state"] is not None:
-                device = self.model.device
-                state = State(d["state"]["att_x"].to(device), d["state"]["wkv"].to(device), d["state"]["ffn_x"].to(device))
-                state.check_fits(self.model.config, 1)
-            return _Point(list(d["tokens"]), state, d["logits"], bool(d["separate"]))
+    def _read_point(self, d: Any, path: str | Path) -> _Point:
+        if not isinstance(d, dict):
+            raise InputError(f"{path}: a saved point should be a dict, found {type(d).__name__}")
+        tokens = _field(d, "tokens", list, path, "point.")
+        logits = _field(d, "logits", (torch.Tensor, type(None)), path, "point.")
+        raw = _field(d, "state", (dict, type(None)), path, "point.")
+        state = None
+        if raw is not None:
+            parts = [_field(raw, name, torch.Tensor, path, "point.state.") for name in ("att_x", "wkv", "ffn_x")]
+            device = self.model.device
+            state = State(*(t.to(device) for t in parts))
+            state.check_fits(self.model.config, 1)
+        return _Point(list(tokens), state, logits, bool(_field(d, "separate", bool, path, "point.")))
 
-        self.system = data["system"]
-        self.turns = [Turn(**t) for t in data["turns"]]
-        self._point, self._history = point(data["point"]), [point(p) for p in data["history"]]
-        settings = data["settings"]
-        self.temperature, self.top_p = settings["temperature"], settings["top_p"]
-        self.max_tokens, self.seed = settings["max_tokens"], settings["seed"]
+
+def _field(d: dict, key: str, kind: type | tuple[type, ...], path: str | Path, where: str = "") -> Any:
+    """``d[key]``, which must be of ``kind``; InputError naming the file and the key otherwise."""
+    if key not in d:
+        raise InputError(f"{path}: the saved conversation lacks {where}{key!r} (damaged, or not written by rwkveval)")
+    value = d[key]
+    if not isinstance(value, kind):
+        raise InputError(f"{path}: {where}{key!r} has the wrong type: found {type(value).__name__}")
+    return value
 
 
-class _Stream:
-    """Text of a reply as it is decoded, held back while it could still be the blank line that
-    ends the turn; the reply's leading whitespace is dropped."""
+class _ReplyText:
+    """A reply's text for ``on_text``, its leading whitespace (after ``Assistant:``) dropped."""
 
     def __init__(self, on_text: Callable[[str], None] | None):
-        import codecs
+        self.on_text, self.started = on_text, False
 
-        self.on_text, self.sent, self.started = on_text, 0, False
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def _send(self, data: bytes) -> None:
-        text = self.decoder.decode(data)
+    def __call__(self, text: str) -> None:
         if not self.started:
             text = text.lstrip()
             self.started = bool(text)
         if text and self.on_text is not None:
             self.on_text(text)
-
-    def token(self, row: Row) -> None:
-        end = len(row.data) - (len(REPLY_END) - 1)
-        if end > self.sent:
-            self._send(bytes(row.data[self.sent:end]))
-            self.sent = end
-
-    def finish(self, row: Row) -> None:
-        end = max(0, row.text_bytes)
-        if end > self.sent:
-            self._send(bytes(row.data[self.sent:end]))
-        tail = self.decoder.decode(b"", final=True)
-        if tail and self.on_text is not None and self.started:
-            self.on_text(tail)

@@ -12,13 +12,22 @@ a caller admits a waiting row into its slot (continuous batching, :meth:`Decoder
 
 Sampling draws from one generator per row, seeded by the caller (:func:`row_seed` is the formula
 ``model.generate`` and the server use: ``seed * 1_000_003 + index``), so a seeded row gives the
-same tokens whatever else shares its batch. A row with ``keep_state`` hands back the state and
-logits after its last token when it finishes (its final token is fed in the same batched call as
-the survivors), which is how a search node or a chat turn continues later without a re-prefill.
+same tokens whatever else shares its batch (up to float rounding: the product forms, and so the
+last bits of the logits, depend on the batch's row count). A row whose ``keep_state`` names its
+finish reason hands back the state and logits after its last token when it finishes (its final
+token is fed in the same batched call as the survivors), which is how a search node or a chat
+turn continues later without a re-prefill.
+
+The decoder works on the CPU side: it sees its model through :func:`engine.batching.on_host`, so
+the logits it samples from, and those it hands to ``on_logits`` callbacks, are CPU tensors
+whatever the model's device (the state stays there). :class:`TextStream` streams a row's text,
+held back while it could still begin a stop string.
 """
 from __future__ import annotations
 
+import codecs
 import functools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,16 +35,21 @@ from typing import Any
 
 import torch
 
-from .batching import LogitsCallback, TokensCallback, advance
-from .errors import InputError
+from .batching import LogitsCallback, TokensCallback, advance, check_batch_size, on_host
+from .errors import InputError, out_of_vocabulary
+from .scoring import top_alternatives
 from .state import State
 
 DOCUMENT_END = 0  # token 0 separates documents: generation always stops there
+FINISH_REASONS = frozenset({"stop", "step", "length"})
+__all__ = ["DOCUMENT_END", "FINISH_REASONS", "Decoder", "Row", "Settings", "TextStream", "hold_back",
+           "random_base_seed", "row_seed", "sample_token", "top_alternatives"]
 
 
 def row_seed(base: int, index: int) -> int:
     """The seed of row ``index`` of a call seeded ``base`` (the formula every caller shares, so a
-    seeded run is reproducible whatever the batch size and cached responses stay valid)."""
+    seeded run is reproducible whatever the batch size, up to float rounding, and cached responses
+    stay valid)."""
     return (base * 1_000_003 + index) % (2**63)
 
 
@@ -61,14 +75,6 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, top_k: 
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def top_alternatives(lp: torch.Tensor, k: int) -> list[tuple[int, float]]:
-    """The k most likely (id, logprob) of one position's log-probabilities lp [V]."""
-    if k <= 0:
-        return []
-    values, ids = torch.topk(lp, min(k, lp.numel()))
-    return list(zip(ids.tolist(), values.tolist()))
-
-
 @dataclass(frozen=True)
 class Settings:
     """How one row is decoded. ``stop_ids`` always holds token 0. A stop string ends the row
@@ -84,13 +90,17 @@ class Settings:
     stop_strs: tuple[str, ...] = ()
     delimiter: str | None = None
     logprobs: int | None = None  # record log p of each sampled token and this many alternatives
-    keep_state: bool = False  # hand back the state and logits after the row's last token
+    # the finish reasons ("stop", "step", "length") after which the row hands back the state and
+    # logits after its last token: each costs a forward row and a state copy, so a search keeps
+    # only finished steps, a chat every turn's end
+    keep_state: frozenset[str] = frozenset()
 
     def check(self, vocab_size: int) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 0:
             raise InputError(f"max_new_tokens must be an int >= 0, found {self.max_new_tokens!r}")
-        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, found {self.temperature!r}")
+        if (not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool)
+                or not math.isfinite(self.temperature) or self.temperature < 0):
+            raise InputError(f"temperature must be a finite number >= 0, found {self.temperature!r}")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], found {self.top_p!r}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -98,11 +108,16 @@ class Settings:
         if DOCUMENT_END not in self.stop_ids:
             raise InputError("stop_ids must hold token 0 (the end of a document always stops)")
         for t in self.stop_ids:
-            if not isinstance(t, int) or not 0 <= t < vocab_size:
-                raise InputError(f"stop token id {t!r} is out of the vocabulary: expected ids in [0, {vocab_size})")
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise InputError(f"stop token ids must be ints, found {type(t).__name__} {t!r}")
+            if not 0 <= t < vocab_size:
+                raise out_of_vocabulary(t, vocab_size, "stop token")
         for s in self.stop_strs + ((self.delimiter,) if self.delimiter is not None else ()):
             if not isinstance(s, str) or not s:
                 raise InputError(f"stop strings and the step delimiter must be non-empty strings, found {s!r}")
+        if not isinstance(self.keep_state, frozenset) or not self.keep_state <= FINISH_REASONS:
+            raise InputError(f"keep_state must be a frozenset of finish reasons from {sorted(FINISH_REASONS)}, "
+                             f"found {self.keep_state!r}")
 
 
 @dataclass(eq=False)
@@ -115,7 +130,8 @@ class Row:
     After finishing: ``tokens`` holds every sampled token (a final stop token id included, see
     ``stop_token``), ``data`` their bytes (stop ids add none), ``text_bytes`` how many of them are
     text (a stop string cuts earlier; negative when the stop began inside ``history``),
-    ``finish_reason`` "stop" | "step" | "length" and ``stop`` the stop string or id that ended it.
+    ``finish_reason`` "stop" | "step" | "length" and ``stop`` the stop string or id that ended it;
+    ``state`` and ``logits`` when ``settings.keep_state`` holds that finish reason.
     """
 
     settings: Settings
@@ -133,7 +149,7 @@ class Row:
     stop_token: bool = False
     text_bytes: int = 0
     state: State | None = None  # keep_state: after the last token
-    logits: torch.Tensor | None = None  # keep_state: [V], the logits after the last token
+    logits: torch.Tensor | None = None  # keep_state: [V] float32 on the CPU, the logits after the last token
     generator: torch.Generator | None = None
 
     @property
@@ -154,10 +170,45 @@ def _stop_window(settings: Settings) -> list[tuple[bytes, str, str]]:
     return out
 
 
-class Decoder:
-    """Live rows, their states [B] and next-token logits [B, V], decoded together.
+@functools.lru_cache(maxsize=1024)
+def hold_back(settings: Settings) -> int:
+    """Bytes at the end of a row's text that may still turn out to begin a stop string (which is
+    cut from the text), so a stream must not send them yet: the longest stop string's length - 1."""
+    return max(0, max((len(s.encode("utf-8")) for s in settings.stop_strs), default=0) - 1)
 
-    ``on_finish(row)`` is called the moment a row finishes; ``on_token(row)`` after a token is
+
+class TextStream:
+    """A row's text as it is decoded: give :meth:`token` as a Decoder's ``on_token`` and
+    :meth:`finish` as (part of) its ``on_finish``. ``send(text)`` receives the UTF-8 text
+    decoded incrementally, never a byte that a stop string could still claim (:func:`hold_back`),
+    and at the finish the rest of the row's text (cut before its stop string)."""
+
+    def __init__(self, send: Callable[[str], None]):
+        self.send = send
+        self.sent = 0  # bytes of the row's data already decoded
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def token(self, row: Row) -> None:
+        self._send(row, len(row.data) - hold_back(row.settings))
+
+    def finish(self, row: Row) -> None:
+        self._send(row, max(0, row.text_bytes))
+        tail = self.decoder.decode(b"", final=True)  # a character cut off at the end: U+FFFD
+        if tail:
+            self.send(tail)
+
+    def _send(self, row: Row, end: int) -> None:
+        if end > self.sent:
+            text = self.decoder.decode(bytes(row.data[self.sent:end]))
+            self.sent = end
+            if text:
+                self.send(text)
+
+
+class Decoder:
+    """Live rows, their states [B] and next-token logits [B, V] (on the CPU), decoded together.
+
+    ``max_batch`` rows at most are live at once. ``on_finish(row)`` is called the moment a row finishes; ``on_token(row)`` after a token is
     appended to a row that goes on (streaming); ``on_tokens(prompt_tokens, generated_tokens)``
     after each prefill call and each decoding step (the tokens sampled in it).
     """
@@ -165,12 +216,11 @@ class Decoder:
     def __init__(self, model, *, max_batch: int = 16, on_finish: Callable[[Row], None] | None = None,
                  on_token: Callable[[Row], None] | None = None, on_tokens: TokensCallback | None = None,
                  token_bytes: Callable[[int], bytes] | None = None):
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise InputError(f"batch_size must be an int >= 1, found {max_batch!r}")
-        self.model = model
+        check_batch_size(max_batch, "max_batch", automatic=False)
+        self.model = on_host(model)  # logits come back on the CPU: the one place they move
         self.max_batch = max_batch
         self.on_finish, self.on_token, self.on_tokens = on_finish, on_token, on_tokens
-        self.token_bytes = token_bytes or model.tokenizer.token_bytes
+        self.token_bytes = token_bytes or self.model.tokenizer.token_bytes
         self.live: list[Row] = []
         self.state: State | None = None
         self.logits: torch.Tensor | None = None  # [len(live), V] float32, on the CPU
@@ -187,7 +237,7 @@ class Decoder:
     def admit(self, rows: list[Row], on_logits: LogitsCallback | None = None) -> None:
         """Prefill ``rows`` (their prompts from their start states, in one ``advance`` call) and
         add them to the batch; rows with a zero budget finish here. ``on_logits`` receives every
-        prompt position's logits (row indices into ``rows``)."""
+        prompt position's logits (row indices into ``rows``; rows without a prompt run nothing)."""
         if not rows:
             return
         V = self.model.config.vocab_size
@@ -206,8 +256,12 @@ class Decoder:
                 init = State.cat([rows[j].start if rows[j].start is not None else zero for j in run])
             else:
                 init = None
+            mapped = None
+            if on_logits is not None:  # advance numbers the rows it runs: map them back to ``rows``
+                def mapped(indices: list[int], starts: list[int], logits: torch.Tensor) -> None:
+                    on_logits([run[k] for k in indices], starts, logits)
             new_state, last = advance(self.model, [rows[j].prompt for j in run], init, want_last=True,
-                                      on_logits=on_logits, on_tokens=self.on_tokens)
+                                      on_logits=mapped, on_tokens=self.on_tokens)
             if len(run) == len(rows):
                 batch = (new_state, last)
             for k, j in enumerate(run):
@@ -222,7 +276,7 @@ class Decoder:
         keep = []
         for j, row in enumerate(rows):
             if row.settings.max_new_tokens == 0:
-                if row.settings.keep_state:
+                if "length" in row.settings.keep_state:
                     row.state = states[j] if batch is None else batch[0].select([j])
                     row.logits = logits[j]
                 self._finish(row, "length", None, None)
@@ -232,11 +286,12 @@ class Decoder:
             return
         self.live.extend(rows[j] for j in keep)
         if batch is not None and len(keep) == len(rows):  # the common case: no per-row copies
-            new_state, new_logits = batch[0], batch[1].float().cpu()
+            new_state, new_logits = batch[0], batch[1]
         elif batch is not None:
-            new_state, new_logits = batch[0].select(keep), batch[1][keep].float().cpu()
+            new_state, new_logits = batch[0].select(keep), batch[1][keep]
         else:
             new_state = State.cat([states[j] for j in keep])
+            # a caller's start logits may come from anywhere: taken to the CPU with the rest
             new_logits = torch.stack([logits[j].float().cpu() for j in keep])  # (n, V)
         self.state = new_state if self.state is None else State.cat([self.state, new_state])
         self.logits = new_logits if self.logits is None else torch.cat([self.logits, new_logits])
@@ -285,7 +340,7 @@ class Decoder:
             row.tokens.append(t)
             if t in s.stop_ids:
                 row.stop_token = True
-                if s.keep_state:  # the state already holds every token before the stop id
+                if "stop" in s.keep_state:  # the state already holds every token before the stop id
                     row.state, row.logits = self.state.select([r]), logits.clone()
                 self._finish(row, "stop", None, t)
                 continue
@@ -299,7 +354,7 @@ class Decoder:
                 next_tokens.append(t)
                 if self.on_token is not None:
                     self.on_token(row)
-            elif s.keep_state:
+            elif hit[0] in s.keep_state:
                 fed.append(r)
                 fed_tokens.append(t)
                 finished_now.append((row, *hit))
@@ -312,7 +367,7 @@ class Decoder:
         state = self.state if rows == list(range(n)) else self.state.select(rows)
         step = torch.tensor(next_tokens + fed_tokens, dtype=torch.long).unsqueeze(1)  # (B, 1)
         out, state = self.model.forward(step, state, logits="last", inplace=True)
-        logits = out[:, 0].float().cpu()  # (B, V)
+        logits = out[:, 0].float()  # (B, V), on the CPU (on_host)
         if fed:
             for k, (row, reason, cut, what) in enumerate(finished_now):
                 at = len(keep) + k
@@ -321,8 +376,9 @@ class Decoder:
         self.live = [self.live[r] for r in keep]
         if not keep:
             self.state, self.logits = None, None
-        elif fed:
-            self.state, self.logits = state.select(list(range(len(keep)))), logits[:len(keep)]
+        elif fed:  # the rows that go on are a prefix of the batch: a view, no copy
+            k = len(keep)
+            self.state, self.logits = State(state.att_x[:, :k], state.wkv[:, :k], state.ffn_x[:, :k]), logits[:k]
         else:
             self.state, self.logits = state, logits
         return n

@@ -5,18 +5,20 @@ all live sequences decode as one batch, one token per step; when a sequence fini
 token, a stop string, or its token budget) its row leaves the batch and the next waiting prompt
 is prefilled into it, so the batch stays full until the queue is empty. Sampling draws from one
 generator per prompt, seeded ``row_seed(seed, i)`` from ``seed`` and the prompt's index, so a
-seeded run is reproducible whatever the batch size or the order in which slots free up; a caller
-whose prompts are independent requests passes one seed per prompt instead, used as given.
+seeded run is reproducible whatever the batch size or the order in which slots free up (up to
+float rounding: the product forms are chosen per row count, so a near tie between two tokens can
+go the other way in another batch size); a caller whose prompts are independent requests passes
+one seed per prompt instead, used as given.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from .batching import TokensCallback, auto_decode_rows
+from .batching import TokensCallback, auto_decode_rows, check_batch_size
 from .decoding import DOCUMENT_END, Decoder, Row, Settings, random_base_seed, row_seed, sample_token
-from .errors import InputError
-from .scoring import ResultCallback, _check_ids
+from .errors import InputError, check_ids
+from .scoring import ResultCallback
 
 __all__ = ["DOCUMENT_END", "Generation", "generate", "parse_stop", "sample_token"]
 
@@ -35,8 +37,7 @@ class Generation:
 
 def _check_options(max_new_tokens, temperature, top_p, top_k, batch_size) -> None:
     Settings(max_new_tokens, temperature, top_p, top_k).check(2**31)
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise InputError(f"batch_size must be an int >= 1 or None (automatic), found {batch_size!r}")
+    check_batch_size(batch_size)
 
 
 def parse_stop(stop, vocab_size: int) -> tuple[frozenset[int], tuple[str, ...]]:
@@ -46,7 +47,7 @@ def parse_stop(stop, vocab_size: int) -> tuple[frozenset[int], tuple[str, ...]]:
         if isinstance(s, bool) or not isinstance(s, (int, str)):
             raise InputError(f"stop entries must be token ids (int) or strings, found {type(s).__name__} {s!r}")
         if isinstance(s, int):
-            stop_ids.add(_check_ids([s], vocab_size, "stop token")[0])
+            stop_ids.add(check_ids([s], vocab_size, "stop token")[0])
         elif s == "":
             raise InputError("stop strings must not be empty")
         else:
@@ -71,7 +72,7 @@ def generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop=
     V = model.config.vocab_size
     checked = []
     for n, p in enumerate(prompts):
-        ids = _check_ids(p, V, f"prompt {n}")
+        ids = check_ids(p, V, f"prompt {n}")
         if not ids:
             raise InputError(f"prompt {n} is empty; expected at least one token (start with token 0)")
         checked.append(ids)

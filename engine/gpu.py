@@ -31,7 +31,7 @@ import contextlib
 import warnings
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any, Hashable, Literal, Sequence
+from typing import Any, Hashable, Literal
 
 import torch
 
@@ -228,27 +228,6 @@ class GraphRuntime:
         return None
 
 
-class HostLogits:
-    """The model as the scorers and ``generate`` see it: logits come back on the CPU.
-
-    engine.scoring and engine.generate index logits with CPU tensors and CPU generators; until
-    they are device-aware, this view hands them CPU logits while the state stays on the GPU.
-    """
-
-    def __init__(self, model: RWKV7):
-        self.model = model
-        self.config = model.config
-        self.tokenizer = model.tokenizer
-        self.device = model.device
-
-    def zero_state(self, batch_size: int) -> State:
-        return self.model.zero_state(batch_size)
-
-    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
-        return (None if out is None else out.cpu()), new
-
-
 def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
@@ -411,22 +390,3 @@ class RWKV7CUDA(RWKV7):
         k = ops.token_shift_mix(x, _contiguous(x_prev), p.ffn_x_k.view(1, -1))[0]  # (B, T, C), M = 1
         k = torch.relu(self.kernels.linear(k, p.ffn_key)).square_()  # (B, T, F)
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
-
-    # ------------------------------------------------------------------ scoring and generation
-
-    def loglikelihood(self, pairs, **kwargs):
-        from .scoring import loglikelihood
-
-        return loglikelihood(HostLogits(self), pairs, **kwargs)
-
-    def loglikelihood_rolling(self, token_lists, bos: int | None = 0, **kwargs):
-        from .scoring import loglikelihood_rolling
-
-        return loglikelihood_rolling(HostLogits(self), token_lists, bos=bos, **kwargs)
-
-    def generate(self, prompts, max_new_tokens: int, stop=None, temperature: float = 0.0, top_p: float = 1.0,
-                 top_k: int = 0, seed: int | Sequence[int] | None = None, batch_size: int | None = 16, **callbacks):
-        from .generate import generate
-
-        return generate(HostLogits(self), prompts, max_new_tokens, stop=stop, temperature=temperature,
-                        top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size, **callbacks)

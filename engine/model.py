@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .adapters import AdapterOptions, adapter_options, prepare_checkpoint
 from .checkpoint import file_sha256, read_state_dict
 from .config import ModelConfig
-from .errors import InputError
+from .errors import InputError, out_of_vocabulary
 from .state import State
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -313,8 +313,7 @@ class RWKV7:
             raise InputError(f"tokens must hold at least one sequence of at least one token: found shape {tuple(tokens.shape)}")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.config.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise InputError(f"token id {bad} is out of the vocabulary: expected ids in [0, {self.config.vocab_size})")
+            raise out_of_vocabulary(lo if lo < 0 else hi, self.config.vocab_size)
         return tokens.to(device=self.device, dtype=torch.long)
 
     # ------------------------------------------------------------------ the math

@@ -8,6 +8,10 @@ sorted lexicographically instead, a batch held contexts of every length, and eac
 left a forward call over the rest, paying a pass over every weight for a few tokens (profiled on
 the 0.1B shape: a 48-context LAMBADA batch ran 2 long calls and 30 one-token calls, and was no
 faster than one context per call). Continuations are sorted and packed the same way.
+
+Logits are reduced on the CPU (a GPU model is seen through :func:`engine.batching.on_host`), in
+float64, chunk by chunk (:func:`target_logprobs`); the server's prompt log-probabilities are the
+same reduction (:class:`TargetScorer` with ``positions``).
 """
 from __future__ import annotations
 
@@ -17,8 +21,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import prefixes
-from .batching import Budget, TokensCallback, advance, auto_budget, pack
-from .errors import InputError
+from .batching import Budget, TokensCallback, advance, auto_budget, check_batch_size, on_host, pack
+from .errors import InputError, check_ids
 from .state import State
 
 Pair = tuple[Sequence[int], Sequence[int]]
@@ -26,47 +30,75 @@ Pair = tuple[Sequence[int], Sequence[int]]
 ResultCallback = Callable[[int, Any], None]
 
 
-def _check_ids(ids, vocab_size: int, what: str) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        ids = ids.tolist()
-    if not isinstance(ids, (list, tuple)):
-        raise InputError(f"{what}: expected a list of token ids, found {type(ids).__name__}")
-    for t in ids:
-        if not isinstance(t, int) or isinstance(t, bool):
-            raise InputError(f"{what}: expected int token ids, found {type(t).__name__} {t!r}")
-        if not 0 <= t < vocab_size:
-            raise InputError(f"{what}: token id {t} is out of the vocabulary: expected ids in [0, {vocab_size})")
-    return list(ids)
+def top_alternatives(lp: torch.Tensor, k: int) -> list[tuple[int, float]]:
+    """The k most likely (id, logprob) of one position's log-probabilities lp [V]."""
+    if k <= 0:
+        return []
+    values, ids = torch.topk(lp, min(k, lp.numel()))
+    return list(zip(ids.tolist(), values.tolist()))
 
 
-class _TargetScorer:
-    """Accumulates log p(target) and whether each target was the argmax, position by position."""
+# log-softmax over at most this many floats at once (64 MiB of float64), whatever the vocabulary
+LOGPROB_CHUNK = 1 << 23
 
-    def __init__(self, targets: list[list[int]]):
+
+def target_logprobs(logits: torch.Tensor, targets: Sequence[int], top: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[list[tuple[int, float]]] | None]:
+    """How likely each target was: logits [n, V] (position p predicts ``targets[p]``, n = len(targets))
+    -> (log p(targets[p]) [n] float64, whether targets[p] was the argmax [n] bool, and with ``top``
+    the ``top`` most likely (id, log p) at each position). Reduced chunk by chunk in float64 (sums
+    over long texts stay exact), so a long row never holds a float64 copy of all its logits."""
+    n, V = len(targets), logits.shape[-1]
+    chunk = max(1, LOGPROB_CHUNK // V)
+    chosen, greedy, alternatives = [], [], [] if top is not None else None
+    for a in range(0, n, chunk):
+        lp = torch.log_softmax(logits[a:a + chunk].double(), dim=-1)  # (b - a, V)
+        idx = torch.tensor(targets[a:a + chunk], dtype=torch.long).unsqueeze(1)  # (b - a, 1)
+        picked = lp.gather(1, idx).squeeze(1)  # (b - a,)
+        chosen.append(picked)
+        greedy.append(picked >= lp.max(dim=-1).values)
+        if alternatives is not None:
+            alternatives.extend(top_alternatives(row, top) for row in lp)
+    if not chosen:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool), alternatives
+    return torch.cat(chosen), torch.cat(greedy), alternatives
+
+
+class TargetScorer:
+    """An ``advance`` callback (:data:`engine.batching.LogitsCallback`) scoring row i's
+    ``targets[i]``: the logits after token p of row i's sequence predict ``targets[i][p]``
+    (targets = the sequence shifted by one). Accumulates log p(targets) and whether every target
+    was the argmax; with ``positions`` also each position's log-probability and its ``top[i]``
+    most likely alternatives (the server's prompt log-probabilities)."""
+
+    def __init__(self, targets: list[list[int]], *, positions: bool = False, top: list[int] | None = None):
         self.targets = targets
         self.logprob = [0.0] * len(targets)
         self.greedy = [True] * len(targets)
+        self.positions: list[list[float]] | None = [[] for _ in targets] if positions else None
+        self.top = top
+        self.alternatives: list[list[list[tuple[int, float]]]] | None = [[] for _ in targets] if top else None
 
     def __call__(self, rows: list[int], starts: list[int], logits: torch.Tensor) -> None:
         T = logits.shape[1]
         for j, (i, s) in enumerate(zip(rows, starts)):
             tgt = self.targets[i][s:s + T]
-            if not tgt:
-                continue
-            self.add(i, logits[j, : len(tgt)], tgt)
+            if tgt:
+                self.add(i, logits[j, :len(tgt)], tgt)
 
     def add(self, i: int, logits: torch.Tensor, tgt: Sequence[int]) -> None:
-        """logits: [len(tgt), V] predicting ``tgt``."""
-        lp = torch.log_softmax(logits.double(), dim=-1)  # float64: sums over long texts stay exact
-        idx = torch.tensor(tgt, dtype=torch.long).unsqueeze(1)
-        chosen = lp.gather(1, idx).squeeze(1)
+        """logits: [len(tgt), V] predicting ``tgt``, the next of row i's targets."""
+        chosen, greedy, alternatives = target_logprobs(logits, tgt, None if self.top is None else self.top[i])
         self.logprob[i] += float(chosen.sum())
-        self.greedy[i] = self.greedy[i] and bool((chosen >= lp.max(dim=-1).values).all())
+        self.greedy[i] = self.greedy[i] and bool(greedy.all())
+        if self.positions is not None:
+            self.positions[i].extend(chosen.tolist())
+        if self.alternatives is not None and alternatives is not None:
+            self.alternatives[i].extend(alternatives)
 
 
 def _budget(model, batch_size: int | None, budget: Budget | None) -> Budget:
-    if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
-        raise InputError(f"batch_size must be an int >= 1 or None (automatic), found {batch_size!r}")
+    check_batch_size(batch_size)
     if budget is None:
         return auto_budget(model, batch_size)
     return budget if batch_size is None else Budget(budget.tokens, min(budget.rows, batch_size), budget.prefix_states)
@@ -84,14 +116,15 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int | None = None, *
     ``on_result(i, (logprob, is_greedy))`` is called as each batch finishes; ``on_tokens`` is told
     every token the engine runs (a shared prefix once).
     """
+    model = on_host(model)  # a GPU model's logits are reduced on the CPU
     budget = _budget(model, batch_size, budget)
     V = model.config.vocab_size
     checked: list[tuple[tuple[int, ...], list[int]]] = []
     for n, pair in enumerate(pairs):
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise InputError(f"request {n}: expected a (context_ids, continuation_ids) pair, found {pair!r:.80}")
-        ctx = _check_ids(pair[0], V, f"request {n} context")
-        cont = _check_ids(pair[1], V, f"request {n} continuation")
+        ctx = check_ids(pair[0], V, f"request {n} context")
+        cont = check_ids(pair[1], V, f"request {n} continuation")
         if not ctx:
             raise InputError(f"request {n}: the context is empty; it must hold at least one token "
                              "(start it with token 0, RWKV's document separator)")
@@ -171,7 +204,7 @@ def _score_continuations(model, requests: Sequence[list[int]], checked, ctx_stat
     longer.sort(key=lambda job: -len(checked[job[1]][1]))
     for part in pack([len(checked[n][1]) - 1 for _, n in longer], budget.tokens, budget.rows):
         jobs = [longer[k] for k in part]
-        scorer = _TargetScorer([checked[n][1][1:] for _, n in jobs])
+        scorer = TargetScorer([checked[n][1][1:] for _, n in jobs])
         advance(model, [checked[n][1][:-1] for _, n in jobs], ctx_states.select([j for j, _ in jobs]),
                 on_logits=scorer, on_tokens=on_tokens, max_tokens=budget.tokens)
         for row, (_, n) in enumerate(jobs):
@@ -190,13 +223,14 @@ def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int 
     context window, so no rolling windows are needed: each text runs once, start to end. Texts
     are sorted by length and packed by the budget, as contexts are in :func:`loglikelihood`.
     """
+    model = on_host(model)
     budget = _budget(model, batch_size, budget)
     V = model.config.vocab_size
     if bos is not None:
-        _check_ids([bos], V, "bos")
+        check_ids([bos], V, "bos")
     seqs: list[list[int]] = []
     for n, toks in enumerate(token_lists):
-        ids = _check_ids(toks, V, f"text {n}")
+        ids = check_ids(toks, V, f"text {n}")
         full = ([bos] if bos is not None else []) + ids
         if len(full) < 2:
             raise InputError(f"text {n}: nothing to score: expected at least one token after the first "
@@ -206,7 +240,7 @@ def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int 
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths batch together
     for part in pack([len(seqs[i]) - 1 for i in order], budget.tokens, budget.rows):
         rows = [order[k] for k in part]
-        scorer = _TargetScorer([seqs[i][1:] for i in rows])
+        scorer = TargetScorer([seqs[i][1:] for i in rows])
         advance(model, [seqs[i][:-1] for i in rows], on_logits=scorer, on_tokens=on_tokens, max_tokens=budget.tokens)
         for row, i in enumerate(rows):
             out[i] = scorer.logprob[row]

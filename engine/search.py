@@ -10,7 +10,9 @@ baseline the benchmark compares with; the results are the same up to float round
 Every decoding row goes through :class:`engine.decoding.Decoder`. Searches of many questions
 advance in lockstep, so their rows share decoding batches. Child ``j`` of node ``n`` samples
 with seed ``row_seed(seed, n * expand + j)`` (node ids are numbered per question in creation
-order), so a search is reproducible and independent of the batch size and of other questions.
+order), so a search is reproducible and independent of the batch size and of other questions (up
+to float rounding: the product forms are chosen per row count). A decoded step hands back its
+state only when it ended as a finished step: an answer that ended is never expanded.
 
 Rewards come from the caller: ``score([(question index, [step texts]), ...]) -> [float]`` scores
 partial answers (a process reward: the score of a prefix is its last step's score) and complete
@@ -34,9 +36,9 @@ from typing import Any
 
 import torch
 
-from .batching import TokensCallback, advance, common_prefix
+from .batching import TokensCallback, advance, check_batch_size, common_prefix, on_host
 from .decoding import DOCUMENT_END, Decoder, Row, Settings, row_seed
-from .errors import InputError
+from .errors import InputError, check_ids
 from .state import State
 
 Scorer = Callable[[list[tuple[int, list[str]]]], list[float]]
@@ -114,14 +116,9 @@ class Node:
     def step_texts(self) -> list[str]:
         """The steps' texts, the answer cut before a stop string that ended it."""
         steps = [n.data for n in self.path()]
-        if self.finish_reason == "stop":
-            cut = sum(map(len, steps)) - len(self.data) + self.text_bytes
-            kept, at = [], 0
-            for data in steps:
-                kept.append(data[:max(0, cut - at)])
-                at += len(data)
-            steps = [d for d in kept if d] or [b""]
-        return [d.decode("utf-8", errors="replace") for d in steps]
+        if self.finish_reason != "stop":
+            return [d.decode("utf-8", errors="replace") for d in steps]
+        return cut_steps(steps, sum(map(len, steps)) - len(self.data) + self.text_bytes)
 
     def release(self) -> None:
         self.state, self.logits = None, None
@@ -164,13 +161,15 @@ class SearchResult:
         return max(range(len(self.candidates)), key=lambda i: (self.candidates[i].score, -i))
 
 
-def _host(model):
-    """The model as the decoder sees it: logits come back on the CPU (GPU models)."""
-    if getattr(getattr(model, "device", None), "type", "cpu") != "cpu":
-        from .gpu import HostLogits
-
-        return HostLogits(model)
-    return model
+def cut_steps(steps: Sequence[bytes], cut: int) -> list[str]:
+    """The texts of ``steps`` (their bytes, in order) with everything from byte ``cut`` of their
+    concatenation on dropped (a stop string began there); steps left empty are dropped, and at
+    least one (possibly empty) text remains."""
+    kept, at = [], 0
+    for data in steps:
+        kept.append(data[:max(0, cut - at)])
+        at += len(data)
+    return [d.decode("utf-8", errors="replace") for d in kept if d] or [""]
 
 
 class _Search:
@@ -179,14 +178,15 @@ class _Search:
     def __init__(self, model, prompts: Sequence[Sequence[int]], settings: SearchSettings, score: Scorer,
                  *, batch_size: int = 16, fork: bool = True, on_tokens: TokensCallback | None = None):
         settings.check()
-        self.model, self.settings, self.score_fn, self.fork = _host(model), settings, score, fork
+        check_batch_size(batch_size, automatic=False)
+        self.model, self.settings, self.score_fn, self.fork = on_host(model), settings, score, fork
         self.batch_size, self.on_tokens = batch_size, on_tokens
         V = self.model.config.vocab_size
         self.prompts = []
         for n, p in enumerate(prompts):
-            ids = list(p.tolist() if isinstance(p, torch.Tensor) else p)
-            if not ids or any(not isinstance(t, int) or not 0 <= t < V for t in ids):
-                raise InputError(f"prompt {n}: expected a non-empty list of token ids in [0, {V})")
+            ids = check_ids(p, V, f"prompt {n}")
+            if not ids:
+                raise InputError(f"prompt {n} is empty; expected at least one token (start with token 0)")
             self.prompts.append(ids)
         n = len(self.prompts)
         self.next_id = [0] * n
@@ -227,9 +227,10 @@ class _Search:
 
     def _row(self, node: Node, seed: int, delimiter: str | None, tag: Any) -> Row:
         s = self.settings
+        # only a finished step is expanded later: an answer that ended needs no state
         settings = Settings(s.max_new_tokens - node.generated, s.temperature, s.top_p, s.top_k,
                             seed if s.temperature > 0 else None, frozenset({DOCUMENT_END}), s.stop, delimiter,
-                            keep_state=delimiter is not None)
+                            keep_state=frozenset({"step"}) if delimiter is not None else frozenset())
         history = node.path_bytes()[-(self.longest_stop - 1):] if self.longest_stop > 1 else b""
         if self.fork:
             return Row(settings, start=node.state, start_logits=node.logits, tag=tag, history=history)
@@ -402,11 +403,7 @@ def _rollout_candidates(search: _Search, nodes: list[Node], questions: list[int]
     for node, row in zip(nodes, rows):
         steps = node.step_texts()
         if row.text_bytes < 0:  # the stop began in the node's own text: cut it there
-            kept, at, cut = [], 0, len(node.path_bytes()) + row.text_bytes
-            for step in node.path():
-                kept.append(step.data[:max(0, cut - at)])
-                at += len(step.data)
-            texts.append([d.decode("utf-8", errors="replace") for d in kept if d] or [""])
+            texts.append(cut_steps([n.data for n in node.path()], len(node.path_bytes()) + row.text_bytes))
         else:
             tail = row.text()
             texts.append(steps + ([tail] if tail else []))

@@ -93,15 +93,6 @@ class State:
             torch.cat([s.ffn_x for s in states], 1),
         )
 
-    def put(self, indices: Sequence[int], other: "State") -> None:
-        """Write ``other``'s rows into this state's rows ``indices`` (in place)."""
-        idx = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        if other.batch_size != idx.numel():
-            raise InputError(f"State.put: {idx.numel()} indices but the other state has batch size {other.batch_size}")
-        self.att_x[:, idx] = other.att_x
-        self.wkv[:, idx] = other.wkv
-        self.ffn_x[:, idx] = other.ffn_x
-
     def check_fits(self, cfg: ModelConfig, batch_size: int) -> None:
         """Raise if this state does not belong to a model of shape ``cfg`` with ``batch_size`` rows."""
         L, C, H, N = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.head_size

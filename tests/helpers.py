@@ -67,3 +67,40 @@ def tmpfs(path: Path, size: str = "1m", read_only: bool = False):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+# --- an accelerator's logits, on the CPU (engine tests: the Decoder's host view) -------------------
+
+
+class OnDevice(torch.Tensor):
+    """Logits as an accelerator holds them: their shape can be read and ``.cpu()`` brings them to
+    the host; any other use (indexing, arithmetic, a copy into a CPU tensor) fails, as mixing a
+    CUDA tensor with CPU index tensors and generators does."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in ("cpu", "__get__", "dim", "size", "__repr__"):
+            with torch._C.DisableTorchFunctionSubclass():
+                out = func(*args, **(kwargs or {}))
+            return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+        raise AssertionError(f"{name}() on logits still on the device: take them to the host (.cpu()) first")
+
+
+class AcceleratorStandIn:
+    """A CPU model posing as one on an accelerator ("meta"): the same numbers, but its logits
+    come back as :class:`OnDevice` tensors, usable only after ``.cpu()``."""
+
+    def __init__(self, model):
+        self.model, self.config, self.tokenizer = model, model.config, model.tokenizer
+        self.device = torch.device("meta")
+
+    def info(self) -> dict:
+        return {**self.model.info(), "device": "meta"}
+
+    def zero_state(self, batch_size: int):
+        return self.model.zero_state(batch_size)
+
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
+        return (None if out is None else out.as_subclass(OnDevice)), new

@@ -75,6 +75,13 @@ BAD = {
     "integer tensor": ({"blocks.0.ln1.weight": torch.ones(C, dtype=torch.int64)}, {},
                        "expected a floating-point tensor, found torch.int64"),
     "empty": ({}, {}, "holds no tensors"),
+    "NaN in a LoRA": ({"blocks.1.att.key.lora_A": randn(4, C), "blocks.1.att.key.lora_B": randn(C, 4).index_fill(
+        0, torch.tensor([3]), float("nan"))}, {"lora_alpha": 4},
+        r"adapter .*adapter.pth: tensor 'blocks.1.att.key.lora_B' holds 4 NaN and 0 infinite values out of 256: "
+        "the adapter is damaged"),
+    "infinite tuned state": ({**states(), "blocks.5.att.time_state": randn(1, C, C).index_fill(
+        1, torch.tensor([0]), float("inf"))}, {},
+        r"tensor 'blocks.5.att.time_state' holds 0 NaN and 64 infinite values out of 4096"),
 }
 
 
@@ -139,6 +146,16 @@ def test_options_with_nothing_to_apply_to(tmp_path, tiny_model_path):
         engine.load_model(tiny_model_path, adapters=[state], lora_alpha=8)
     with pytest.raises(AdapterError, match="--adapter-init .* given, but no adapter holds the trained PiSSA"):
         engine.load_model(tiny_model_path, adapters=[state], adapter_init=save(tmp_path, "i.pth", {"x.init_lora_A": randn(2, 2)}))
+
+
+def test_a_checkpoint_with_a_nan_tuned_state(tmp_path, tiny_model_path):
+    # a merged state-tuned checkpoint's time_state is split off before the base's finite check
+    sd = engine.checkpoint.read_state_dict(tiny_model_path)
+    sd.update({k: v.clone() for k, v in states().items()})
+    sd["blocks.7.att.time_state"][0, 1, 2] = float("nan")
+    torch.save(sd, tmp_path / "merged.pth")
+    with pytest.raises(AdapterError, match=r"merged.pth.*'blocks.7.att.time_state' holds 1 NaN"):
+        engine.load_model(tmp_path / "merged.pth")
 
 
 def test_unreadable_adapter_files(tmp_path, tiny_model_path):

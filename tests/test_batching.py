@@ -181,3 +181,23 @@ def test_a_shared_header_runs_once(small):
     assert sum(ran) == unshared - 5 * 41
     with pytest.raises(engine.InputError, match="batch_size must be an int >= 1 or None"):
         small.loglikelihood(pairs, batch_size=0)
+
+
+def test_a_model_on_an_accelerator_is_scored_from_logits_taken_to_the_host(small):
+    # scoring reduces logits with CPU index tensors: a GPU model is seen through on_host
+    from engine import scoring
+    from engine.batching import HostLogits, on_host
+    from helpers import AcceleratorStandIn
+
+    there = AcceleratorStandIn(small)
+    assert isinstance(on_host(there), HostLogits) and on_host(small) is small
+    view = on_host(there)
+    assert on_host(view) is view  # a view is not wrapped twice
+    pairs = _pairs(6)[:10]
+    got = scoring.loglikelihood(there, pairs, budget=Budget(64, 4, 2))
+    want = scoring.loglikelihood(small, pairs, budget=Budget(64, 4, 2))
+    assert [g for _, g in got] == [g for _, g in want]
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-9)
+    rolling = [t for _, t in pairs[:4]]
+    assert scoring.loglikelihood_rolling(there, rolling) == pytest.approx(scoring.loglikelihood_rolling(small, rolling),
+                                                                          abs=1e-9)

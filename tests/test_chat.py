@@ -135,3 +135,51 @@ def test_each_reply_shows_its_reward(monkeypatch, capsys, tiny_model_path, tmp_p
 def test_the_verifier_is_refused(monkeypatch, capsys, tiny_model_path):
     with pytest.raises(SystemExit, match="a chat has none"):
         chat(monkeypatch, capsys, tiny_model_path, ["hi"], "--reward", "verifier")
+
+
+def test_a_saved_state_is_refused_by_a_model_with_other_adapters_or_another_initial_state(tmp_path, tiny,
+                                                                                        tiny_model_path):
+    g = torch.Generator().manual_seed(0)
+    lora = {"blocks.0.att.key.lora_A": torch.randn(4, 64, generator=g),
+            "blocks.0.att.key.lora_B": torch.randn(64, 4, generator=g)}
+    torch.save(lora, tmp_path / "lora.pth")
+    torch.save({f"blocks.{i}.att.time_state": torch.randn(1, 64, 64, generator=g) * 0.1 for i in range(12)},
+               tmp_path / "state.pth")
+    tuned = engine.load_model(tiny_model_path, adapters=[tmp_path / "lora.pth"], lora_alpha=4)
+    a = Conversation(tuned, temperature=0.0, max_tokens=3)
+    a.say("hi")
+    a.save(tmp_path / "tuned.pt")
+    b = Conversation(engine.load_model(tiny_model_path, adapters=[tmp_path / "lora.pth"], lora_alpha=4))
+    b.load(tmp_path / "tuned.pt")  # the same files (and scale): the same model
+    assert b.tokens == a.tokens
+    with pytest.raises(engine.InputError, match=r"tuned.pt: saved with another model \(adapters"):
+        Conversation(tiny).load(tmp_path / "tuned.pt")  # the base alone
+    other_scale = engine.load_model(tiny_model_path, adapters=[tmp_path / "lora.pth"], lora_alpha=8)
+    with pytest.raises(engine.InputError, match=r"saved with another model \(adapters"):
+        Conversation(other_scale).load(tmp_path / "tuned.pt")
+    Conversation(tiny).save(tmp_path / "plain.pt")
+    stateful = engine.load_model(tiny_model_path, adapters=[tmp_path / "state.pth"])
+    with pytest.raises(engine.InputError, match=r"plain.pt: saved with another model \((adapters|initial_state)"):
+        Conversation(stateful).load(tmp_path / "plain.pt")
+
+
+@pytest.mark.parametrize("path", ["model_identity", "turns", "settings", "point", "history", "settings.seed",
+                                  "point.tokens", "point.state", "point.state.wkv", "point.separate"])
+def test_a_damaged_saved_conversation_is_an_input_error_naming_the_file(tmp_path, tiny, path):
+    a = Conversation(tiny, temperature=0.0, max_tokens=3)
+    a.say("hi")
+    a.save(tmp_path / "chat.pt")
+    data = torch.load(tmp_path / "chat.pt", weights_only=True)
+    *parents, key = path.split(".")
+    node = data
+    for p in parents:
+        node = node[p]
+    del node[key]
+    torch.save(data, tmp_path / "chat.pt")
+    with pytest.raises(engine.InputError, match=rf"chat.pt: the saved conversation lacks .*'{key}'"):
+        Conversation(tiny).load(tmp_path / "chat.pt")
+    data = torch.load(tmp_path / "chat.pt", weights_only=True)
+    data["version"] = 1
+    torch.save(data, tmp_path / "old.pt")
+    with pytest.raises(engine.InputError, match="old.pt: a conversation saved in version 1"):
+        Conversation(tiny).load(tmp_path / "old.pt")

@@ -129,19 +129,67 @@ def test_time_forms_keeps_the_fastest_and_stops_timing_the_slow():
     assert calls["fast"] == 5 and calls["slow"] == 3  # warm-up + 4 rounds; the slow one dropped after two
 
 
-def test_no_avx512_skips_native_half_gemm_over_many_rows(monkeypatch):
-    monkeypatch.setattr(tuning.platform, "machine", lambda: "x86_64")
-    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX2 CPU", "fpu sse avx avx2 fma"))
+def x86_cpuinfo(model: str, flags: str, processors: int = 2) -> str:
+    return "\n\n".join(f"processor\t: {i}\nvendor_id\t: GenuineIntel\nmodel name\t: {model}\nflags\t\t: {flags}"
+                       for i in range(processors)) + "\n"
+
+
+def arm_cpuinfo(parts: list[str], features: str = "fp asimd evtstrm aes crc32 atomics bf16") -> str:
+    """An ARM /proc/cpuinfo: no model name; each core named by implementer and part."""
+    return "\n\n".join(f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+                       f"CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: {part}\nCPU revision\t: 1"
+                       for i, part in enumerate(parts)) + "\n"
+
+
+@pytest.fixture()
+def cpuinfo(monkeypatch, tmp_path):
+    """fake(text, machine): /proc/cpuinfo reads ``text`` and platform.machine() says ``machine``."""
+
+    def fake(text: str, machine: str = "x86_64") -> None:
+        path = tmp_path / f"cpuinfo-{abs(hash(text))}"
+        path.write_text(text)
+        monkeypatch.setattr(cpu, "CPUINFO", path)
+        monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+
+    return fake
+
+
+def test_the_cpu_signature_tells_arm_cores_apart(cpuinfo):
+    # ARM kernels print no model name: every ARM machine once got the same library key, so a
+    # -march=native build for one core could be loaded on another (SIGILL)
+    cpuinfo(arm_cpuinfo(["0xd0c", "0xd0c"]), "aarch64")
+    neoverse_n1, key_n1 = cpu.cpu_signature(), cpu.library_key()
+    assert neoverse_n1["cpu"] == "ARM CPU (implementer 0x41, variant 0x1, part 0xd0c, revision 1)"
+    assert neoverse_n1["machine"] == "aarch64"
+    assert cpu.cpu_info()[1] == " ".join(sorted("fp asimd evtstrm aes crc32 atomics bf16".split()))
+    cpuinfo(arm_cpuinfo(["0xd40", "0xd40"]), "aarch64")
+    assert cpu.cpu_signature() != neoverse_n1 and cpu.library_key() != key_n1
+    cpuinfo(arm_cpuinfo(["0xd0c", "0xd0c"], features="fp asimd"), "aarch64")  # same core, fewer features
+    assert cpu.library_key() != key_n1
+    cpuinfo(arm_cpuinfo(["0xd0c", "0xd0c"]), "aarch64")
+    assert cpu.library_key() == key_n1 and tuning.machine_signature()["cpu"] == neoverse_n1["cpu"]
+    cpuinfo(arm_cpuinfo(["0xd05", "0xd0b"]), "aarch64")  # big.LITTLE: both parts named
+    assert "0xd05" in cpu.cpu_info()[0] and "0xd0b" in cpu.cpu_info()[0]
+    cpuinfo(x86_cpuinfo("Some CPU", "fpu sse avx2"))
+    assert cpu.cpu_info() == ("Some CPU", "avx2 fpu sse")  # what reports show as the CPU
+    x86 = cpu.library_key()
+    cpuinfo(x86_cpuinfo("Some CPU", "fpu sse avx2"), "i686")  # the same words, another architecture
+    assert cpu.library_key() != x86
+    cpuinfo(x86_cpuinfo("Another CPU", "fpu sse avx2"))
+    assert cpu.library_key() != x86
+
+
+def test_no_avx512_skips_native_half_gemm_over_many_rows(cpuinfo):
+    cpuinfo(x86_cpuinfo("Some AVX2 CPU", "fpu sse avx avx2 fma"))
     assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["upcast"]
     assert tuning._shortcut(torch.bfloat16, 4, ["matvec", "wxt", "xwt", "upcast"]) == ["matvec", "wxt", "xwt", "upcast"]
     assert tuning._shortcut(torch.float32, 256, ["wxt", "xwt"]) == ["wxt", "xwt"]
-    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX-512 CPU", "avx2 avx512f avx512bw"))
+    cpuinfo(x86_cpuinfo("Some AVX-512 CPU", "avx2 avx512f avx512bw"))
     assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["wxt", "xwt", "upcast"]
     assert not tuning.bf16_units()
-    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some AVX-512 CPU", "avx512f avx512_bf16"))
+    cpuinfo(x86_cpuinfo("Some AVX-512 CPU", "avx512f avx512_bf16"))
     assert tuning.bf16_units()
-    monkeypatch.setattr(tuning.platform, "machine", lambda: "aarch64")  # an ARM CPU: every form is timed
-    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Some ARM CPU", "fp asimd bf16"))
+    cpuinfo(arm_cpuinfo(["0xd40"], "fp asimd bf16"), "aarch64")  # an ARM CPU: every form is timed
     assert tuning._shortcut(torch.bfloat16, 256, ["wxt", "xwt", "upcast"]) == ["wxt", "xwt", "upcast"]
 
 
@@ -194,19 +242,79 @@ def test_a_plan_is_measured_once_then_read_from_the_cache(tmp_path, weights, cou
     assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
 
 
-def test_another_cpu_or_torch_measures_again(tmp_path, weights, counted, kernel, monkeypatch):
+def test_another_cpu_or_torch_measures_again(tmp_path, weights, counted, kernel, monkeypatch, cpuinfo):
+    cpuinfo(x86_cpuinfo("Some CPU", "fpu sse avx2"))
     tuning.plan_for(*weights, kernel, directory=tmp_path)
-    here = tuning.cpu_info()
-    monkeypatch.setattr(tuning, "cpu_info", lambda: ("Another CPU", here[1]))
+    cpuinfo(x86_cpuinfo("Another CPU", "fpu sse avx2"))
     assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
-    monkeypatch.setattr(tuning, "cpu_info", lambda: (here[0], here[1] + " amx_bf16"))
+    cpuinfo(x86_cpuinfo("Some CPU", "fpu sse avx2 amx_bf16"))
     assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
-    monkeypatch.setattr(tuning, "cpu_info", lambda: here)
+    cpuinfo(x86_cpuinfo("Some CPU", "fpu sse avx2"))
     assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached")
     monkeypatch.setattr(torch, "__version__", "9.9.9+other")
     assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
     assert len(counted) == 4
     assert len(list(tmp_path.glob("products-*.json"))) == 4  # one file per (CPU, torch)
+
+
+def test_a_plan_for_other_kernels_or_other_candidates_is_measured_again(tmp_path, weights, counted, kernel,
+                                                                       monkeypatch):
+    if not kernel:
+        pytest.skip(f"the CPU kernels did not build here: {cpu.UNAVAILABLE_REASON}")
+    tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached")
+    monkeypatch.setattr(cpu, "_lib_key", "0123456789abcdef")  # kernels rebuilt from other sources or flags
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("measured")
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached")
+    monkeypatch.setattr(tuning, "linear_candidates", lambda dtype, rows, kernel: ["xwt", "wxt"])  # a form dropped
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert plan.source.startswith("measured") and set(plan.linear) <= {"xwt", "wxt"} and len(counted) == 3
+    plans = json.loads(tuning.cache_file(tuning.machine_signature(), tmp_path).read_text())["plans"]
+    assert len(plans) == 3  # the earlier entries stay: they are right for their kernels and forms
+
+
+def test_two_writers_keep_both_entries(tmp_path, weights, kernel, monkeypatch):
+    # two processes (xdist workers) choosing plans for two dtypes at once: each reads the cache,
+    # measures, writes; without the lock and the merge the second write dropped the first entry
+    import threading
+
+    real, both = tuning.measure, threading.Barrier(2)
+
+    def measure(*args, **kwargs):
+        try:
+            both.wait(timeout=1.0)  # with the lock the other writer waits outside: the barrier breaks
+        except threading.BrokenBarrierError:
+            pass
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    plans = {}
+
+    def choose(dtype):
+        plans[dtype] = tuning.plan_for(*(w.to(dtype) for w in weights), kernel, directory=tmp_path)
+
+    threads = [threading.Thread(target=choose, args=(dtype,)) for dtype in (torch.float32, torch.bfloat16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    written = json.loads(tuning.cache_file(tuning.machine_signature(), tmp_path).read_text())["plans"]
+    assert sorted(k.split("|")[0] for k in written) == ["bfloat16", "float32"]
+    assert all(p.source.startswith("measured") for p in plans.values())
+
+
+def test_a_write_merges_into_what_the_file_holds_then(tmp_path, weights, kernel, monkeypatch):
+    path = tuning.cache_file(tuning.machine_signature(), tmp_path)
+    real = tuning.measure
+
+    def measure(*args, **kwargs):  # another process (no lock: an older rwkveval) writes meanwhile
+        path.write_text(json.dumps({"version": tuning.CACHE_VERSION, "signature": tuning.machine_signature(),
+                                    "plans": {"other|entry": {"linear": ["xwt"] * 5, "lora": ["native"] * 5}}}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert len(json.loads(path.read_text())["plans"]) == 2
 
 
 def test_an_entry_written_for_another_machine_is_never_used(tmp_path, weights, counted, kernel):

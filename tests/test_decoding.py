@@ -43,7 +43,7 @@ def test_row_from_a_forked_state_equals_a_prompt_row():
 
 
 def test_keep_state_hands_back_the_state_after_the_last_token():
-    row = Row(Settings(6, keep_state=True), prompt=[0, 1, 2, 3])
+    row = Row(Settings(6, keep_state=frozenset({"length"})), prompt=[0, 1, 2, 3])
     _run([row])
     assert row.finish_reason == "length" and len(row.tokens) == 6
     logits, state = MODEL.forward(torch.tensor([[0, 1, 2, 3] + row.tokens]))
@@ -119,7 +119,103 @@ def test_drop_removes_rows_and_the_rest_go_on():
 
 
 def test_zero_budget_rows_finish_at_admission_with_their_state():
-    row = Row(Settings(0, keep_state=True), prompt=[0, 4, 5])
+    row = Row(Settings(0, keep_state=frozenset({"length"})), prompt=[0, 4, 5])
     _run([row])
     _, state = MODEL.forward(torch.tensor([[0, 4, 5]]))
     assert row.finish_reason == "length" and row.tokens == [] and torch.allclose(row.state.wkv, state.wkv, atol=2e-5)
+
+
+# ---------------------------------------------------------------------- logits on the host, callbacks
+
+
+def test_a_model_on_an_accelerator_decodes_from_logits_taken_to_the_host():
+    from helpers import AcceleratorStandIn
+
+    seen = []
+
+    def on_logits(rows, starts, logits):
+        seen.append(type(logits))
+
+    def rows():
+        return [Row(Settings(6, 1.0, seed=row_seed(3, i), logprobs=2), prompt=[0, 7 + i, 9]) for i in range(3)]
+
+    here, there = rows(), rows()
+    Decoder(MODEL, max_batch=2).run(here)
+    decoder = Decoder(AcceleratorStandIn(MODEL), max_batch=2)
+    decoder.admit(there[:2], on_logits=on_logits)
+    decoder.run(there[2:])
+    assert seen and all(kind is torch.Tensor for kind in seen)  # plain CPU tensors, never the device's
+    assert [r.tokens for r in there] == [r.tokens for r in here]
+    assert [lp for r in there for lp in r.logprobs] == pytest.approx([lp for r in here for lp in r.logprobs])
+
+
+def test_on_logits_rows_are_indices_into_the_admitted_rows():
+    prompt = [0, 72, 105]
+    logits, state = MODEL.forward(torch.tensor([prompt]))
+    forked = Row(Settings(2), start=state, start_logits=logits[0, -1])  # runs nothing at admission
+    fresh = Row(Settings(2), prompt=[0, 5, 6, 7])
+    calls = []
+    Decoder(MODEL).admit([forked, fresh], on_logits=lambda rows, starts, lg: calls.append((rows, starts, lg.shape)))
+    assert calls == [([1], [0], torch.Size([1, 4, MODEL.config.vocab_size]))]
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -0.5, True])
+def test_settings_refuse_a_temperature_that_is_not_a_finite_number(temperature):
+    with pytest.raises(engine.InputError, match="temperature must be a finite number >= 0"):
+        Settings(4, temperature).check(256)
+
+
+def test_a_decoder_names_max_batch_in_its_error():
+    with pytest.raises(engine.InputError, match="max_batch must be an int >= 1, found 0"):
+        Decoder(MODEL, max_batch=0)
+
+
+# ---------------------------------------------------------------------- kept states
+
+
+class _Counting:
+    """MODEL, counting the rows fed to it in decoding steps ([B, 1] calls)."""
+
+    def __init__(self):
+        self.config, self.tokenizer, self.device = MODEL.config, MODEL.tokenizer, MODEL.device
+        self.step_rows = 0
+
+    def zero_state(self, batch_size):
+        return MODEL.zero_state(batch_size)
+
+    def forward(self, tokens, state=None, logits="all", **kwargs):
+        if tokens.shape[1] == 1:
+            self.step_rows += tokens.shape[0]
+        return MODEL.forward(tokens, state, logits, **kwargs)
+
+
+def test_a_state_is_kept_only_for_the_finish_reasons_asked_for():
+    model = _Counting()
+    step = Row(Settings(10, delimiter="zzz", keep_state=frozenset({"step"})), prompt=[0, 3, 4])
+    Decoder(model).run([step])
+    assert step.finish_reason == "length" and step.state is None and step.logits is None
+    assert model.step_rows == len(step.tokens) - 1  # the last token is never fed: nobody goes on from it
+    model.step_rows = 0
+    kept = Row(Settings(10, delimiter="zzz", keep_state=frozenset({"length"})), prompt=[0, 3, 4])
+    Decoder(model).run([kept])
+    assert kept.tokens == step.tokens and model.step_rows == len(kept.tokens)
+    _, state = MODEL.forward(torch.tensor([[0, 3, 4] + kept.tokens]))
+    assert torch.allclose(kept.state.wkv, state.wkv, atol=2e-5)
+
+
+def test_rows_going_on_after_a_kept_one_finish_decode_from_a_view():
+    # a finishing row that keeps its state is fed with the survivors, which then go on from a
+    # prefix of that batch: the result must equal decoding them alone
+    rows = [Row(Settings(7 - 4 * (i % 2), keep_state=frozenset({"length"})), prompt=[0, 11 + i]) for i in range(4)]
+    decoder = Decoder(MODEL, max_batch=4)
+    decoder.admit(rows)
+    for _ in range(3):
+        decoder.step()
+    assert [r.finish_reason for r in rows] == [None, "length", None, "length"] and len(decoder) == 2
+    # the survivors' state is the first rows of the step's batch, not a copy of them
+    assert decoder.state.batch_size == 2 and not decoder.state.wkv.is_contiguous()
+    while len(decoder):
+        decoder.step()
+    for r in rows:
+        (alone,) = MODEL.generate([r.prompt], r.settings.max_new_tokens)
+        assert r.tokens == alone.tokens

@@ -106,3 +106,41 @@ def test_mcts_with_rollouts_scores_complete_answers(tiny):
         assert candidate.finish_reason in ("stop", "length") and candidate.text == "".join(candidate.steps)
         assert (0, candidate.steps) in seen
     assert result.reward_calls == len(seen)
+
+
+def test_only_finished_steps_pay_for_a_kept_state():
+    # a child that ends on the budget, a stop string or token 0 is never expanded: its last token
+    # is not fed and no state is copied for it; a finished step's is (its children start there)
+    from helpers import SMALL
+
+    model = engine.random_model(SMALL, seed=3)
+    fed = []
+
+    class Counting:
+        config, tokenizer, device = model.config, model.tokenizer, model.device
+
+        def zero_state(self, batch_size):
+            return model.zero_state(batch_size)
+
+        def forward(self, tokens, state=None, logits="all", **kwargs):
+            if tokens.shape[1] == 1:
+                fed.append(tokens.shape[0])
+            return model.forward(tokens, state, logits, **kwargs)
+
+    settings = SearchSettings("beam", 8, stop=("b",), delimiter="a", max_steps=3, expand=4, beam_width=2,
+                              temperature=1.0, seed=1)
+    token_bytes = [bytes([97 + t % 3]) for t in range(256)]  # three letters: delimiters and stops happen
+    Counting.tokenizer = type("Letters", (), {"token_bytes": staticmethod(token_bytes.__getitem__)})()
+    (result,) = beam_search(Counting(), [[0, 5, 9]], settings, _length_reward)
+    children = [n for n in result.tree if n["parent"] is not None]
+    ended = sum(1 for n in children if n["finish"] != "step")
+    assert {n["finish"] for n in children} >= {"step", "stop"} and ended
+    assert sum(fed) == result.generated_tokens - ended
+
+
+def test_cut_steps_drops_everything_from_the_cut_on():
+    from engine.search import cut_steps
+
+    assert cut_steps([b"ab", b"cd", b"ef"], 3) == ["ab", "c"]
+    assert cut_steps([b"ab", b"cd"], 4) == ["ab", "cd"] == cut_steps([b"ab", b"cd"], 9)
+    assert cut_steps([b"ab", b"cd"], 0) == [""] == cut_steps([b"ab"], -2)

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 import engine
 from engine.server import ServerConfig, create_app
 from engine.server.background import serve_in_thread, torch_threads
-from engine.server.chat import JINJA_TEMPLATE, render
+from engine.server.chat import JINJA_TEMPLATE, render, render_pieces, render_tokens
 from engine.server.tokens import offsets, token_key, token_pieces
 
 
@@ -101,6 +101,23 @@ def test_echo_with_max_tokens_zero_scores_only_the_prompt(server, model):
     assert sum(lp["token_logprobs"][1:]) == pytest.approx(expected, abs=1e-4)
 
 
+def test_echo_logprobs_of_a_model_on_an_accelerator(model):
+    # a GPU model's prompt logits live on the GPU: the scheduler's decoder takes them to the host
+    # before they are reduced (they were gathered with a CPU index: a 500 on every echo request)
+    from helpers import AcceleratorStandIn
+
+    prompt = [0] + list(b"The quick brown fox")
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 2}
+    with torch_threads(1), serve_in_thread(create_app(AcceleratorStandIn(model), ServerConfig(model_name="tiny"))) as url:
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    lp = response.json()["choices"][0]["logprobs"]
+    expected = model.loglikelihood_rolling([prompt[1:]], bos=0)[0]
+    assert sum(lp["token_logprobs"][1:len(prompt)]) == pytest.approx(expected, abs=1e-4)
+    assert response.json()["choices"][0]["text"][len("The quick brown fox") + 1:] == \
+        model.generate([prompt], 3)[0].text
+
+
 def test_logprobs_without_echo_cover_generated_tokens(server):
     data = completion(server, prompt="abc", max_tokens=5, temperature=0, logprobs=2)
     choice = data["choices"][0]
@@ -143,6 +160,11 @@ def test_chat_format_and_template_agree():
     rendered = jinja2.Environment().from_string(JINJA_TEMPLATE).render(
         messages=[{"role": r, "content": c} for r, c in plain], add_generation_prompt=True)
     assert rendered == render(plain)
+    # the pieces a chat feeds one by one: a turn ends a piece before System:/User:, after Assistant:
+    assert render_pieces(messages) == ["System: Be brief.\n\n", "User: Hi\nthere\n\nAssistant:", " Hello.\n\n",
+                                       "User: 2+2?\n\nAssistant:"]
+    assert render_pieces(messages[:3]) == ["System: Be brief.\n\n", "User: Hi\nthere\n\nAssistant:", " Hello."]
+    assert render_tokens(messages, lambda text: [len(text)]) == [0] + [len(p) for p in render_pieces(messages)]
 
 
 def test_chat_completion_is_the_completion_of_the_rwkv_prompt(server, model):
@@ -151,10 +173,25 @@ def test_chat_completion_is_the_completion_of_the_rwkv_prompt(server, model):
                                                           "max_tokens": 12, "temperature": 0})
     assert response.status_code == 200, response.text
     data = response.json()
-    prompt = render([(m["role"], m["content"]) for m in messages])
-    expected = model.generate([model.tokenizer.encode(prompt)], 12, stop=["\n\nUser:", "\n\nSystem:"])[0]
+    prompt = render_tokens([(m["role"], m["content"]) for m in messages], model.tokenizer.encode)
+    expected = model.generate([prompt], 12, stop=["\n\nUser:", "\n\nSystem:"])[0]
     assert data["object"] == "chat.completion"
     assert data["choices"][0]["message"] == {"role": "assistant", "content": expected.text.lstrip()}
+    assert data["usage"]["prompt_tokens"] == len(prompt)
+
+
+def test_the_chat_command_and_the_server_run_the_same_prompt_tokens(server, model):
+    from engine.conversation import Conversation
+
+    system, message = "Be brief.", "Hi\n\n\nthere"
+    chat = Conversation(model, system=system, temperature=0.0, max_tokens=4)
+    before = chat.tokens + chat.message_tokens(message)  # what the first turn feeds
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": message}]
+    tokenized = server.post("/tokenize", json={"model": "tiny", "messages": messages}).json()
+    assert tokenized["tokens"] == before == render_tokens([("system", system), ("user", message)], model.tokenizer.encode)
+    assert before[0] == 0 and bytes(before[1:]).decode() == render([("system", system), ("user", message)])
+    chat.say(message)
+    assert chat.tokens[:len(before)] == before
 
 
 def sse(response) -> list:

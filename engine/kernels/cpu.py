@@ -8,8 +8,10 @@ kernel keeps each state row in registers for the whole sequence (5-50x faster on
 reference machine). The matvec kernel runs a decode step's products over a few rows in one pass
 over each weight, float32 or bf16 (half the bytes), accumulating in float32 (:func:`matvec`).
 Both are built with the system C compiler (``$CC`` or ``cc``) into one library in a cache folder
-keyed by the sources, the flags and the CPU, so a shared home folder across different machines
-never runs foreign machine code. Where no compiler works, :func:`load` returns None and the model
+keyed by the sources, the flags and the CPU (:func:`cpu_signature`: the architecture, the CPU's
+model, or on ARM its implementer and part, and its feature flags), so a shared home folder across
+different machines never runs foreign machine code (``-march=native`` code on another CPU can die
+of SIGILL). Where no compiler works, :func:`load` returns None and the model
 uses the reference; the reason is kept in :data:`UNAVAILABLE_REASON` and reported by ``model.info()``.
 
 Products: a linear weight W [out, in] (the checkpoint's layout) times activations x [..., in]
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -39,11 +42,16 @@ import torch
 import torch.nn.functional as F
 
 SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
+CPUINFO = Path("/proc/cpuinfo")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 MAX_N = 128
 UNAVAILABLE_REASON: str | None = None
 _lib = None
+_lib_key: str | None = None
 _tried = False
+# /proc/cpuinfo fields naming an ARM core (per processor): ARM kernels often print no "model name"
+# (or a generic one), so the core is told by its implementer, variant, part and revision
+_ARM_FIELDS = ("CPU implementer", "CPU variant", "CPU part", "CPU revision")
 
 
 def cache_dir() -> Path:
@@ -51,15 +59,50 @@ def cache_dir() -> Path:
     return Path(root) / "kernels"
 
 
-def _cpu_id() -> str:
+def cpu_info() -> tuple[str, str]:
+    """(model, flags) of this machine's CPUs from /proc/cpuinfo: the model as every distinct
+    ``model name`` and ARM ``CPU implementer``/``variant``/``part``/``revision`` among the
+    processors (big.LITTLE has several parts), the flags as the union of their ``flags`` (x86)
+    or ``Features`` (ARM) words, sorted. Without /proc/cpuinfo: platform's processor name."""
     try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-        model = next((line for line in text.splitlines() if line.startswith("model name")), "")
-        return model + flags
+        text = CPUINFO.read_text(errors="replace")
     except OSError:
-        return platform.processor() + platform.machine()
+        return platform.processor() or platform.machine() or "unknown CPU", ""
+    models: list[str] = []
+    flags: set[str] = set()
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+        arm = ", ".join(f"{k.removeprefix('CPU ')} {fields[k]}" for k in _ARM_FIELDS if k in fields)
+        name = fields.get("model name", "ARM CPU" if arm else "")
+        model = f"{name} ({arm})" if arm else name
+        if model and model not in models:
+            models.append(model)
+        flags.update(fields.get("flags", fields.get("Features", "")).split())
+    return "; ".join(models) or "unknown CPU", " ".join(sorted(flags))
+
+
+def cpu_signature() -> dict[str, str]:
+    """What compiled ``-march=native`` code and measured timings are valid for: the architecture
+    (``platform.machine()``), the CPU model and a digest of its flags (:func:`cpu_info`)."""
+    model, flags = cpu_info()
+    return {"machine": platform.machine(), "cpu": model,
+            "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16]}
+
+
+def library_key(sources: Sequence[Path] = SOURCES, cc: str = "") -> str:
+    """The compiled library's key: a digest of the sources, the compiler and flags, and the CPU."""
+    text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in sources)
+    setup = json.dumps({"cc": cc, "flags": FLAGS, "cpu": cpu_signature()}, sort_keys=True)
+    return hashlib.sha256(text + setup.encode()).hexdigest()[:16]
+
+
+def loaded_key() -> str | None:
+    """The key of the library :func:`load` loaded (None when none is loaded)."""
+    return _lib_key if _lib is not None else None
 
 
 def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None) -> Path:
@@ -68,8 +111,7 @@ def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None)
     if not cc:
         raise RuntimeError("no C compiler found (set $CC or install gcc)")
     sources = [sources] if isinstance(sources, Path) else list(sources)
-    text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in sources)
-    key = hashlib.sha256(text + " ".join([cc, *FLAGS]).encode() + _cpu_id().encode()).hexdigest()[:16]
+    key = library_key(sources, cc)
     out_dir = out_dir or cache_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     lib = out_dir / f"rwkveval_cpu-{key}.so"
@@ -87,14 +129,15 @@ def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None)
 
 def load():
     """The compiled kernels' library, or None (with :data:`UNAVAILABLE_REASON` set) if it cannot be built."""
-    global _lib, _tried, UNAVAILABLE_REASON
+    global _lib, _lib_key, _tried, UNAVAILABLE_REASON
     if not _tried:
         _tried = True
         if os.environ.get("RWKVEVAL_CPU_KERNEL", "1") == "0":
             UNAVAILABLE_REASON = "disabled by RWKVEVAL_CPU_KERNEL=0"
             return None
         try:
-            lib = ctypes.CDLL(str(build()))
+            path = build()
+            lib = ctypes.CDLL(str(path))
         except (RuntimeError, OSError) as e:
             UNAVAILABLE_REASON = str(e)
             return None
@@ -105,7 +148,7 @@ def load():
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
-        _lib = lib
+        _lib, _lib_key = lib, path.stem.rsplit("-", 1)[-1]
     return _lib
 
 

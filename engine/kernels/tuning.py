@@ -15,13 +15,20 @@ descheduled in a parallel region costs milliseconds), so a choice made then can 
 
 The decision is cached in ``products-<key>.json`` beside the compiled kernels
 (:func:`engine.kernels.cpu.cache_dir`: ``$RWKVEVAL_CACHE/kernels`` or ``~/.cache/rwkveval/kernels``),
-one file per machine signature (CPU model and flags) and torch version, one entry per dtype,
-weight shapes and thread count. An entry whose recorded signature or torch version differs from
-this process's is never used. A cache that cannot be read or written costs a new measurement,
-and ``model.info()["cpu_products"]["source"]`` says so.
+one file per machine signature (:func:`engine.kernels.cpu.cpu_signature`: architecture, CPU model
+and flags) and torch version, one entry per dtype, weight shapes, thread count, compiled library
+(its key: sources, compiler, flags) and candidate forms (a digest of the lists timed), so an entry
+measured for other kernels or other candidates is measured again, never used. An entry whose
+recorded signature or torch version differs from this process's is never used. Reading,
+measuring and writing happen under an exclusive ``flock`` of ``products-<key>.json.lock``, and a
+write merges its entry into what the file holds then, so processes sharing the cache (pytest-xdist
+workers) neither lose each other's entries nor time their products at the same moment. A cache
+that cannot be read, locked or written costs a new measurement, and
+``model.info()["cpu_products"]["source"]`` says so.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -29,7 +36,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -37,7 +44,12 @@ import torch
 from . import cpu
 from .cpu import POINTS, Plan, linear_candidates, linear_form, lora_candidates, lora_form
 
-CACHE_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # not POSIX: the cache is used without a lock
+    fcntl = None  # type: ignore[assignment]
+
+CACHE_VERSION = 2  # 2: entries keyed by the compiled library and the candidate forms too
 # a timed call should take about this long: probes are sliced to it on big models, so a whole
 # selection stays within a few tens of milliseconds (0.1B shape) to a few hundred (7B)
 _PROBE_BYTES = 16 << 20  # memory-bound points: bytes of W read per call
@@ -47,27 +59,16 @@ _KEEP_WITHIN = 2.0  # a form this much slower than the best after two rounds is 
 _HALF = (torch.bfloat16, torch.float16)
 
 
-def cpu_info() -> tuple[str, str]:
-    """(model name, flags line) of the first CPU in /proc/cpuinfo; elsewhere platform's names."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine() or "unknown CPU", ""
-    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown CPU")
-    flags = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith(("flags", "Features"))), "")
-    return model, flags
+cpu_info = cpu.cpu_info  # (model, flags): read in one place, engine/kernels/cpu.py
 
 
 def cpu_flags() -> set[str]:
-    return set(cpu_info()[1].split())
+    return set(cpu.cpu_info()[1].split())
 
 
 def machine_signature() -> dict[str, str]:
-    """The CPU (model name and a digest of its flags) and the torch version: what a plan is valid for."""
-    model, flags = cpu_info()
-    return {"cpu": model, "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16],
-            "torch": torch.__version__}
+    """The CPU (:func:`engine.kernels.cpu.cpu_signature`) and the torch version: what a plan is valid for."""
+    return {**cpu.cpu_signature(), "torch": torch.__version__}
 
 
 def bf16_units() -> bool:
@@ -115,6 +116,12 @@ def _probe(W: torch.Tensor, rows: int) -> torch.Tensor:
     return W[:max(64, min(out, keep))]
 
 
+def candidates(dtype: torch.dtype, kernel: bool) -> dict[str, list[list[str]]]:
+    """The forms :func:`measure` times at each of :data:`POINTS`, linear and LoRA."""
+    return {"linear": [_shortcut(dtype, rows, linear_candidates(dtype, rows, kernel)) for rows in POINTS],
+            "lora": [lora_candidates(dtype) for _ in POINTS]}
+
+
 def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
             kernel: bool) -> tuple[Plan, dict]:
     """Time every candidate form at every point on the model's weights: ``ffn_key`` [F, C] (the
@@ -123,15 +130,16 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
     dtype = ffn_key.dtype
     gen = torch.Generator().manual_seed(0)
     linear, lora, timings = [], [], {}
-    for rows in POINTS:
+    timed = candidates(dtype, kernel)
+    for point, rows in enumerate(POINTS):
         W = _probe(ffn_key if rows <= POINTS[2] else att, rows)
         x = torch.randn(rows, W.shape[1], generator=gen).to(dtype)
-        forms = _shortcut(dtype, rows, linear_candidates(dtype, rows, kernel))
+        forms = timed["linear"][point]
         best = time_forms(forms, lambda form: linear_form(form, x, W)) if len(forms) > 1 else {forms[0]: 0.0}
         linear.append(min(best, key=best.get))
         timings[f"linear@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
         xl = torch.randn(rows, lora_a.shape[0], generator=gen).to(dtype)
-        forms = lora_candidates(dtype)
+        forms = timed["lora"][point]
         best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh)) if len(forms) > 1 \
             else {forms[0]: 0.0}
         lora.append(min(best, key=best.get))
@@ -142,11 +150,15 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
 
 def plan_key(dtype: torch.dtype, ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor,
              kernel: bool) -> str:
-    """The cache entry's name: dtype, the weight shapes timed, the thread count, whether the
-    compiled kernels are there."""
+    """The cache entry's name: dtype, the weight shapes timed, the thread count, the compiled
+    kernels' library (its key, or none) and a digest of the candidate forms: a plan chosen
+    among other forms, or with other kernels, is stale."""
     shapes = "x".join(map(str, ffn_key.shape)) + "," + "x".join(map(str, att.shape)) + "," + \
         "x".join(map(str, lora_a.shape))
-    return f"{str(dtype).removeprefix('torch.')}|{shapes}|threads={torch.get_num_threads()}|kernel={int(kernel)}"
+    library = (cpu.loaded_key() or "unknown") if kernel else "none"
+    forms = hashlib.sha256(json.dumps(candidates(dtype, kernel), sort_keys=True).encode()).hexdigest()[:12]
+    return (f"{str(dtype).removeprefix('torch.')}|{shapes}|threads={torch.get_num_threads()}|kernel={library}"
+            f"|forms={forms}")
 
 
 def cache_file(signature: dict[str, str], directory: Path | None = None) -> Path:
@@ -169,8 +181,11 @@ def _read(path: Path, signature: dict[str, str]) -> tuple[dict, str | None]:
     return data["plans"], None
 
 
-def _write(path: Path, signature: dict[str, str], plans: dict) -> str | None:
-    """Write the cache atomically; returns why not, or None."""
+def _write(path: Path, signature: dict[str, str], key: str, entry: dict) -> str | None:
+    """Add ``entry`` under ``key`` to the cache as the file holds it now (other processes' entries
+    kept), written atomically; returns why not, or None."""
+    plans, _ = _read(path, signature)
+    plans = {**plans, key: entry}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
@@ -179,6 +194,24 @@ def _write(path: Path, signature: dict[str, str], plans: dict) -> str | None:
     except OSError as error:
         return f"not cached: {error}"
     return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[str | None]:
+    """Hold an exclusive flock of ``path``'s lock file for the block; yields why not, or None
+    (without a lock the block still runs: at worst two processes measure the same plan)."""
+    if fcntl is None:
+        yield "not locked: no fcntl here"
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".lock"), "a")
+    except OSError as error:
+        yield f"not locked: {error}"
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield None
 
 
 def forget(directory: Path | None = None) -> bool:
@@ -198,24 +231,24 @@ def plan_for(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lor
     signature = machine_signature()
     path = cache_file(signature, directory)
     key = plan_key(ffn_key.dtype, ffn_key, att, lora_a, kernel)
-    plans, problem = _read(path, signature)
     machine = {"machine": signature, "threads": torch.get_num_threads(), "bf16_units": bf16_units(),
                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    entry = plans.get(key)
-    if entry is not None and not remeasure:
-        try:
-            plan = Plan(tuple(entry["linear"]), tuple(entry["lora"]), source=f"cached ({path})",
-                        info={**machine, "selection_ms": entry.get("selection_ms"),
-                              "timings_us": entry.get("timings_us", {})})
-            return plan
-        except (KeyError, TypeError, ValueError) as error:
-            problem = f"cache entry {key!r} in {path} is damaged ({error})"
-    start = time.perf_counter()
-    plan, timings = measure(ffn_key, att, lora_a, lora_b, kernel)
-    selection_ms = round((time.perf_counter() - start) * 1e3, 1)
-    plans[key] = {**plan.to_json(), "selection_ms": selection_ms, "timings_us": timings}
-    written = _write(path, signature, plans)
-    notes = "; ".join(n for n in (problem, written) if n)
+    with _locked(path) as unlocked:  # read, measure, write: one process at a time
+        plans, problem = _read(path, signature)
+        entry = plans.get(key)
+        if entry is not None and not remeasure:
+            try:
+                return Plan(tuple(entry["linear"]), tuple(entry["lora"]), source=f"cached ({path})",
+                            info={**machine, "selection_ms": entry.get("selection_ms"),
+                                  "timings_us": entry.get("timings_us", {})})
+            except (KeyError, TypeError, ValueError) as error:
+                problem = f"cache entry {key!r} in {path} is damaged ({error})"
+        start = time.perf_counter()
+        plan, timings = measure(ffn_key, att, lora_a, lora_b, kernel)
+        selection_ms = round((time.perf_counter() - start) * 1e3, 1)
+        written = _write(path, signature, key, {**plan.to_json(), "selection_ms": selection_ms,
+                                                "timings_us": timings})
+    notes = "; ".join(n for n in (problem, unlocked, written) if n)
     source = "measured" + (f" ({notes})" if notes else f", cached in {path}")
     return Plan(plan.linear, plan.lora, source=source,
                 info={**machine, "selection_ms": selection_ms, "timings_us": timings})

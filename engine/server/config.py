@@ -75,8 +75,10 @@ class ServerConfig:
     @property
     def max_model_len(self) -> int:
         """The context length the server reports everywhere (/v1/models, /tokenizer_info, /tokenize):
-        the longest prompt it takes. A client that keeps prompt plus generation within it (as
-        lm-evaluation-harness does) is never refused; generation may add up to max_tokens more."""
+        the longest prompt it takes. An RNN has no context window, so generation is limited on its
+        own: a request is refused for its length only when its prompt is longer than this or its
+        max_tokens exceeds ``max_tokens`` (a client keeping prompt plus generation within this
+        length, as lm-evaluation-harness does, can still ask for more than ``max_tokens``)."""
         return self.max_prompt_tokens
 
     def connection_cap(self) -> int:

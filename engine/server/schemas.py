@@ -238,6 +238,22 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
     return ids
 
 
+def chat_prompt_tokens(messages: list[tuple[str, str]], tokenizer, config: ServerConfig) -> list[int]:
+    """The chat prompt of ``messages`` as token ids (:func:`engine.server.chat.render_tokens`, as
+    ``rwkveval chat`` feeds them), checked against the server's limits."""
+    from .chat import render_tokens
+
+    chars = sum(len(content) for _, content in messages)
+    if chars > CHARS_PER_TOKEN_BOUND * config.max_prompt_tokens:
+        raise ApiError(f"the messages hold {chars} characters, far more than the limit of "
+                       f"{config.max_prompt_tokens} tokens can hold", param="messages")
+    ids = render_tokens(messages, tokenizer.encode)
+    if len(ids) > config.max_prompt_tokens:
+        raise ApiError(f"the chat prompt has {len(ids)} tokens; the server's limit is {config.max_prompt_tokens}",
+                       param="messages")
+    return ids
+
+
 def prompt_token_lists(prompt: Prompt, tokenizer, config: ServerConfig) -> list[list[int]]:
     """The prompts of a completion request as token-id lists, each checked against the limits."""
     if isinstance(prompt, str):

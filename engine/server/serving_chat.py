@@ -1,5 +1,5 @@
-"""``POST /v1/chat/completions``: messages rendered in the RWKV chat format (:mod:`.chat`), the reply
-whole or streamed, its leading whitespace dropped."""
+"""``POST /v1/chat/completions``: messages rendered in the RWKV chat format (:mod:`.chat`, the
+tokens ``rwkveval chat`` feeds), the reply whole or streamed, its leading whitespace dropped."""
 from __future__ import annotations
 
 import time
@@ -9,9 +9,8 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from . import chat as chat_format
 from .scheduler import Job, Sampling
-from .schemas import ApiError, ChatRequest, check_model, check_refused, check_sampling, parse, prompt_token_lists
+from .schemas import ApiError, ChatRequest, chat_prompt_tokens, check_model, check_refused, check_sampling, parse
 from .server import Server
 from .streaming import job_events, sse
 
@@ -31,9 +30,8 @@ async def create_chat_completion(server: Server, request: Request):
     if options["max_tokens"] == 0:
         raise ApiError("max_tokens must be at least 1 for a chat reply", param="max_tokens")
     options["stop_strs"] = tuple(dict.fromkeys(config.chat_stop + options["stop_strs"]))
-    text = chat_format.render([(m.role, m.text()) for m in body.messages])
-    prompts = prompt_token_lists(text, server.tokenizer, config)
-    job = server.submit(prompts, Sampling(stream=bool(body.stream), **options))
+    prompt = chat_prompt_tokens([(m.role, m.text()) for m in body.messages], server.tokenizer, config)
+    job = server.submit([prompt], Sampling(stream=bool(body.stream), **options))
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

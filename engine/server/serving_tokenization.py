@@ -1,12 +1,14 @@
 """The tokenizer endpoints lm-evaluation-harness's remote tokenizer uses: ``GET /tokenizer_info``,
-``POST /tokenize`` (text or a chat), ``POST /detokenize``. No special tokens are ever added."""
+``POST /tokenize`` (text, or a chat: the tokens ``/v1/chat/completions`` runs for it), ``POST
+/detokenize``. No special tokens are ever added to a text."""
 from __future__ import annotations
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from . import chat as chat_format
-from .schemas import CHARS_PER_TOKEN_BOUND, ApiError, DetokenizeRequest, TokenizeRequest, check_model, check_token_ids, parse
+from .schemas import (CHARS_PER_TOKEN_BOUND, ApiError, DetokenizeRequest, TokenizeRequest, chat_prompt_tokens,
+                      check_model, check_token_ids, parse)
 from .server import Server
 
 
@@ -28,8 +30,10 @@ async def tokenize(server: Server, request: Request) -> JSONResponse:
     check_model(body.model, config)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError("send exactly one of 'prompt' (text) and 'messages' (a chat)", param="prompt")
-    text = body.prompt if body.prompt is not None else chat_format.render(
-        [(m.role, m.text()) for m in body.messages])
+    if body.messages is not None:  # the chat prompt, as /v1/chat/completions runs it (token 0 first)
+        tokens = chat_prompt_tokens([(m.role, m.text()) for m in body.messages], server.tokenizer, config)
+        return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": config.max_model_len})
+    text = body.prompt
     if len(text) > CHARS_PER_TOKEN_BOUND * config.max_prompt_tokens:
         raise ApiError(f"the text has {len(text)} characters, more than /tokenize accepts "
                        f"({CHARS_PER_TOKEN_BOUND * config.max_prompt_tokens})", param="prompt")
