@@ -79,6 +79,20 @@ def exact_match(prediction: str, reference: str, steps: Iterable[str]) -> bool:
     return normalize_text(prediction, steps) == normalize_text(reference, steps)
 
 
+def match_key(answer: str, steps: Iterable[str]) -> str | None:
+    """What answers vote by (``--samples`` majorities, ``--strategy`` votes) under ``exact_match``
+    with normalisations ``steps``: with ``numbers``, an answer that reads as a number is that number
+    (``"1,000.5"`` and ``"1000.50"`` are one vote: ``"1000.5"``); otherwise the normalised text. An
+    answer that is empty once normalised does not vote (None)."""
+    steps = tuple(steps)
+    if "numbers" in steps:
+        number = parse_number(answer)
+        if number is not None:
+            return str(number)
+    key = normalize_text(answer, steps)
+    return key if key.strip() else None
+
+
 def _box_at(text: str, at: int) -> str | None:
     """The box whose command ends at ``at``: ``{...}`` with nested braces, or `` x`` up to a space
     or dollar sign; None when its braces never close."""

@@ -53,10 +53,10 @@ from typing import Any
 import pytest
 
 from benchmarkdata.loader import DataError, iter_lines
-from evals.answer_checking import exact_match, normalize_text
+from evals.answer_checking import exact_match, match_key
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest
 from evals.checkers import Checked, CheckOptions, Checkers
-from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.generation import add_sampling, sampled_answers, sampling_metrics, sampling_scores
 from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
 from evals.text_metrics import describe_embedding_model, rouge_protocol
 from evals.suite import Declared
@@ -270,23 +270,30 @@ def generated_rows(evaluation, cfg, task: TaskFile, docs: Sequence[dict[str, Any
     return rows, stop, steps
 
 
+def sample_scores(answers: Sequence[str], target: str, steps: Sequence[str]) -> dict[str, float]:
+    """``maj@k``/``pass@k`` of one question's stripped sampled answers; votes by :func:`match_key`."""
+    return sampling_scores([match_key(a, steps) for a in answers], [exact_match(a, target, steps) for a in answers],
+                           lambda key: exact_match(key, target, steps))
+
+
+def strategy_tasks(docs: Sequence[dict[str, Any]], contexts: Sequence[str], steps: Sequence[str]) -> list[Task]:
+    """The questions as ``--strategy`` sees them: candidates vote by :func:`match_key`, as samples do."""
+    return [Task(d["prompt"], c, lambda text: match_key(text.strip(), steps),
+                 lambda key, t=d["target"]: exact_match(key, t, steps)) for d, c in zip(docs, contexts)]
+
+
 def exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol) -> None:
     """``--samples`` (maj@k, pass@k) and ``--strategy`` votes beside the main answer."""
-    n = cfg.samples
-    if n:
-        sampled = evaluation.generate([r for c in contexts for r in sample_requests(
-            c, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
-        for i, (doc, row) in enumerate(zip(docs, rows)):
-            answers = [s.text.strip() for s in sampled[i * n:(i + 1) * n]]
-            keys = [normalize_text(a, steps) for a in answers]
+    sampled = sampled_answers(evaluation, cfg, contexts, stop, cfg.max_new_tokens)
+    if cfg.samples:
+        for doc, row, group in zip(docs, rows, sampled):
+            answers = [s.text.strip() for s in group]
             row["sample_outputs"] = answers
-            row["scores"].update(sampling_scores(keys, [exact_match(a, doc["target"], steps) for a in answers],
-                                                 lambda key, t=doc["target"]: exact_match(key, t, steps)))
-        protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
-    tasks = [Task(d["prompt"], c, lambda text: normalize_text(text.strip(), steps),
-                  lambda key, t=d["target"]: exact_match(key, t, steps)) for d, c in zip(docs, contexts)]
-    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens,
-                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(docs))] if n else None)
+            row["scores"].update(sample_scores(answers, doc["target"], steps))
+        add_sampling(cfg, metrics, protocol, votes="match_key: a number when --match-normalize has numbers and "
+                                                   "the answer reads as one, else the normalised text; empty: no vote")
+    outcome = run_strategy(evaluation, cfg, strategy_tasks(docs, contexts, steps), stop, cfg.max_new_tokens,
+                           samples=sampled)
     if outcome:  # --strategy: votes over candidates beside the main answer (evals/ttc)
         outcome.merge(rows, metrics, protocol)
 

@@ -173,3 +173,19 @@ def test_a_prompt_over_budget_stops_the_case_before_any_model_work(pytester, mon
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{data}:2: the prompt is 1000001 tokens, over the context budget*"])
     assert "the model was asked" not in result.stdout.str()
+
+
+def test_votes_go_by_the_numbers_normalisation_and_empty_answers_do_not_vote():
+    from evals.answer_checking import match_key
+    from evals.test_custom import sample_scores, strategy_tasks
+
+    steps = ("strip", "numbers")
+    assert match_key("1,000.5", steps) == match_key("1000.50", steps) == "1000.5"
+    assert match_key("", steps) is None and match_key("  ", ("whitespace",)) is None
+    assert match_key("Paris.", ("strip", "lower", "punctuation")) == "paris" and match_key("Paris", ("strip",)) == "Paris"
+    # two empty outputs first, then two spellings of the right number and a wrong one
+    scores = sample_scores(["", "", "1,000.5", "1000.50", "7"], "1000.5", steps)
+    assert scores["maj@1"] == 0.0 and scores["maj@2"] == 0.0  # no answer voted: nothing to judge
+    assert scores["maj@4"] == 1.0 and scores["maj@5"] == 1.0  # 1000.5 has two votes, "" none
+    [task] = strategy_tasks([{"prompt": "q", "target": "1000.5"}], ["ctx"], steps)
+    assert task.answer(" 1,000.50 ") == "1000.5" and task.answer("") is None and task.check("$1,000.5")

@@ -249,3 +249,34 @@ def test_exact_match_table(prediction, reference, steps, equal):
 
 def test_parse_number_edge_cases():
     assert parse_number("1e3") == 1000 and parse_number("5%") == 5 and parse_number("") is None
+
+
+def test_greedy_and_samples_one_call_each_cut_per_prompt():
+    from types import SimpleNamespace
+
+    from evals.backend import GenerateResponse
+    from evals.generation import add_sampling, greedy_and_samples
+
+    calls = []
+
+    class Evaluation:
+        def generate(self, requests):
+            calls.append(requests)
+            return [GenerateResponse(f"{r.context}|{r.seed}|{r.temperature}", 1, 1, "stop") for r in requests]
+
+    cfg = SimpleNamespace(samples=3, temperature=0.7, top_p=0.9, sampling_seed=10, bos=True)
+    greedy, sampled = greedy_and_samples(Evaluation(), cfg, ["p", "q"], ["\n"], 8)
+    assert [g.text for g in greedy] == ["p|None|0.0", "q|None|0.0"] and len(calls) == 2
+    assert [[s.text for s in group] for group in sampled] == [["p|10|0.7", "p|11|0.7", "p|12|0.7"],
+                                                              ["q|10|0.7", "q|11|0.7", "q|12|0.7"]]
+    assert all(r.stop == ("\n",) and r.max_new_tokens == 8 and r.bos for batch in calls for r in batch)
+    metrics, protocol = {}, {}
+    add_sampling(cfg, metrics, protocol, answers="x")
+    assert set(metrics) == {"maj@1", "pass@1", "maj@2", "pass@2", "maj@3", "pass@3"}
+    assert protocol["sampling"]["seeds"] == "10..12" and protocol["sampling"]["answers"] == "x"
+    calls.clear()
+    greedy, sampled = greedy_and_samples(Evaluation(), SimpleNamespace(**(vars(cfg) | {"samples": 0})), ["p"], [], 8)
+    assert sampled == [[]] and len(calls) == 1  # no samples asked: no second call
+    metrics, protocol = {}, {}
+    add_sampling(SimpleNamespace(samples=0), metrics, protocol)
+    assert metrics == {} and protocol == {}
