@@ -10,7 +10,8 @@ from evals import test_gsm8k, test_math500
 from evals.answer_checking import exact_match, numbers_equal, parse_number
 from evals.backend import GenerateResponse
 from evals.generation import ks_for, majority, pass_at_k, sample_requests, sampling_scores
-from evals.templates import clean_message, rwkv_chat
+from engine.server.chat import fold, render
+from evals.templates import CHAT_TEMPLATES, rwkv_chat
 
 JANET = {"doc_id": 0, "target": "18", "question": (
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her "
@@ -230,8 +231,21 @@ def test_math500_prompts():
 # ---- templates and exact match ----------------------------------------------------------------
 
 def test_rwkv_chat_collapses_blank_lines():
-    assert clean_message("  a\r\n\r\nb\n \n c ") == "a\nb\n c"
+    assert fold("  a\r\n\r\nb\n \n c ") == "a\nb\n c"
     assert rwkv_chat([("q1", "a1")], "q2") == "User: q1\n\nAssistant: a1\n\nUser: q2\n\nAssistant:"
+    assert rwkv_chat([("q\n\n1", "a1")], "q2", "S") == render([("system", "S"), ("user", "q\n\n1"), ("assistant", "a1"),
+                                                           ("user", "q2")])
+
+
+def test_chat_template_rwkv_is_template_rwkv():
+    """--chat-template rwkv (an endpoint) and --template rwkv give the same text: the context is
+    one user message, its blank lines folded like the server's chat rendering folds them."""
+    context = "Question one\n\nwith a blank line\r\n\r\nand another"
+    for system in (None, "Be\n\nterse."):
+        sent = CHAT_TEMPLATES["rwkv"].render(context, system)
+        assert sent == rwkv_chat((), context, system) == render(([("system", system)] if system else [])
+                                                                 + [("user", context)])
+        assert "\n\n" not in sent.split("User: ", 1)[1].removesuffix("\n\nAssistant:")
 
 
 @pytest.mark.parametrize("prediction, reference, steps, equal", [
