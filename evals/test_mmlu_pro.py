@@ -42,7 +42,6 @@ chance is about 0.10 (most questions have ten options).
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from typing import Any
 import pytest
 
 from benchmarkdata.loader import describe, read_parquet
+from evals.answer_checking import choice_patterns, extract_choice
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse
 from evals.suite import Declared
 from evals.ttc.run import Task, metric_names, run_strategy
@@ -69,9 +69,7 @@ DIRECT_CUE = "Answer:"
 STOP = ("Question:",)
 GUESS_SEED = 12345
 DEFAULT_FEWSHOT = 5
-FIRST_PATTERN = re.compile(r"answer is \(?([A-J])\)?")
-SECOND_PATTERN = re.compile(r".*[aA]nswer:\s*([A-J])")
-FINAL_PATTERN = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
+FIRST_PATTERN, SECOND_PATTERN, FINAL_PATTERN = choice_patterns(CHOICES)  # shared with the choice_letter checker
 DIRECT_METRICS = {"acc": ("mean", "acc")}
 COT_METRICS = {"acc": ("mean", "acc"), "acc_first_pattern": ("mean", "acc_first_pattern"),
                "guessed": ("sum", "guessed")}
@@ -148,12 +146,7 @@ def render_direct(doc: dict[str, Any], prompt: str, bos: bool) -> list[Loglikeli
 
 def extract(text: str) -> tuple[str | None, str | None]:
     """(letter, which pattern found it: "first" | "second" | "final"), or (None, None)."""
-    for stage, pattern in (("first", FIRST_PATTERN), ("second", SECOND_PATTERN)):
-        match = pattern.search(text)
-        if match:
-            return match.group(1), stage
-    match = FINAL_PATTERN.search(text)
-    return (match.group(0), "final") if match else (None, None)
+    return extract_choice(text, CHOICES)
 
 
 def official_guess(n_options: int) -> int:

@@ -180,6 +180,18 @@ def test_choice_letter_extraction(output, choices, letter):
     assert extract_letter(output, choices) == letter
 
 
+@pytest.mark.parametrize("output", [
+    "Answer: A at first; on reflection, Answer: C",    # the second pattern takes the last Answer: of the line
+    "answer:(B)? no. Answer: D", "The answer is (J), not Answer: B", "A\nB\nC", "It must be D.\nDefinitely.",
+    "Answer: E\nAnswer: F", "(B) Paris, because of A", "nothing here",
+])
+def test_choice_letter_is_mmlu_pros_extraction(output):
+    from evals.test_mmlu_pro import extract
+
+    assert extract_letter(output, None) == extract(output)[0]
+    assert extract_letter("Answer: A at first; on reflection, Answer: C", ["w", "x", "y", "z"]) == "C"
+
+
 def test_choice_letter_targets():
     choices = ["trout", "whale", "gull"]
     assert [target_text(parse_checker("choice_letter"), a, choices) for a in (1, "B", "(B)", "whale")] == ["B"] * 4
