@@ -402,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list", help="list the manifest with each file's known revisions")
     cmd = sub.add_parser("accept", help="record a local copy of a file the manifest pins no sha256 for (C-Eval's "
                                         "zip) in its data root's revisions.json, so runs read it")
-    cmd.add_argument("file", type=Path, help="the copy, as DATA_ROOT/<manifest path> (e.g. mydata/ceval/ceval-exam.zip)")
+    cmd.add_argument("file", type=Path,
+                     help="the copy, as DATA_ROOT/<manifest path> (e.g. mydata/ceval/ceval-exam.zip)")
     cmd.add_argument("--dest", type=Path, default=None,
                      help="copy the file to DEST/<manifest path> and record it there (default: record it where it is)")
     args = parser.parse_args(argv)

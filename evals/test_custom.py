@@ -45,14 +45,13 @@ Reference scores: none (the user's data); the report records the file's sha256 a
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarkdata.loader import DataError, iter_lines
+from benchmarkdata.loader import DataError, file_sha256, iter_lines
 from evals.answer_checking import exact_match, match_key
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest
 from evals.checkers import Checked, CheckOptions, Checkers
@@ -326,9 +325,9 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
         if task.benchmark == "custom_exact_match":
             exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol)
     data = [{"file": str(task.path), "path": str(task.path.resolve()), "rows": len(all_docs),
-             "sha256": hashlib.sha256(task.path.read_bytes()).hexdigest(), "source": "user", "licence": None}]
+             "sha256": file_sha256(task.path), "source": "user", "licence": None}]
     if task.sidecar is not None:
-        data[0]["sidecar_sha256"] = hashlib.sha256(task.sidecar.read_bytes()).hexdigest()
+        data[0]["sidecar_sha256"] = file_sha256(task.sidecar)
     # One benchmark per checker (custom_exact_match, custom_numeric, ...): a folder may mix kinds,
     # and a benchmark's overall row pools cases scored alike.
     evaluation.record(task.benchmark, case, rows, metrics, protocol, data)
