@@ -42,7 +42,7 @@ from evals.answer_checking import (
     parse_number,
 )
 from evals.multiple_choice import ACC_AND_NORM
-from evals.text_metrics import ROUGE_METRICS, rouge
+from evals.text_metrics import ROUGE_METRICS, resolve_segmentation, rouge
 
 SCORED = ("exact_match", "numeric", "math_equiv", "choice_letter", "contains", "boxed_last", "boxed_any")
 BUILTINS = SCORED + ("rouge", "semantic", "multiple_choice")
@@ -128,6 +128,7 @@ class Checked:
     scores: dict[str, float]
     extracted: Any = None
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # more fields for the row (rouge: its segmentation)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,8 @@ class Checkers:
             raise CheckerError("multiple_choice scores choices by log-likelihood, not generated outputs")
         if spec.kind == "rouge":
             segmentation = self.options.rouge_segmentation
-            return self._each(outputs, lambda i: Checked(rouge(outputs[i], targets[i], segmentation)))
+            return self._each(outputs, lambda i: Checked(rouge(outputs[i], targets[i], segmentation), details={
+                "rouge_segmentation": resolve_segmentation(segmentation, outputs[i], targets[i])}))
         if spec.kind == "semantic":
             from evals.text_metrics import semantic_similarity
 

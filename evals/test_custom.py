@@ -35,7 +35,9 @@ messages as JSON). By the file's checker (``evals/checkers.py``; default ``--cus
 
 Each generated row records the rendered ``prompt``, ``output``, ``output_len`` (tokens, from the
 backend's count), ``checker``, ``extracted``, ``checker_error`` (why the checker could not score
-it: then its score is 0 and ``checker_errors`` counts it) and its ``scores``.
+it: then its score is 0 and ``checker_errors`` counts it) and its ``scores``; a ``rouge`` row also
+``rouge_segmentation``, the segmentation ``--rouge-segmentation`` gave that pair (``auto``
+decides per pair, by script).
 
 Report: benchmark ``custom_<checker>`` (``custom_exact_match``, ``custom_numeric``,
 ``custom_fn_<function>``, ...; ``custom_mixed`` for a file whose rows name several checkers), one
@@ -186,7 +188,7 @@ def scored_row(doc: dict[str, Any], prompt: str, response: GenerateResponse, len
     scores["checker_error"] = float(verdict.error is not None)
     row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"], "output": response.text,
            "finish_reason": response.finish_reason, "output_len": length[0], "checker": spec.text,
-           "extracted": verdict.extracted, "checker_error": verdict.error, "scores": scores}
+           "extracted": verdict.extracted, "checker_error": verdict.error, "scores": scores, **verdict.details}
     if length[1] is not None:
         row["output_len_from"] = length[1]
     return row
