@@ -15,7 +15,9 @@ UTF-8, bad JSON, a lone surrogate escape, a missing field, a repeated id, an ans
 cannot use) is an error naming the file and the line. Count: whatever the file holds; ``--limit``
 samples it like any benchmark.
 
-Context budget: before any model work, every selected prompt (with its longest choice) must fit
+Context budget: before any model work, every selected prompt as it is sent (against an endpoint:
+with ``--chat-template`` and ``--system-prompt`` applied; in chat mode the messages' texts, the
+server's own turn markers not being known here), with its longest choice, must fit
 ``--context-budget`` tokens, less ``--max-new-tokens`` for a generated answer; a longer one stops
 the case with ``file:line``, its token count and the budget (nothing is cut silently).
 
@@ -62,7 +64,7 @@ from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
 from evals.text_metrics import describe_embedding_model, rouge_protocol
 from evals.suite import Declared
 from evals.task_files import TaskFile, data_files, load_task, task_file
-from evals.templates import RWKV_STOP, as_sent, rwkv_chat
+from evals.templates import RWKV_STOP, as_sent, chat_messages, rwkv_chat
 from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK = "custom"
@@ -144,6 +146,15 @@ def sent_prompt(context: str, config) -> str:
     if remote is None:
         return context
     return as_sent(context, remote.api_mode, remote.chat_template, remote.system_prompt)
+
+
+def budget_text(context: str, config) -> str:
+    """The text the context budget counts for a generated answer: what is sent (:func:`sent_prompt`),
+    or in chat mode the messages' contents (the server adds turn markers this side cannot count)."""
+    remote = config.remote
+    if remote is not None and remote.api_mode == "chat":
+        return "\n\n".join(m["content"] for m in chat_messages(context, remote.system_prompt))
+    return sent_prompt(context, config)
 
 
 def output_lengths(backend: Any, responses: Sequence[GenerateResponse]) -> list[tuple[int, str | None]]:
@@ -309,7 +320,8 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
     docs = [all_docs[i] for i in custom_selection[case]]
     contexts = [render_prompt(d["prompt"], cfg.template, cfg.system_prompt) for d in docs]
     choices = task.benchmark == "custom_multiple_choice"
-    check_budget(task.path, docs, contexts, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
+    counted = contexts if choices else [budget_text(c, cfg) for c in contexts]  # choices' contexts go unwrapped
+    check_budget(task.path, docs, counted, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
                  0 if choices else cfg.max_new_tokens)
     kind = task.benchmark[len(BENCHMARK) + 1:]
     protocol: dict[str, Any] = {
