@@ -167,3 +167,10 @@ def test_score_cot_and_aggregate():
     assert metrics["acc_first_pattern"].value == 0.25
     assert metrics["guessed"].value == 1 and metrics["guessed"].stderr is None
     assert metrics["acc"].stderr == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
+
+
+def test_suite_docstring_names_the_real_case_parameters():
+    from evals import suite, test_mmlu, test_mmlu_pro
+
+    assert f'``"{test_mmlu_pro.CASE_PARAM}"`` for MMLU-Pro' in suite.__doc__
+    assert f'``"{test_mmlu.CASE_PARAM}"`` for MMLU' in suite.__doc__
