@@ -67,6 +67,16 @@ def toy(hub, tmp_path, monkeypatch):
     loader.manifest.cache_clear()
 
 
+def add_unpinned_entry() -> None:
+    """Add ``toy/unpinned.zip`` to the toy manifest: no sha256 pinned, fetched from the branch (C-Eval's case)."""
+    files = json.loads(loader.MANIFEST.read_text())["files"]
+    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
+                  "fidelity": "verbatim", "unpinned": "written without a network",
+                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
+    loader.MANIFEST.write_text(json.dumps({"files": files}))
+    loader.manifest.cache_clear()
+
+
 def fetch_requests(hub: StandInHub) -> list[str]:
     return hub.resolve_paths()
 
@@ -214,12 +224,7 @@ def test_an_unpinned_file_is_fetched_only_when_accepted_and_then_recognised(hub,
     """An entry with no sha256 yet (C-Eval's zip): a fetch is refused saying so, kept with
     --accept-new-revision (checked against the hub's own sha256) and found afterwards."""
     cache, _ = toy
-    files = json.loads(loader.MANIFEST.read_text())["files"]
-    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
-                  "fidelity": "verbatim", "unpinned": "written without a network",
-                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
-    loader.MANIFEST.write_text(json.dumps({"files": files}))
-    loader.manifest.cache_clear()
+    add_unpinned_entry()
     commit = hub.put("Org/Toy", "unpinned.zip", V3, "dataset")
     with pytest.raises(OfflineError, match="fetch toy/unpinned.zip --accept-new-revision` .the manifest pins no sha256"):
         ensure(["toy/unpinned.zip"], offline=True, progress=silent)
@@ -328,12 +333,7 @@ def test_a_part_from_another_revision_is_never_resumed(hub, toy):
 def test_a_local_copy_of_an_unpinned_file_is_accepted_and_then_read(hub, toy, tmp_path, capsys):
     """C-Eval offline: the official zip put into a --data-dir by hand is refused until `accept`
     (or --accept-new-revision on the run) records its sha256 in that root's revisions.json."""
-    files = json.loads(loader.MANIFEST.read_text())["files"]
-    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
-                  "fidelity": "verbatim", "unpinned": "written without a network",
-                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
-    loader.MANIFEST.write_text(json.dumps({"files": files}))
-    loader.manifest.cache_clear()
+    add_unpinned_entry()
     mine = tmp_path / "mine"
     (mine / "toy").mkdir(parents=True)
     copy = mine / "toy" / "unpinned.zip"
