@@ -1,4 +1,4 @@
-"""Fetching data files: :func:`ensure` (fetch on first use) and ``python -m benchmarkdata fetch|list``.
+"""Fetching data files: :func:`ensure` (fetch on first use) and ``python -m benchmarkdata fetch|list|accept``.
 
 :func:`ensure` is what the pytest plugin calls before the first test of a benchmark: every named
 file found in a data root is checked and returned; the missing ones are downloaded from their
@@ -6,30 +6,43 @@ manifest source into the user data cache, with a progress bar and the sha256 che
 downloads off (``offline=True`` or ``HF_HUB_OFFLINE=1``) missing files are one
 :class:`OfflineError` naming them all, the fetch command and ``--data-dir``.
 
-A download is kept when its sha256 is a known revision of the file (see
-:mod:`benchmarkdata.revisions`). Otherwise it is refused with :class:`NewRevisionError` (naming
-the expected and the found sha256 and ``--accept-new-revision``), or, with
+A download from a pinned source (a plain URL, the manifest's pinned hub commit, a known revision
+asked for by id) is kept only when its sha256 is that revision's; anything else is refused with
+:class:`NewRevisionError` and deleted, whatever ``accept_new_revision`` says (a pinned source that
+serves other bytes is a broken mirror or a rewritten upstream, never a revision to score). A
+download from a moving source (a branch such as ``main``, a commit the manifest does not know, an
+entry that pins nothing yet) is kept when its sha256 is a known revision; otherwise it is refused
+(naming the expected and the found sha256 and ``--accept-new-revision``), or, with
 ``accept_new_revision=True``, kept and recorded in the data root's ``revisions.json`` with the hub
-commit it came from.
+commit it came from. A download in progress lives in ``<file>.<source hash>.part``, named after its
+URL, so a part begun from another source or revision is never resumed into this one.
 
 Which revision is fetched: ``revision=None`` takes the manifest remote's ``revision`` (a hub
 commit for MMLU-Pro, so a fresh machine always gets the same bytes); a known revision id
 (``2024``, ``2026``) takes that revision's hub commit; anything else is a hub branch, tag or
 commit (``main``), resolved to its commit through the hub's API before downloading.
+
+A file the manifest pins no sha256 for (C-Eval's zip) and that was copied in by hand is read only
+once its data root's ``revisions.json`` vouches for it: ``python -m benchmarkdata accept FILE``
+(:func:`accept`) records it, and so does ``ensure(..., accept_new_revision=True)`` for a copy it
+finds in a data root.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarkdata.hub import (COMMIT, OFFLINE_ENV, DownloadError, endpoint_default, fetch_part, file_info, hub_url,
                               locked, offline_default)
-from benchmarkdata.loader import (DataError, DataFile, ManifestEntry, MissingDataError, data_cache, file_sha256,
-                                  find, manifest, search_path)
+from benchmarkdata.loader import (DataError, DataFile, ManifestEntry, MissingDataError, UnvouchedDataError, data_cache,
+                                  file_sha256, find, manifest, search_path)
 from benchmarkdata.progress import ProgressFactory, silent, terminal
 from benchmarkdata.revisions import Revision, count_rows, identify, new_revision_id, write_record
 
@@ -62,7 +75,7 @@ class Plan:
     """What one fetch downloads and what it expects."""
 
     url: str
-    expected: Revision | None  # the known revision asked for; None: a branch, whatever it serves now
+    expected: Revision | None  # the known revision a pinned source serves; None: a moving source (a branch)
     hub_commit: str | None = None
     hub_sha256: str | None = None  # the hub's own checksum of the file (LFS), when it told us
     size: int | None = None
@@ -110,7 +123,26 @@ def plan(entry: ManifestEntry, revision: str | None = None, endpoint: str | None
     return Plan(info.url(endpoint), wanted, info.commit, info.sha256, info.size)
 
 
+def part_path(target: Path, url: str) -> Path:
+    """Where a download of ``target`` from ``url`` accumulates: named after the source, so a part
+    begun from another URL (another revision or commit) is never resumed into this one."""
+    return target.with_name(f"{target.name}.{hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]}.part")
+
+
+def _pinned_refusal(entry: ManifestEntry, found: str, planned: Plan, what: str) -> NewRevisionError:
+    commit = f", hub commit {planned.hub_commit}" if planned.hub_commit else ""
+    instead = ("; to score a newer upstream revision, fetch the branch: `python -m benchmarkdata fetch "
+               f"{entry.file} --revision main --accept-new-revision`" if "repo" in (entry.remote or {}) else "")
+    return NewRevisionError(
+        f"{entry.file}: {what} sha256 {found} ({planned.url}{commit}), but this source is pinned to revision "
+        f"{planned.expected.id} with sha256 {planned.expected.sha256}. Nothing was kept, and --accept-new-revision "
+        f"cannot keep it: a pinned source serving other bytes is a broken mirror or a rewritten upstream{instead}; "
+        "or point --data-dir at a folder holding a known revision")
+
+
 def _refusal(entry: ManifestEntry, found: str, planned: Plan, what: str) -> NewRevisionError:
+    if planned.expected is not None:
+        return _pinned_refusal(entry, found, planned, what)
     if entry.sha256 is None and not entry.revisions:
         commit = f" at hub commit {planned.hub_commit}" if planned.hub_commit else ""
         return NewRevisionError(
@@ -118,8 +150,7 @@ def _refusal(entry: ManifestEntry, found: str, planned: Plan, what: str) -> NewR
             f"({entry.unpinned}). Nothing was kept. To use it, recorded in the report under its own sha256 and hub "
             f"commit, pass --accept-new-revision (pytest evals) or run `python -m benchmarkdata fetch {entry.file} "
             f"--accept-new-revision`")
-    expected = (f"expected revision {planned.expected.id} with sha256 {planned.expected.sha256}" if planned.expected
-                else f"expected one of the known revisions ({_known_text(entry)})")
+    expected = f"expected one of the known revisions ({_known_text(entry)})"
     commit = f", hub commit {planned.hub_commit}" if planned.hub_commit else ""
     return NewRevisionError(
         f"{entry.file}: {what} sha256 {found} ({planned.url}{commit}), which is no known revision of this file: "
@@ -131,13 +162,18 @@ def _refusal(entry: ManifestEntry, found: str, planned: Plan, what: str) -> NewR
 
 def fetch_file(entry: ManifestEntry, dest_root: Path, revision: str | None = None, accept_new_revision: bool = False,
                endpoint: str | None = None, progress: ProgressFactory = silent, token: str | None = None) -> DataFile:
-    """Download ``entry`` into ``dest_root`` (resumable, sha256-checked) and record its revision."""
+    """Download ``entry`` into ``dest_root`` (resumable, sha256-checked) and record its revision.
+
+    ``accept_new_revision`` keeps an unknown sha256 only from a moving source (see the module
+    docstring); a pinned source must serve its revision's bytes."""
     planned = plan(entry, revision, endpoint, token)
+    pinned = planned.expected
     known_shas = {r.sha256 for r in entry.known()}
-    if planned.hub_sha256 and planned.hub_sha256 not in known_shas and not accept_new_revision:
+    if planned.hub_sha256 and (planned.hub_sha256 != pinned.sha256 if pinned else
+                               planned.hub_sha256 not in known_shas and not accept_new_revision):
         raise _refusal(entry, planned.hub_sha256, planned, "the hub reports")  # refused before downloading
     target = Path(dest_root) / entry.file
-    part = target.with_name(target.name + ".part")
+    part = part_path(target, planned.url)
     target.parent.mkdir(parents=True, exist_ok=True)
     existed = target.exists()
     with locked(target):
@@ -154,10 +190,12 @@ def fetch_file(entry: ManifestEntry, dest_root: Path, revision: str | None = Non
             raise FetchError(f"{entry.file}: the download from {planned.url} has sha256 {found}, but the hub's own "
                              f"checksum is {planned.hub_sha256}: a corrupted transfer; nothing was kept, run again")
         known = identify(entry.known(), entry.file, found, Path(dest_root))
-        if known is None and not accept_new_revision:
+        if (found != pinned.sha256) if pinned else (known is None and not accept_new_revision):
             part.unlink()
             raise _refusal(entry, found, planned, "the source served")
         os.replace(part, target)
+        for stale in target.parent.glob(f"{target.name}.*.part"):  # parts begun from other sources
+            stale.unlink(missing_ok=True)
     record = {"hub_commit": planned.hub_commit, "url": planned.url}
     if known is None or known.accepted:
         rows = count_rows(target)
@@ -200,6 +238,10 @@ def ensure(names: Iterable[str], data_dir: Path | None = None, *, cache_dir: Pat
             located[name] = find(name, data_dir, cache_dir)
         except MissingDataError:
             missing.append(name)
+        except UnvouchedDataError as error:  # a local copy of a file that pins nothing (C-Eval's zip)
+            if not accept_new_revision:
+                raise
+            located[name] = record_accepted(entries[name], error.path, error.root, error.sha256)
     if missing:
         roots = ", ".join(str(r) for r in search_path(data_dir, cache_dir))
         no_source = [n for n in missing if not entries[n].remote]
@@ -261,6 +303,75 @@ def fetch(names: Sequence[str] = (), dest: Path | None = None, endpoint: str | N
     return out
 
 
+def record_accepted(entry: ManifestEntry, path: Path, root: Path, sha256: str) -> DataFile:
+    """Record the copy of ``entry`` at ``path`` (inside data root ``root``) in ``root/revisions.json``
+    as an accepted new revision; only for entries the manifest pins no sha256 for."""
+    if entry.sha256 is not None:
+        raise DataError(f"{path}: {entry.file} is pinned in the manifest (known revisions: {_known_text(entry)}), and "
+                        f"this copy has sha256 {sha256}; only files the manifest pins no sha256 for are accepted from "
+                        f"a local copy. To score a newer upstream revision fetch it: `python -m benchmarkdata fetch "
+                        f"{entry.file} --revision main --accept-new-revision`")
+    rows = count_rows(path)
+    revision = Revision(new_revision_id(sha256), sha256, rows, None, "accepted local copy", accepted=True)
+    try:
+        write_record(root, entry.file, sha256, {"revision": revision.id, "rows": rows, "hub_commit": None, "url": None,
+                                                "accepted": True, "source": f"local copy {path}"})
+    except OSError as error:
+        raise DataError(f"{path}: cannot record it in {Path(root) / 'revisions.json'} ({error}); copy it into a "
+                        f"writable folder with `python -m benchmarkdata accept {path} --dest DIR` and pass "
+                        "--data-dir DIR") from None
+    return DataFile(entry.file, Path(path).resolve(), sha256, revision)
+
+
+def _manifest_name(path: Path, entries: dict[str, ManifestEntry]) -> tuple[str, Path | None]:
+    """(the manifest file ``path`` is a copy of, its data root when ``path`` sits at ROOT/<name>)."""
+    for name in entries:
+        if path.as_posix().endswith("/" + name):
+            return name, Path(path.as_posix()[:-len(name) - 1])
+    by_base = [name for name in entries if Path(name).name == path.name]
+    if len(by_base) == 1:
+        return by_base[0], None
+    raise DataError(f"{path}: no manifest file is named {path.name!r} (`python -m benchmarkdata list` shows them); "
+                    "give the path of a copy, e.g. DIR/ceval/ceval-exam.zip")
+
+
+def accept(file: Path, dest: Path | None = None, log: Callable[[str], None] = print) -> DataFile:
+    """``python -m benchmarkdata accept FILE [--dest DIR]``: vouch for a local copy of a file the
+    manifest pins no sha256 for (C-Eval's zip downloaded by hand), recording its sha256 in its data
+    root's ``revisions.json`` so runs read it (``--data-dir ROOT``). ``FILE`` is ``ROOT/<manifest
+    name>``; with ``--dest DIR`` it is copied to ``DIR/<manifest name>`` first and recorded there."""
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise DataError(f"{file}: no such file")
+    entries = manifest()
+    name, root = _manifest_name(path, entries)
+    entry = entries[name]
+    sha256 = file_sha256(path)
+    present = identify(entry.known(), name, sha256, root) if root is not None else None
+    if present is not None and dest is None:
+        log(f"ok       {name} (revision {present.id}, already known in {root})")
+        return DataFile(name, path, sha256, present)
+    if entry.sha256 is not None:
+        return record_accepted(entry, path, root or path.parent, sha256)  # refused, naming the way to fetch it
+    if dest is not None:
+        root = Path(dest).expanduser().resolve()
+        target = root / name
+        if target != path:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+            handle.close()
+            shutil.copyfile(path, handle.name)
+            os.replace(handle.name, target)
+        path = target
+    elif root is None:
+        raise DataError(f"{path} does not sit at DATA_ROOT/{name}; pass --dest DIR to copy it into DIR/{name} "
+                        "and record it there")
+    got = record_accepted(entry, path, root, sha256)
+    log(f"ok       {name} (revision {got.revision.id}, accepted, recorded in {root / 'revisions.json'}; "
+        f"runs read it with --data-dir {root})")
+    return got
+
+
 def list_lines() -> list[str]:
     lines = []
     for entry in manifest().values():
@@ -289,11 +400,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--hub-url", default=endpoint_default(),
                      help="Hugging Face hub endpoint or mirror (default: $HF_ENDPOINT or %(default)s)")
     sub.add_parser("list", help="list the manifest with each file's known revisions")
+    cmd = sub.add_parser("accept", help="record a local copy of a file the manifest pins no sha256 for (C-Eval's "
+                                        "zip) in its data root's revisions.json, so runs read it")
+    cmd.add_argument("file", type=Path,
+                     help="the copy, as DATA_ROOT/<manifest path> (e.g. mydata/ceval/ceval-exam.zip)")
+    cmd.add_argument("--dest", type=Path, default=None,
+                     help="copy the file to DEST/<manifest path> and record it there (default: record it where it is)")
     args = parser.parse_args(argv)
     if args.command == "list":
         print("\n".join(list_lines()))
         return 0
     try:
+        if args.command == "accept":
+            accept(args.file, args.dest)
+            return 0
         fetch(args.files, args.dest, args.hub_url, args.revision, args.accept_new_revision)
     except ValueError as error:  # DataError, or an unreadable revisions.json
         print(f"error: {error}", file=sys.stderr)

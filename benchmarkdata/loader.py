@@ -38,6 +38,15 @@ class MissingDataError(DataError):
     """A manifest file found in none of the data roots."""
 
 
+class UnvouchedDataError(DataError):
+    """A present copy of a file the manifest pins no sha256 for, and no ``revisions.json`` of its
+    data root vouches for (accept it with ``python -m benchmarkdata accept``)."""
+
+    def __init__(self, message: str, path: Path, root: Path, sha256: str):
+        super().__init__(message)
+        self.path, self.root, self.sha256 = path, root, sha256
+
+
 @dataclass(frozen=True)
 class ManifestEntry:
     file: str
@@ -105,7 +114,7 @@ class DataFile:
     fetched: bool = False  # True: downloaded by this call of ensure()
 
 
-def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None, verify: bool = True) -> DataFile:
+def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None) -> DataFile:
     """The first copy of manifest file ``name`` in the data roots, with its revision."""
     entries = manifest()
     if name not in entries:
@@ -116,17 +125,17 @@ def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None,
         path = (root / name).resolve()
         if not path.is_file():
             continue
-        if not verify:
-            return DataFile(name, path, entry.sha256, entry.known()[0])
         found = file_sha256(path)
         try:
             revision = identify(entry.known(), name, found, root)
         except ValueError as error:
             raise DataError(str(error)) from None
         if revision is None and entry.sha256 is None:
-            raise DataError(f"{path}: sha256 {found} is no fetched revision of {name}: the manifest pins no sha256 "
-                            f"for it ({entry.unpinned}); fetch it with `python -m benchmarkdata fetch {name} "
-                            f"--accept-new-revision`, which records the copy it downloads")
+            raise UnvouchedDataError(
+                f"{path}: sha256 {found} is no recorded revision of {name}: the manifest pins no sha256 for it "
+                f"({entry.unpinned}); to score this copy, record it with `python -m benchmarkdata accept {path}` "
+                f"(or pass --accept-new-revision to the run); or fetch it with `python -m benchmarkdata fetch {name} "
+                "--accept-new-revision`, which records the copy it downloads", path, root, found)
         if revision is None:
             known = ", ".join(f"{r.id} {r.sha256}" for r in entry.known())
             raise DataError(f"{path}: sha256 mismatch: expected a known revision ({known}; manifest.json), "
@@ -137,9 +146,9 @@ def find(name: str, data_dir: Path | None = None, cache_dir: Path | None = None,
                            f"`python -m benchmarkdata fetch {name}` or point --data-dir at a folder holding it")
 
 
-def locate(name: str, data_dir: Path | None = None, verify: bool = True, cache_dir: Path | None = None) -> Path:
+def locate(name: str, data_dir: Path | None = None, cache_dir: Path | None = None) -> Path:
     """The checked path of manifest file ``name``, searching ``search_path(data_dir)``."""
-    return find(name, data_dir, cache_dir, verify).path
+    return find(name, data_dir, cache_dir).path
 
 
 # a JSON escape of a UTF-16 surrogate: only these can put a lone surrogate into a decoded string

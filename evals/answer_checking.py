@@ -10,6 +10,9 @@ in a fixed order to both sides: ``strip`` (outer whitespace), ``lower``, ``punct
 Unicode punctuation removed), ``articles`` (English a/an/the removed, as SQuAD does),
 ``whitespace`` (runs collapsed to one space), ``numbers`` (equal if both read as the same number).
 
+Choice letters (MMLU-Pro's CoT, the custom ``choice_letter`` checker): TIGER-Lab's three patterns
+(``evaluate_from_local.py``) over the letters in play, :func:`extract_choice`.
+
 Boxed LaTeX answers (MATH-500, the custom checkers ``boxed_last``/``boxed_any``/``math_equiv``):
 the content of ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces matched) or ``\\boxed x``, parsed
 as LaTeX by math-verify (HF, ``parse``/``verify``: sympy equivalence), never compared as strings.
@@ -77,6 +80,42 @@ def exact_match(prediction: str, reference: str, steps: Iterable[str]) -> bool:
     if "numbers" in steps and numbers_equal(prediction, reference):
         return True
     return normalize_text(prediction, steps) == normalize_text(reference, steps)
+
+
+def match_key(answer: str, steps: Iterable[str]) -> str | None:
+    """What answers vote by (``--samples`` majorities, ``--strategy`` votes) under ``exact_match``
+    with normalisations ``steps``: with ``numbers``, an answer that reads as a number is that number
+    (``"1,000.5"`` and ``"1000.50"`` are one vote: ``"1000.5"``); otherwise the normalised text. An
+    answer that is empty once normalised does not vote (None)."""
+    steps = tuple(steps)
+    if "numbers" in steps:
+        number = parse_number(answer)
+        if number is not None:
+            return str(number)
+    key = normalize_text(answer, steps)
+    return key if key.strip() else None
+
+
+@functools.cache
+def choice_patterns(letters: str = "ABCDEFGHIJ") -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+    """MMLU-Pro's extraction patterns for the contiguous ``letters`` (A-J: TIGER-Lab's own text):
+    ``answer is \\(?([A-J])\\)?``; ``.*[aA]nswer:\\s*([A-J])`` (greedy, so the last ``Answer:`` with a
+    letter on the first line that has one); the last standalone letter, across lines."""
+    group = f"[{letters[0]}-{letters[-1]}]"
+    return (re.compile(rf"answer is \(?({group})\)?"), re.compile(rf".*[aA]nswer:\s*({group})"),
+            re.compile(rf"\b{group}\b(?!.*\b{group}\b)", re.DOTALL))
+
+
+def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> tuple[str | None, str | None]:
+    """(letter, which pattern found it: "first" | "second" | "final"), or (None, None): the
+    patterns of :func:`choice_patterns` in order, as TIGER-Lab's ``extract_answer`` tries them."""
+    first, second, final = choice_patterns(letters)
+    for stage, pattern in (("first", first), ("second", second)):
+        match = pattern.search(text)
+        if match:
+            return match.group(1), stage
+    match = final.search(text)
+    return (match.group(0), "final") if match else (None, None)
 
 
 def _box_at(text: str, at: int) -> str | None:

@@ -112,15 +112,15 @@ def model_identity(info: Mapping[str, Any]) -> str:
 
 
 def request_key(kind: str, request: Any) -> tuple[str, str]:
-    """(sha256 key, canonical JSON) of one request of ``kind``."""
-    text = json.dumps({"kind": kind, **asdict(request)}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """(sha256 key, canonical JSON) of one request of ``kind``: a request dataclass or a mapping
+    (the token counts here, the searches and rewards of :mod:`evals.ttc.store`)."""
+    fields = request if isinstance(request, Mapping) else asdict(request)
+    text = json.dumps({"kind": kind, **fields}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
 
 
 def _count_key(text: str, bos: bool) -> tuple[str, str]:
-    canonical = json.dumps({"kind": "count_tokens", "text": text, "bos": bos}, sort_keys=True, ensure_ascii=False,
-                           separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest(), canonical
+    return request_key("count_tokens", {"text": text, "bos": bos})
 
 
 class ResponseCache:

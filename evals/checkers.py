@@ -6,7 +6,9 @@ its own ``checker`` field; ``--custom-metric`` is the default for files that nam
 - a built-in: ``exact_match`` (after ``--match-normalize`` or the sidecar's ``normalize``),
   ``numeric`` (the output's last number against the answer, as numbers), ``math_equiv`` (the
   output's final mathematical answer against the answer, math-verify), ``choice_letter`` (the
-  answer letter an output gives: ``answer is (B)``, ``Answer: B``, or its last lone letter),
+  answer letter an output gives, by MMLU-Pro's extraction over the row's letters:
+  ``answer is (B)``, else the last ``Answer: B`` of the first line holding one, else the last
+  lone letter),
   ``contains`` (the normalised answer occurs in the normalised output), ``boxed_last`` /
   ``boxed_any`` (the last / any ``\\boxed{}`` of the output, math-verify), ``rouge`` (ROUGE-1/2/L
   F1), ``semantic`` (embedding cosine similarity), or ``multiple_choice`` (log-likelihood of each
@@ -36,10 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from evals.answer_checking import (
-    boxed_answers, equivalent, exact_match, last_boxed, normalize_text, numbers_equal, parse_latex, parse_number,
+    boxed_answers, equivalent, exact_match, extract_choice, last_boxed, normalize_text, numbers_equal, parse_latex,
+    parse_number,
 )
 from evals.multiple_choice import ACC_AND_NORM
-from evals.text_metrics import ROUGE_METRICS, rouge
+from evals.text_metrics import ROUGE_METRICS, resolve_segmentation, rouge
 
 SCORED = ("exact_match", "numeric", "math_equiv", "choice_letter", "contains", "boxed_last", "boxed_any")
 BUILTINS = SCORED + ("rouge", "semantic", "multiple_choice")
@@ -125,6 +128,7 @@ class Checked:
     scores: dict[str, float]
     extracted: Any = None
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # more fields for the row (rouge: its segmentation)
 
 
 @dataclass(frozen=True)
@@ -185,16 +189,9 @@ def extract_number(output: str) -> str | None:
 
 
 def extract_letter(output: str, choices: Sequence[str] | None) -> str | None:
-    """``answer is (B)``, else ``Answer: B``, else an output that is the letter, else the last lone
-    letter among the choices' (A-J without choices), as MMLU-Pro's extraction does."""
-    letters = letters_for(choices)
-    group = f"[{letters[0]}-{letters[-1]}]"
-    for pattern in (rf"answer is \(?({group})\)?", rf"[Aa]nswer:\s*\(?({group})\b", rf"^\(?({group})\)?(?:[.):]|$)"):
-        match = re.search(pattern, output)
-        if match:
-            return match[1]
-    match = re.search(rf"\b({group})\b(?!.*\b{group}\b)", output, re.DOTALL)
-    return match[1] if match else None
+    """The letter an output gives among the choices' (A-J without choices): MMLU-Pro's extraction
+    (:func:`evals.answer_checking.extract_choice`), the same patterns its CoT protocol uses."""
+    return extract_choice(output, letters_for(choices))[0]
 
 
 def _math_reference(answer: str) -> list:
@@ -258,7 +255,8 @@ class Checkers:
             raise CheckerError("multiple_choice scores choices by log-likelihood, not generated outputs")
         if spec.kind == "rouge":
             segmentation = self.options.rouge_segmentation
-            return self._each(outputs, lambda i: Checked(rouge(outputs[i], targets[i], segmentation)))
+            return self._each(outputs, lambda i: Checked(rouge(outputs[i], targets[i], segmentation), details={
+                "rouge_segmentation": resolve_segmentation(segmentation, outputs[i], targets[i])}))
         if spec.kind == "semantic":
             from evals.text_metrics import semantic_similarity
 

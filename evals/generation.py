@@ -9,13 +9,18 @@ same for every question, so a run is reproducible and requests can be cached). F
   ties go to the answer seen first) is judged; 0 when none parsed.
 - ``pass@k``: the unbiased estimator of Chen et al. 2021 (Codex, eq. 1) over all N samples with c
   correct: ``1 - C(N - c, k) / C(N, k)``.
+
+:func:`greedy_and_samples` is the plumbing the generation benchmarks share (GSM8K, MATH-500; the
+custom module's ``--samples`` uses :func:`sampled_answers`): the greedy answers in one backend
+call, the samples in another, cut back into one list per prompt, and :func:`add_sampling` puts
+the metrics and the protocol entry in place.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from evals.backend import GenerateRequest
+from evals.backend import GenerateRequest, GenerateResponse
 
 T = TypeVar("T")
 
@@ -87,3 +92,31 @@ def sampling_protocol(n: int, temperature: float, top_p: float, seed: int) -> di
     return {"samples": n, "temperature": temperature, "top_p": top_p, "seeds": f"{seed}..{seed + n - 1}",
             "ks": ks_for(n), "pass@k": "unbiased estimator 1 - C(n-c,k)/C(n,k) (Chen et al. 2021)",
             "maj@k": "majority of the first k samples' extracted answers; ties to the first seen"}
+
+
+def sampled_answers(evaluation: Any, cfg: Any, prompts: Sequence[str], stop: Sequence[str],
+                    max_new_tokens: int) -> list[list[GenerateResponse]]:
+    """``cfg.samples`` sampled answers per prompt (one backend call; sample i seeded
+    ``cfg.sampling_seed + i``), an empty list per prompt without ``--samples``."""
+    n = cfg.samples
+    if not n:
+        return [[] for _ in prompts]
+    flat = evaluation.generate([r for p in prompts for r in sample_requests(
+        p, tuple(stop), max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
+    return [list(flat[i * n:(i + 1) * n]) for i in range(len(prompts))]
+
+
+def greedy_and_samples(evaluation: Any, cfg: Any, prompts: Sequence[str], stop: Sequence[str], max_new_tokens: int
+                       ) -> tuple[list[GenerateResponse], list[list[GenerateResponse]]]:
+    """(the greedy answer of each prompt, its ``--samples`` answers); the samples can go to
+    :func:`evals.ttc.run.run_strategy`, which reuses them as its candidates when there are enough."""
+    greedy = evaluation.generate([GenerateRequest(p, tuple(stop), max_new_tokens, bos=cfg.bos) for p in prompts])
+    return greedy, sampled_answers(evaluation, cfg, prompts, stop, max_new_tokens)
+
+
+def add_sampling(cfg: Any, metrics: dict[str, tuple[str, str]], protocol: dict[str, Any], **extra: Any) -> None:
+    """``--samples``' metrics and protocol entry (with ``extra`` keys in it); nothing without it."""
+    n = cfg.samples
+    if n:
+        protocol["sampling"] = {**sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed), **extra}
+        metrics.update(sampling_metrics(n))

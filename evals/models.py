@@ -16,7 +16,9 @@ bar, resumed with an HTTP range request when a previous download was cut off, an
 place only when its sha256 is the pinned one (where :data:`OFFICIAL` pins one) or the hub's. A
 sidecar ``<FILE>.sha256.json`` (sha256, size, modification time, hub commit) lets later runs skip
 re-hashing a multi-gigabyte file whose size and modification time are unchanged; with downloads
-off (``offline=True`` or ``HF_HUB_OFFLINE=1``) only the cache is consulted.
+off (``offline=True`` or ``HF_HUB_OFFLINE=1``) only the cache is consulted, and a checkpoint
+copied into it by hand (no sidecar) is hashed once, checked against the pinned sha256 where
+:data:`OFFICIAL` pins one, and given its sidecar.
 """
 from __future__ import annotations
 
@@ -127,6 +129,23 @@ def _cached(path: Path, expected: str | None) -> dict | None:
     return record if expected is None or record.get("sha256") == expected else None
 
 
+def _hash_copied(path: Path, entry: Official, spec: str) -> dict:
+    """The sidecar record of a checkpoint found in the cache without a current sidecar while
+    downloads are off: its sha256 (checked against a pinned one), written beside it."""
+    sha256 = sha256_file(path)
+    if entry.sha256 and sha256 != entry.sha256:
+        raise ModelOfflineError(f"--model {spec}: {path} has sha256 {sha256}, expected {entry.sha256} (pinned); "
+                                "the copy is another file or damaged: replace it, or download it again online")
+    stat = path.stat()
+    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hub_commit": None,
+              "hashed_offline": True}
+    try:
+        _sidecar(path).write_text(json.dumps(record))
+    except OSError:  # a read-only cache: the file is hashed again next time
+        pass
+    return record
+
+
 def checkpoint_sha256(path: Path) -> str:
     """The checkpoint's sha256: from the download's sidecar when it is current, else read."""
     record = _cached(path, None)
@@ -150,10 +169,13 @@ def resolve(spec: str, cache_dir: Path | None = None, endpoint: str = DEFAULT_EN
     record = _cached(target, entry.sha256)
     if record is None:
         if offline_default() if offline is None else offline:
+            if target.is_file():  # copied in by hand: hashed once, then known by its sidecar
+                return ResolvedModel(spec, name, target, "hub", _hash_copied(target, entry, spec).get("hub_commit"))
             raise ModelOfflineError(
                 f"--model {spec}: {entry.filename} is not in the model cache ({target.parent}) and downloads are off "
                 f"(--offline or {OFFLINE_ENV}=1); download it on a machine with a network (the same --model without "
-                "--offline), copy it into that folder, or pass --model PATH to a local checkpoint")
+                "--offline), copy the file into that folder (it is hashed on first use), or pass --model PATH to a "
+                "local checkpoint")
         info = file_info(entry.repo, entry.filename, "main", "model", endpoint, token=token)
         expected = entry.sha256 or info.sha256
         if not expected:

@@ -55,6 +55,18 @@ def letter_row(doc: dict[str, Any], prompt: str, logprobs: Sequence[float]) -> d
             "n_options": len(logprobs), "scores": chosen["scores"]}
 
 
+def record_with_groups(evaluation: Any, benchmark: str, case: str, groups: Sequence[str], rows: Sequence[dict],
+                       metrics: dict[str, tuple[str, str]], protocol: dict[str, Any], data: list) -> None:
+    """Record a case under ``benchmark`` and again under ``{benchmark}_{group}`` for each of its
+    groups (MMLU's and C-Eval's subject groups): a group's pooled score is the overall row of a
+    benchmark of its own, which works across xdist workers. Group rows keep only what scoring and
+    the chance level read (no prompts twice)."""
+    evaluation.record(benchmark, case, rows, metrics, protocol, data)
+    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "n_options", "scores")} for row in rows]
+    for group in groups:
+        evaluation.record(f"{benchmark}_{group}", case, slim, metrics, {**protocol, "group_of": benchmark}, data)
+
+
 def split_flat(flat: Sequence[LoglikelihoodResponse], sizes: Sequence[int]) -> list[list[float]]:
     """The flat response list cut back into one list of log-likelihoods per document."""
     out, at = [], 0

@@ -4,7 +4,7 @@ Every benchmark module (``evals/test_*.py``) has, at module level:
 
 - ``BENCHMARK``: its name, the key ``--limit`` samples by;
 - ``CASE`` (a single-case benchmark) or ``CASE_PARAM``: the name of the test's parameter that
-  holds the case (``"category"`` for MMLU-Pro);
+  holds the case (``"case"`` for MMLU-Pro, ``"subject"`` for MMLU);
 - ``declare(config) -> list[Declared]``: the benchmarks it records (MMLU also records one per
   subject group), their cases, the metrics they report under the given options, the
   manifest data files they read, and which metrics have a chance level (multiple choice: each

@@ -8,37 +8,37 @@ instruction-tuned checkpoints (World, G1) were trained, after an optional ``Syst
     System: <system prompt>\\n\\nUser: <exemplar question>\\n\\nAssistant: <exemplar answer>\\n\\nUser: <question>\\n\\nAssistant:
 
 A blank line separates turns, so blank lines inside a message are collapsed to one newline (as
-RWKV's own chat code does), and generation stops at the next ``\\n\\nUser:``.
+RWKV's own chat code does), and generation stops at the next ``\\n\\nUser:``. The text is the
+server's own rendering (:func:`engine.server.chat.render`), so a benchmark's ``--template rwkv``
+prompt, ``--chat-template rwkv`` and ``rwkveval serve``'s chat endpoint give the same text for
+the same messages.
 
 :data:`CHAT_TEMPLATES` are the formats ``--chat-template`` wraps a generation context in before it
 goes to a remote server's ``/v1/completions`` (one user turn, the assistant's turn opened, the
 template's end-of-turn strings added to the stops): ``rwkv``, ``chatml``, ``qwen``, ``r1`` and
 ``internthinker``. A template with a system turn takes ``--system-prompt`` there (replacing its
-default system message, if it has one).
+default system message, if it has one). ``rwkv`` is the format above, rendered by the same
+function: the context is one user message, its blank lines folded like any message's.
 """
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.server.chat import render as render_rwkv_messages
+
 TEMPLATES = ("completion", "rwkv")
 RWKV_STOP = ("\n\nUser:",)
-_BLANK_LINES = re.compile(r"\n\s*\n")
-
-
-def clean_message(text: str) -> str:
-    """One chat message: CRLF to LF, blank lines collapsed, outer whitespace stripped."""
-    return _BLANK_LINES.sub("\n", text.replace("\r\n", "\n")).strip()
 
 
 def rwkv_chat(turns: Sequence[tuple[str, str]], question: str, system: str | None = None) -> str:
     """Exemplar (question, answer) turns and the question, ending with the cue ``Assistant:``,
-    after a ``System:`` turn when ``system`` is given."""
-    opening = f"System: {clean_message(system)}\n\n" if system else ""
-    shots = "".join(f"User: {clean_message(q)}\n\nAssistant: {clean_message(a)}\n\n" for q, a in turns)
-    return opening + shots + f"User: {clean_message(question)}\n\nAssistant:"
+    after a ``System:`` turn when ``system`` is given (non-empty)."""
+    messages = [("system", system)] if system else []
+    for q, a in turns:
+        messages += [("user", q), ("assistant", a)]
+    return render_rwkv_messages(messages + [("user", question)])
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,9 @@ class ChatTemplate:
     """Wraps a generation context as one user turn and opens the assistant's turn.
 
     ``system``: the system turn with ``{system}`` in it, or None when the format has none;
-    ``default_system``: the system message used when the caller gives none (None: no system turn).
+    ``default_system``: the system message used when the caller gives none (None: no system turn);
+    ``rwkv``: RWKV's own format, rendered by :func:`rwkv_chat` (every message folded) instead of
+    ``prefix``/``suffix``.
     """
 
     prefix: str
@@ -54,15 +56,15 @@ class ChatTemplate:
     stop: tuple[str, ...]
     system: str | None = None
     default_system: str | None = None
-    fold_system: bool = False  # blank lines in the system message would end its turn (RWKV's format)
+    rwkv: bool = False
 
     def render(self, context: str, system: str | None = None) -> str:
         """The prompt text: system turn (``system``, else the default), user turn, assistant cue."""
         if system is not None and self.system is None:
             raise ValueError("this chat template has no system turn")
         message = self.default_system if system is None else system
-        if message is not None and self.fold_system:
-            message = clean_message(message)
+        if self.rwkv:
+            return rwkv_chat((), context, message)
         opening = self.system.format(system=message) if message is not None and self.system else ""
         return self.prefix.replace("{system_turn}", opening) + context + self.suffix
 
@@ -71,8 +73,7 @@ _IM = "<|im_start|>system\n{system}<|im_end|>\n"  # ChatML's system turn
 _R1_BOS = "<｜begin▁of▁sentence｜>"
 
 CHAT_TEMPLATES: dict[str, ChatTemplate] = {
-    "rwkv": ChatTemplate("{system_turn}User: ", "\n\nAssistant:", ("\n\nUser:",), system="System: {system}\n\n",
-                         fold_system=True),
+    "rwkv": ChatTemplate("", "", RWKV_STOP, system="System: {system}\n\n", rwkv=True),
     "chatml": ChatTemplate("{system_turn}<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n", ("<|im_end|>",),
                            system=_IM),
     # Qwen2.5's template with its default system message

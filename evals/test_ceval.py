@@ -48,7 +48,7 @@ import pytest
 
 from benchmarkdata.loader import DataError, describe, locate
 from evals.backend import LoglikelihoodRequest
-from evals.multiple_choice import ACC, LETTERS, letter_row, lettered, requests_for, split_flat
+from evals.multiple_choice import ACC, LETTERS, letter_row, lettered, record_with_groups, requests_for, split_flat
 from evals.suite import Declared
 
 BENCHMARK = "ceval"
@@ -196,9 +196,5 @@ def test_ceval(subject, ceval_data, evaluation, eval_config):
     flat = evaluation.loglikelihood([r for requests in per_doc for r in requests])
     rows = [score(d, p, lps) for d, p, lps in zip(docs, prompts, split_flat(flat, [len(r) for r in per_doc]))]
     data = [describe(DATA, eval_config.data_dir)]
-    evaluation.record(BENCHMARK, subject, rows, ACC, protocol(k, eval_config.bos), data)
-    # each group's pooled score is the overall of a benchmark of its own (works across xdist workers)
-    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "n_options", "scores")} for row in rows]
-    for group in groups_of(subject):
-        evaluation.record(f"{BENCHMARK}_{group}", subject, slim, ACC,
-                          {**protocol(k, eval_config.bos), "group_of": BENCHMARK}, data)
+    record_with_groups(evaluation, BENCHMARK, subject, groups_of(subject), rows, ACC, protocol(k, eval_config.bos),
+                       data)

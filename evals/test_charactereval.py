@@ -31,8 +31,8 @@ Protocol:
    first newline: ``transform_format.py`` keeps only the first line (``--template rwkv`` also drops
    the space after ``Assistant:``). The prompt is recorded per row.
 2. Transform (``transform_format.py``): one row per (dialogue, metric) that ``id2metric``
-   assigns; the 33 dialogues it assigns none (the official script would stop with a KeyError on
-   them) are not generated and are listed in the protocol as ``unassigned``.
+   assigns; the 33 dialogues it assigns none are skipped there (``if str(data['id']) in
+   id_metric``), so they are not generated here and are listed in the protocol as ``unassigned``.
 3. Reward (``run_char_rm.py``): ``<RoleInfo>\\n\\n{profile}\\n\\n<Context>\\n\\n{context}\\n\\n<Response>
    \\n\\n{response}\\n\\n<Dimension>\\n\\n{metric_zh}``, tokenized without special tokens, EOS
    appended, the last 4,096 tokens kept, one forward per input; score = output * 4 + 1

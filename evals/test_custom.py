@@ -15,7 +15,9 @@ UTF-8, bad JSON, a lone surrogate escape, a missing field, a repeated id, an ans
 cannot use) is an error naming the file and the line. Count: whatever the file holds; ``--limit``
 samples it like any benchmark.
 
-Context budget: before any model work, every selected prompt (with its longest choice) must fit
+Context budget: before any model work, every selected prompt as it is sent (against an endpoint:
+with ``--chat-template`` and ``--system-prompt`` applied; in chat mode the messages' texts, the
+server's own turn markers not being known here), with its longest choice, must fit
 ``--context-budget`` tokens, less ``--max-new-tokens`` for a generated answer; a longer one stops
 the case with ``file:line``, its token count and the budget (nothing is cut silently).
 
@@ -35,7 +37,9 @@ messages as JSON). By the file's checker (``evals/checkers.py``; default ``--cus
 
 Each generated row records the rendered ``prompt``, ``output``, ``output_len`` (tokens, from the
 backend's count), ``checker``, ``extracted``, ``checker_error`` (why the checker could not score
-it: then its score is 0 and ``checker_errors`` counts it) and its ``scores``.
+it: then its score is 0 and ``checker_errors`` counts it) and its ``scores``; a ``rouge`` row also
+``rouge_segmentation``, the segmentation ``--rouge-segmentation`` gave that pair (``auto``
+decides per pair, by script).
 
 Report: benchmark ``custom_<checker>`` (``custom_exact_match``, ``custom_numeric``,
 ``custom_fn_<function>``, ...; ``custom_mixed`` for a file whose rows name several checkers), one
@@ -45,23 +49,22 @@ Reference scores: none (the user's data); the report records the file's sha256 a
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarkdata.loader import DataError, iter_lines
-from evals.answer_checking import exact_match, normalize_text
+from benchmarkdata.loader import DataError, file_sha256, iter_lines
+from evals.answer_checking import exact_match, match_key
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest
 from evals.checkers import Checked, CheckOptions, Checkers
-from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.generation import add_sampling, sampled_answers, sampling_metrics, sampling_scores
 from evals.multiple_choice import ACC_AND_NORM, choose, split_flat
 from evals.text_metrics import describe_embedding_model, rouge_protocol
 from evals.suite import Declared
 from evals.task_files import TaskFile, data_files, load_task, task_file
-from evals.templates import RWKV_STOP, as_sent, rwkv_chat
+from evals.templates import RWKV_STOP, as_sent, chat_messages, rwkv_chat
 from evals.ttc.run import Task, metric_names, run_strategy
 
 BENCHMARK = "custom"
@@ -145,6 +148,15 @@ def sent_prompt(context: str, config) -> str:
     return as_sent(context, remote.api_mode, remote.chat_template, remote.system_prompt)
 
 
+def budget_text(context: str, config) -> str:
+    """The text the context budget counts for a generated answer: what is sent (:func:`sent_prompt`),
+    or in chat mode the messages' contents (the server adds turn markers this side cannot count)."""
+    remote = config.remote
+    if remote is not None and remote.api_mode == "chat":
+        return "\n\n".join(m["content"] for m in chat_messages(context, remote.system_prompt))
+    return sent_prompt(context, config)
+
+
 def output_lengths(backend: Any, responses: Sequence[GenerateResponse]) -> list[tuple[int, str | None]]:
     """(tokens, None) as the backend reported them, or (tokens, how counted) for an answer whose
     server reported no count: the backend's tokenizer, else RWKV's World tokenizer."""
@@ -187,7 +199,7 @@ def scored_row(doc: dict[str, Any], prompt: str, response: GenerateResponse, len
     scores["checker_error"] = float(verdict.error is not None)
     row = {"doc_id": doc["doc_id"], "prompt": prompt, "target": doc["answer"], "output": response.text,
            "finish_reason": response.finish_reason, "output_len": length[0], "checker": spec.text,
-           "extracted": verdict.extracted, "checker_error": verdict.error, "scores": scores}
+           "extracted": verdict.extracted, "checker_error": verdict.error, "scores": scores, **verdict.details}
     if length[1] is not None:
         row["output_len_from"] = length[1]
     return row
@@ -270,23 +282,30 @@ def generated_rows(evaluation, cfg, task: TaskFile, docs: Sequence[dict[str, Any
     return rows, stop, steps
 
 
+def sample_scores(answers: Sequence[str], target: str, steps: Sequence[str]) -> dict[str, float]:
+    """``maj@k``/``pass@k`` of one question's stripped sampled answers; votes by :func:`match_key`."""
+    return sampling_scores([match_key(a, steps) for a in answers], [exact_match(a, target, steps) for a in answers],
+                           lambda key: exact_match(key, target, steps))
+
+
+def strategy_tasks(docs: Sequence[dict[str, Any]], contexts: Sequence[str], steps: Sequence[str]) -> list[Task]:
+    """The questions as ``--strategy`` sees them: candidates vote by :func:`match_key`, as samples do."""
+    return [Task(d["prompt"], c, lambda text: match_key(text.strip(), steps),
+                 lambda key, t=d["target"]: exact_match(key, t, steps)) for d, c in zip(docs, contexts)]
+
+
 def exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol) -> None:
     """``--samples`` (maj@k, pass@k) and ``--strategy`` votes beside the main answer."""
-    n = cfg.samples
-    if n:
-        sampled = evaluation.generate([r for c in contexts for r in sample_requests(
-            c, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)])
-        for i, (doc, row) in enumerate(zip(docs, rows)):
-            answers = [s.text.strip() for s in sampled[i * n:(i + 1) * n]]
-            keys = [normalize_text(a, steps) for a in answers]
+    sampled = sampled_answers(evaluation, cfg, contexts, stop, cfg.max_new_tokens)
+    if cfg.samples:
+        for doc, row, group in zip(docs, rows, sampled):
+            answers = [s.text.strip() for s in group]
             row["sample_outputs"] = answers
-            row["scores"].update(sampling_scores(keys, [exact_match(a, doc["target"], steps) for a in answers],
-                                                 lambda key, t=doc["target"]: exact_match(key, t, steps)))
-        protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
-    tasks = [Task(d["prompt"], c, lambda text: normalize_text(text.strip(), steps),
-                  lambda key, t=d["target"]: exact_match(key, t, steps)) for d, c in zip(docs, contexts)]
-    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens,
-                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(docs))] if n else None)
+            row["scores"].update(sample_scores(answers, doc["target"], steps))
+        add_sampling(cfg, metrics, protocol, votes="match_key: a number when --match-normalize has numbers and "
+                                                   "the answer reads as one, else the normalised text; empty: no vote")
+    outcome = run_strategy(evaluation, cfg, strategy_tasks(docs, contexts, steps), stop, cfg.max_new_tokens,
+                           samples=sampled)
     if outcome:  # --strategy: votes over candidates beside the main answer (evals/ttc)
         outcome.merge(rows, metrics, protocol)
 
@@ -301,7 +320,8 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
     docs = [all_docs[i] for i in custom_selection[case]]
     contexts = [render_prompt(d["prompt"], cfg.template, cfg.system_prompt) for d in docs]
     choices = task.benchmark == "custom_multiple_choice"
-    check_budget(task.path, docs, contexts, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
+    counted = contexts if choices else [budget_text(c, cfg) for c in contexts]  # choices' contexts go unwrapped
+    check_budget(task.path, docs, counted, evaluation.backend.count_tokens, cfg.bos, cfg.context_budget,
                  0 if choices else cfg.max_new_tokens)
     kind = task.benchmark[len(BENCHMARK) + 1:]
     protocol: dict[str, Any] = {
@@ -319,9 +339,9 @@ def test_custom(custom_case, evaluation, eval_config, custom_selection):
         if task.benchmark == "custom_exact_match":
             exact_match_extras(evaluation, cfg, docs, contexts, rows, stop, steps, metrics, protocol)
     data = [{"file": str(task.path), "path": str(task.path.resolve()), "rows": len(all_docs),
-             "sha256": hashlib.sha256(task.path.read_bytes()).hexdigest(), "source": "user", "licence": None}]
+             "sha256": file_sha256(task.path), "source": "user", "licence": None}]
     if task.sidecar is not None:
-        data[0]["sidecar_sha256"] = hashlib.sha256(task.sidecar.read_bytes()).hexdigest()
+        data[0]["sidecar_sha256"] = file_sha256(task.sidecar)
     # One benchmark per checker (custom_exact_match, custom_numeric, ...): a folder may mix kinds,
     # and a benchmark's overall row pools cases scored alike.
     evaluation.record(task.benchmark, case, rows, metrics, protocol, data)

@@ -39,8 +39,8 @@ import pytest
 
 from benchmarkdata.loader import describe, read_jsonl
 from evals.answer_checking import numbers_equal, parse_number
-from evals.backend import GenerateRequest, GenerateResponse
-from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.backend import GenerateResponse
+from evals.generation import add_sampling, greedy_and_samples, sampling_metrics, sampling_scores
 from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
 from evals.ttc.run import Task, metric_names, run_strategy
@@ -180,11 +180,8 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
     budget = min(MAX_NEW_TOKENS, cfg.max_new_tokens)
     stop = STOP + (RWKV_STOP if cfg.template == "rwkv" else ())
     prompts = [build_prompt(d, k, cfg.template, cfg.system_prompt) for d in gsm8k_docs]
-    greedy = evaluation.generate([GenerateRequest(p, stop, budget, bos=cfg.bos) for p in prompts])
-    n = cfg.samples
-    sampled = evaluation.generate([r for p in prompts for r in sample_requests(
-        p, stop, budget, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)]) if n else []
-    rows = [score(d, p, g, sampled[i * n:(i + 1) * n]) for i, (d, p, g) in enumerate(zip(gsm8k_docs, prompts, greedy))]
+    greedy, sampled = greedy_and_samples(evaluation, cfg, prompts, stop, budget)
+    rows = [score(d, p, g, s) for d, p, g, s in zip(gsm8k_docs, prompts, greedy, sampled)]
     protocol = {"name": "lm-eval gsm8k_cot (v3.0)", "num_fewshot": k, "template": cfg.template,
                 "fewshot": "Wei et al. 2022 CoT exemplars, first_n", "stop": list(stop), "greedy": True,
                 "max_new_tokens": budget, "strict_match": STRICT.pattern, "flexible_extract": FLEXIBLE.pattern,
@@ -196,14 +193,10 @@ def test_gsm8k(gsm8k_docs, evaluation, eval_config):
     if cfg.system_prompt is not None and cfg.template == "rwkv":
         protocol["system_prompt"] = cfg.system_prompt
     metrics = dict(METRICS)
-    if n:
-        protocol["sampling"] = {**sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed),
-                                "answers": "flexible_extract"}
-        metrics.update(sampling_metrics(n))
+    add_sampling(cfg, metrics, protocol, answers="flexible_extract")
     tasks = [Task(d["question"], p, answer_key, lambda key, t=d["target"]: judge(key, t))
              for d, p in zip(gsm8k_docs, prompts)]
-    outcome = run_strategy(evaluation, cfg, tasks, stop, budget,
-                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(prompts))] if n else None)
+    outcome = run_strategy(evaluation, cfg, tasks, stop, budget, samples=sampled)
     if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc), on the flexible extraction
         outcome.merge(rows, metrics, protocol)
     evaluation.record(BENCHMARK, CASE, rows, metrics, protocol, [describe(DATA_FILE, cfg.data_dir)], single_case=True)

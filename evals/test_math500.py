@@ -35,8 +35,8 @@ import pytest
 
 from benchmarkdata.loader import describe, read_jsonl
 from evals.answer_checking import boxed_answers, equivalent, last_boxed, parse_latex
-from evals.backend import GenerateRequest, GenerateResponse
-from evals.generation import sample_requests, sampling_metrics, sampling_protocol, sampling_scores
+from evals.backend import GenerateResponse
+from evals.generation import add_sampling, greedy_and_samples, sampling_metrics, sampling_scores
 from evals.suite import Declared
 from evals.templates import RWKV_STOP, rwkv_chat
 from evals.ttc.run import Task, metric_names, run_strategy
@@ -120,12 +120,8 @@ def test_math500(math500_docs, evaluation, eval_config):
         raise ValueError("MATH-500 is evaluated zero-shot here; drop --num-fewshot")
     stop = RWKV_STOP if cfg.template == "rwkv" else STOP
     prompts = [build_prompt(d, cfg.template, cfg.system_prompt) for d in math500_docs]
-    greedy = evaluation.generate([GenerateRequest(p, stop, cfg.max_new_tokens, bos=cfg.bos) for p in prompts])
-    n = cfg.samples
-    sampled = evaluation.generate([r for p in prompts for r in sample_requests(
-        p, stop, cfg.max_new_tokens, n, cfg.temperature, cfg.top_p, cfg.sampling_seed, cfg.bos)]) if n else []
-    rows = [score(d, p, g, sampled[i * n:(i + 1) * n], cfg.boxed)
-            for i, (d, p, g) in enumerate(zip(math500_docs, prompts, greedy))]
+    greedy, sampled = greedy_and_samples(evaluation, cfg, prompts, stop, cfg.max_new_tokens)
+    rows = [score(d, p, g, s, cfg.boxed) for d, p, g, s in zip(math500_docs, prompts, greedy, sampled)]
     protocol = {"name": "MATH-500 zero-shot, boxed answer, math-verify equivalence", "template": cfg.template,
                 "instruction": INSTRUCTION, "completion_format": COMPLETION, "stop": list(stop), "greedy": True,
                 "max_new_tokens": cfg.max_new_tokens, "boxed": cfg.boxed,
@@ -135,13 +131,10 @@ def test_math500(math500_docs, evaluation, eval_config):
     if cfg.system_prompt is not None and cfg.template == "rwkv":
         protocol["system_prompt"] = cfg.system_prompt
     metrics = dict(METRICS)
-    if n:
-        protocol["sampling"] = sampling_protocol(n, cfg.temperature, cfg.top_p, cfg.sampling_seed)
-        metrics.update(sampling_metrics(n))
+    add_sampling(cfg, metrics, protocol)
     tasks = [Task(d["problem"], p, answer_key, lambda a, t=d["target"]: equivalent(a, t))
              for d, p in zip(math500_docs, prompts)]
-    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens, same=equivalent,
-                           samples=[sampled[i * n:(i + 1) * n] for i in range(len(prompts))] if n else None)
+    outcome = run_strategy(evaluation, cfg, tasks, stop, cfg.max_new_tokens, same=equivalent, samples=sampled)
     if outcome:  # --strategy: votes over candidates beside greedy (evals/ttc), grouped by math-verify
         outcome.merge(rows, metrics, protocol)
     evaluation.record(BENCHMARK, CASE, rows, metrics, protocol, [describe(DATA_FILE, cfg.data_dir)], single_case=True)

@@ -30,7 +30,7 @@ import pytest
 
 from benchmarkdata.loader import describe, read_parquet
 from evals.backend import LoglikelihoodRequest
-from evals.multiple_choice import ACC, LETTERS, choose, lettered, requests_for, split_flat
+from evals.multiple_choice import ACC, LETTERS, choose, lettered, record_with_groups, requests_for, split_flat
 from evals.suite import Declared
 
 BENCHMARK = "mmlu"
@@ -128,8 +128,5 @@ def test_mmlu(subject, mmlu_data, evaluation, eval_config):
     flat = evaluation.loglikelihood([r for requests in per_doc for r in requests])
     rows = [score(d, p, lps) for d, p, lps in zip(docs, prompts, split_flat(flat, [len(r) for r in per_doc]))]
     data = [describe(TEST_FILE, eval_config.data_dir), describe(DEV_FILE, eval_config.data_dir)]
-    evaluation.record(BENCHMARK, subject, rows, ACC, protocol(k, eval_config.bos), data)
-    # The group's pooled score is the overall of a benchmark of its own (works across xdist workers).
-    slim = [{key: row[key] for key in ("doc_id", "target", "extracted", "n_options", "scores")} for row in rows]
-    evaluation.record(f"{BENCHMARK}_{GROUP_OF[subject]}", subject, slim, ACC,
-                      {**protocol(k, eval_config.bos), "group_of": BENCHMARK}, data)
+    record_with_groups(evaluation, BENCHMARK, subject, [GROUP_OF[subject]], rows, ACC, protocol(k, eval_config.bos),
+                       data)

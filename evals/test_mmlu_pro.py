@@ -1,16 +1,24 @@
 """MMLU-Pro (TIGER-Lab), 14 categories, by TIGER-Lab's prompt; direct (log-likelihood) or CoT.
 
-Data: ``mmlu_pro/test-00000-of-00001.parquet`` (12,032 questions, the 2024 HF revision) and
-``mmlu_pro/validation-00000-of-00001.parquet`` (5 exemplars per category, with chain-of-thought
-answers in ``cot_content``). A raw record (truncated)::
+Data: ``mmlu_pro/test-00000-of-00001.parquet`` and ``mmlu_pro/validation-00000-of-00001.parquet``
+(5 exemplars per category, with chain-of-thought answers in ``cot_content``), in one of two known
+revisions (``benchmarkdata/manifest.json``): ``2024`` (12,032 questions; the shared folder's copy)
+or ``2026`` (hub commit ``b189ec76``; what a fresh machine fetches). The report names the one
+scored. A raw record (truncated)::
 
     {"question_id": 70, "question": "Typical advertising regulatory bodies suggest, for example that advert...",
      "options": ["Safe practices, Fear, Jealousy, Trivial", ...], "answer": "I", "answer_index": 8,
      "cot_content": "", "category": "business", "src": "ori_mmlu-business_ethics"}
 
-Prompt (TIGER-Lab ``evaluate_from_local.py`` with ``cot_prompt_lib/initial_prompt.txt``): the
-header line, then the category's first k validation questions, each as ``Question:\\n...\\n
-Options:\\nA. ...\\n`` followed by its answer and a blank line, then the question itself.
+Prompt (TIGER-Lab ``evaluate_from_local.py`` with ``cot_prompt_lib/initial_prompt.txt``, both read
+at TIGER-AI-Lab/MMLU-Pro commit ``f418b11``; the prompt file is unchanged since ``2ed4dfc``,
+2024-05-23): the header line, then four newlines (the file ends in ``.\\n\\n\\n``, read whole by
+``readlines()`` with nothing stripped, and ``generate_cot_prompt`` adds ``\\n``), then the
+category's first k validation questions, each as ``Question:\\n...\\nOptions:\\nA. ...\\n``
+followed by its answer and a blank line, then the question itself. lm-evaluation-harness's
+``mmlu_pro`` task renders differently (its ``description`` ends in one newline, its exemplars join
+the cue and the chain of thought with a space, options are stripped); this module follows
+TIGER-Lab's script, the protocol it names.
 
 - direct (default): each exemplar's answer is ``Answer: X``; the question ends with the cue
   ``Answer:`` and the prediction is the option letter (`` A``..) of highest log-likelihood.
@@ -20,10 +28,13 @@ Options:\\nA. ...\\n`` followed by its answer and a blank line, then the questio
   exemplars are dropped while the prompt has ``>= --context-budget - --max-new-tokens`` tokens.
   Extraction: ``answer is \\(?([A-J])\\)?``, else ``.*[aA]nswer:\\s*([A-J])``, else the last
   standalone letter ``\\b[A-J]\\b``; with none, the official guess ``random.seed(12345);
-  random.randint(0, n_options - 1)``. Reported: ``acc`` (that chain, TIGER-Lab's number),
-  ``acc_first_pattern`` (first pattern only, no guess) and ``guessed`` (a count). ``--strategy``
-  adds votes over sampled or searched candidates (``evals/ttc``) on the extracted letters; a
-  candidate without a letter does not vote (no guess).
+  random.randint(0, n_options - 1)``, reseeded before every guess, so a guess depends only on
+  the question's option count (TIGER-Lab's rule until commit ``996df13``, 2025-02-23; since then
+  its script seeds once per run, so a guess depends on the guesses before it; reseeding keeps a
+  question's score the same however cases are split over workers or shards). Reported: ``acc``
+  (that chain, TIGER-Lab's number), ``acc_first_pattern`` (first pattern only, no guess) and
+  ``guessed`` (a count). ``--strategy`` adds votes over sampled or searched candidates
+  (``evals/ttc``) on the extracted letters; a candidate without a letter does not vote (no guess).
 
 Reference scores (TIGER-Lab leaderboard, 5-shot CoT): Llama-3-8B 0.354, Mistral-7B-v0.1 0.309;
 chance is about 0.10 (most questions have ten options).
@@ -31,7 +42,6 @@ chance is about 0.10 (most questions have ten options).
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +49,7 @@ from typing import Any
 import pytest
 
 from benchmarkdata.loader import describe, read_parquet
+from evals.answer_checking import choice_patterns, extract_choice
 from evals.backend import GenerateRequest, GenerateResponse, LoglikelihoodRequest, LoglikelihoodResponse
 from evals.suite import Declared
 from evals.ttc.run import Task, metric_names, run_strategy
@@ -51,14 +62,14 @@ CATEGORIES = ("biology", "business", "chemistry", "computer science", "economics
 CHOICES = "ABCDEFGHIJ"
 HEADER = ('The following are multiple choice questions (with answers) about {category}. Think step by step and '
           'then finish your answer with "the answer is (X)" where X is the correct letter choice.')
+# initial_prompt.txt ends in three newlines after the header and generate_cot_prompt adds one more
+HEADER_SEPARATOR = "\n\n\n\n"
 COT_CUE = "Answer: Let's think step by step."
 DIRECT_CUE = "Answer:"
 STOP = ("Question:",)
 GUESS_SEED = 12345
 DEFAULT_FEWSHOT = 5
-FIRST_PATTERN = re.compile(r"answer is \(?([A-J])\)?")
-SECOND_PATTERN = re.compile(r".*[aA]nswer:\s*([A-J])")
-FINAL_PATTERN = re.compile(r"\b[A-J]\b(?!.*\b[A-J]\b)", re.DOTALL)
+FIRST_PATTERN, SECOND_PATTERN, FINAL_PATTERN = choice_patterns(CHOICES)  # shared with the choice_letter checker
 DIRECT_METRICS = {"acc": ("mean", "acc")}
 COT_METRICS = {"acc": ("mean", "acc"), "acc_first_pattern": ("mean", "acc_first_pattern"),
                "guessed": ("sum", "guessed")}
@@ -114,7 +125,7 @@ def build_prompt(doc: dict[str, Any], exemplars: Sequence[dict[str, Any]], k: in
                          f"--num-fewshot {k} asks for more")
     shots = "".join((cot_exemplar if cot else direct_exemplar)(e) for e in exemplars[:k])
     cue = COT_CUE if cot else DIRECT_CUE
-    return HEADER.format(category=doc["category"]) + "\n" + shots + format_question(doc) + cue
+    return HEADER.format(category=doc["category"]) + HEADER_SEPARATOR + shots + format_question(doc) + cue
 
 
 def fit_cot_prompt(doc: dict[str, Any], exemplars: Sequence[dict[str, Any]], k: int,
@@ -135,16 +146,12 @@ def render_direct(doc: dict[str, Any], prompt: str, bos: bool) -> list[Loglikeli
 
 def extract(text: str) -> tuple[str | None, str | None]:
     """(letter, which pattern found it: "first" | "second" | "final"), or (None, None)."""
-    for stage, pattern in (("first", FIRST_PATTERN), ("second", SECOND_PATTERN)):
-        match = pattern.search(text)
-        if match:
-            return match.group(1), stage
-    match = FINAL_PATTERN.search(text)
-    return (match.group(0), "final") if match else (None, None)
+    return extract_choice(text, CHOICES)
 
 
 def official_guess(n_options: int) -> int:
-    """TIGER-Lab's fallback: reseed with 12345 before every guess, so it depends only on n."""
+    """TIGER-Lab's fallback as its script had it before commit 996df13: reseed with 12345 before
+    every guess, so it depends only on n (the script now seeds once per run)."""
     return random.Random(GUESS_SEED).randint(0, n_options - 1)
 
 
@@ -173,13 +180,16 @@ def score_cot(doc: dict[str, Any], prompt: str, shots: int, response: GenerateRe
 def protocol(cot: bool, k: int, bos: bool, max_new_tokens: int, context_budget: int) -> dict[str, Any]:
     base = {"name": "TIGER-Lab MMLU-Pro " + ("CoT (evaluate_from_local.py)" if cot else "direct log-likelihood"),
             "num_fewshot": k, "fewshot_source": "validation split, same category, file order",
-            "header": HEADER, "context_starts_with_token0": bos, "average": "micro over questions"}
+            "header": HEADER, "header_separator": HEADER_SEPARATOR,
+            "prompt_source": "TIGER-AI-Lab/MMLU-Pro f418b11 evaluate_from_local.py, cot_prompt_lib/initial_prompt.txt",
+            "context_starts_with_token0": bos, "average": "micro over questions"}
     if not cot:
         return {**base, "answer_cue": DIRECT_CUE, "choices": "' A' .. ' J' (as many as options)"}
     return {**base, "answer_cue": COT_CUE, "stop": list(STOP), "max_new_tokens": max_new_tokens, "greedy": True,
             "context_budget": context_budget, "extraction": [p.pattern for p in (FIRST_PATTERN, SECOND_PATTERN,
                                                                                    FINAL_PATTERN)],
-            "guess": f"random.seed({GUESS_SEED}); randint(0, n_options - 1)"}
+            "guess": f"random.seed({GUESS_SEED}); randint(0, n_options - 1), reseeded before every guess "
+                     "(TIGER-Lab's rule before commit 996df13, which seeds once per run)"}
 
 
 @pytest.fixture(scope="module")

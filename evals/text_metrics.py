@@ -14,7 +14,8 @@ and it reports F1 only. Here a text pair is segmented first, then scored:
 - ``auto`` (default): by script, deciding once for the pair so both sides are segmented alike:
   ``jieba`` when either text holds Han characters and neither kana nor hangul (Chinese);
   ``chars`` when kana or hangul appear (Japanese, Korean: jieba's dictionary is Chinese);
-  ``words`` otherwise. :func:`resolve_segmentation` says which one a pair got, for the report.
+  ``words`` otherwise. :func:`resolve_segmentation` says which one a pair got: the custom
+  benchmark records it in each row (``rouge_segmentation``), the protocol records the option.
 
 ROUGE-N: clipped n-gram overlap; precision = overlap / prediction n-grams, recall = overlap /
 reference n-grams, F1 = 2PR / (P + R) (0 when both are 0). ROUGE-L: the longest common

@@ -12,12 +12,18 @@ prints out of the suite's process. The costs: one interpreter start per checker 
 and the row, the score and the extracted answer travel as JSON (rows are JSON already; an
 extracted value that is not JSON is sent as its ``str``).
 
-Protocol, one JSON object per line: the worker says ``{"ready": true}`` once the function is
-imported (or ``{"fatal": "..."}`` and exits); then for each ``{"output": ..., "row": ...}`` it
-answers ``{"score": x, "extracted": y}`` or ``{"error": "TypeError: ..."}``. The worker keeps its
-original stdout for the protocol and points ``sys.stdout`` at stderr, so the function may print.
-What goes wrong with one item (an exception, a bad return value, a timeout, the worker dying) is
-that item's error; only a function that cannot be imported stops the case.
+Protocol, one JSON object per line (ASCII: ``ensure_ascii``): the worker says ``{"ready": true}``
+once the function is imported (or ``{"fatal": "..."}`` and exits); then for each numbered request
+``{"n": k, "output": ..., "row": ...}`` it answers ``{"n": k, "score": x, "extracted": y}`` or
+``{"n": k, "error": "TypeError: ..."}``. Before importing anything the worker moves the protocol to
+a duplicate of its stdout and points file descriptor 1 itself at stderr (``os.dup2(2, 1)``), so
+whatever the function prints, from Python, a C extension or a subprocess it starts, goes to stderr.
+The suite's side still trusts nothing it reads: a line that is not a JSON object, or an answer
+whose number is not the request's, is dropped, and only ``"ready": true`` counts as ready.
+
+What goes wrong with one item (an exception, a bad return value, a timeout, the worker dying, a
+worker that cannot be restarted after one of those) is that item's error; only a function that
+cannot be imported when the checker first starts stops the case.
 """
 from __future__ import annotations
 
@@ -28,11 +34,13 @@ import queue
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 STARTUP_S = 60.0  # at least this long for the worker to import the user's module
+_EXITED: dict[str, Any] = {"exit": True}  # the reader's own marker (by identity: a worker cannot forge it)
 
 
 class UserCheckerError(ValueError):
@@ -61,11 +69,14 @@ def _result(value: Any) -> dict[str, Any]:
 def worker_main(argv: Sequence[str]) -> int:
     """The worker: ``MODULE FUNCTION [PATH ...]``; reads items from stdin until it closes."""
     module_name, function_name, *paths = argv
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8", buffering=1)
-    sys.stdout = sys.stderr  # the function's prints must not corrupt the protocol
+    sys.stdout.flush()
+    channel = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    # fd 1 itself now goes to stderr: writes by C code and child processes cannot reach the protocol
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def send(message: dict[str, Any]) -> None:
-        channel.write(json.dumps(message, ensure_ascii=False) + "\n")
+        channel.write(json.dumps(message, ensure_ascii=True) + "\n")
 
     sys.path[:0] = paths
     try:
@@ -84,7 +95,7 @@ def worker_main(argv: Sequence[str]) -> int:
             answer = _result(function(item["output"], item["row"]))
         except Exception as error:  # noqa: BLE001 - the item's error, reported on its row
             answer = {"error": f"{type(error).__name__}: {error}"}
-        send(answer)
+        send({"n": item["n"], **answer})
     return 0
 
 
@@ -96,6 +107,8 @@ class UserChecker:
         self.paths = [str(Path(p).resolve()) for p in paths]
         self._process: subprocess.Popen | None = None
         self._answers: queue.Queue = queue.Queue()
+        self._started = False  # True once a worker has imported the function: later failures are items' errors
+        self._number = 0  # of the last request sent
 
     @property
     def name(self) -> str:
@@ -110,48 +123,70 @@ class UserChecker:
         self._answers = queue.Queue()
         threading.Thread(target=self._read, args=(self._process, self._answers), daemon=True,
                          name=f"rwkveval-checker-{self.function}").start()
-        ready = self._next(max(STARTUP_S, self.timeout))
-        if ready is None or "fatal" in ready:
+        ready = self._next(max(STARTUP_S, self.timeout), lambda m: m.get("ready") is True or "fatal" in m)
+        if ready is None or ready is _EXITED or "fatal" in ready:
+            process = self._process
             self.close()
             where = f" (--checker-path {os.pathsep.join(self.paths)})" if self.paths else ""
-            what = ready["fatal"] if ready else "the worker did not start in time"
+            if ready is None:
+                what = "the worker did not start in time"
+            else:
+                what = ready.get("fatal") or f"the worker exited (code {process.returncode})"
             raise UserCheckerError(f"checker {self.name!r}: cannot import it{where}: {what}")
+        self._started = True
 
     @staticmethod
     def _read(process: subprocess.Popen, answers: queue.Queue) -> None:
         with process.stdout:  # this thread alone reads (and closes) the worker's stdout
             for line in process.stdout:
                 try:
-                    answers.put(json.loads(line))
+                    message = json.loads(line)
                 except ValueError:
-                    answers.put({"error": f"the worker wrote {line[:80]!r}, not a protocol line"})
-        answers.put({"exit": True})
+                    continue  # not a protocol line
+                if isinstance(message, dict):
+                    answers.put(message)
+        answers.put(_EXITED)
 
-    def _next(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            return self._answers.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def _next(self, timeout: float, wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+        """The first message ``wanted`` accepts, or the worker's exit; None after ``timeout`` s.
+        Other messages (answers to another request, stray objects) are dropped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self._answers.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if message is _EXITED or wanted(message):
+                return message
 
     def call(self, output: str, row: Any) -> tuple[float | None, Any, str | None]:
         """(score, extracted, error) for one item; error set when the item could not be checked."""
         if self._process is None:
-            self._start()
+            try:
+                self._start()
+            except UserCheckerError as error:
+                if not self._started:
+                    raise  # the function cannot be used at all: the case stops
+                return None, None, f"the checker's worker could not be restarted: {error}"
+        self._number += 1
+        number = self._number
         try:
-            self._process.stdin.write(json.dumps({"output": output, "row": row}, ensure_ascii=False) + "\n")
+            self._process.stdin.write(json.dumps({"n": number, "output": output, "row": row}, ensure_ascii=True) + "\n")
             self._process.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the worker has died: its exit is read below
-        answer = self._next(self.timeout)
+        answer = self._next(self.timeout, lambda m: m.get("n") == number)
         if answer is None:
             self.close()
             return None, None, f"TimeoutError: no answer within {self.timeout:g} s (--checker-timeout)"
-        if "exit" in answer:
+        if answer is _EXITED:
             process = self._process
             self.close()
             return None, None, f"the checker's worker process ended (exit code {process.returncode})"
         if "error" in answer:
-            return None, None, answer["error"]
+            return None, None, str(answer["error"])
+        if "score" not in answer:
+            return None, None, f"the checker's worker answered {json.dumps(answer)[:120]}, not a score"
         return answer["score"], answer.get("extracted"), None
 
     def close(self) -> None:

@@ -173,3 +173,45 @@ def test_a_prompt_over_budget_stops_the_case_before_any_model_work(pytester, mon
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([f"*{data}:2: the prompt is 1000001 tokens, over the context budget*"])
     assert "the model was asked" not in result.stdout.str()
+
+
+def test_votes_go_by_the_numbers_normalisation_and_empty_answers_do_not_vote():
+    from evals.answer_checking import match_key
+    from evals.test_custom import sample_scores, strategy_tasks
+
+    steps = ("strip", "numbers")
+    assert match_key("1,000.5", steps) == match_key("1000.50", steps) == "1000.5"
+    assert match_key("", steps) is None and match_key("  ", ("whitespace",)) is None
+    assert match_key("Paris.", ("strip", "lower", "punctuation")) == "paris" and match_key("Paris", ("strip",)) == "Paris"
+    # two empty outputs first, then two spellings of the right number and a wrong one
+    scores = sample_scores(["", "", "1,000.5", "1000.50", "7"], "1000.5", steps)
+    assert scores["maj@1"] == 0.0 and scores["maj@2"] == 0.0  # no answer voted: nothing to judge
+    assert scores["maj@4"] == 1.0 and scores["maj@5"] == 1.0  # 1000.5 has two votes, "" none
+    [task] = strategy_tasks([{"prompt": "q", "target": "1000.5"}], ["ctx"], steps)
+    assert task.answer(" 1,000.50 ") == "1000.5" and task.answer("") is None and task.check("$1,000.5")
+
+
+def test_the_budget_counts_what_an_endpoint_is_sent(tmp_path):
+    """--chat-template and --system-prompt add text on the way to an endpoint: the budget counts
+    it (the bare prompt alone would fit)."""
+    from types import SimpleNamespace
+
+    from evals.remote import RemoteOptions
+    from evals.test_custom import budget_text
+
+    path = write(tmp_path / "q.jsonl", {"prompt": "p" * 60, "answer": "a"})
+    docs, _ = load(path, None)
+    system = "s" * 40
+    local = SimpleNamespace(remote=None)
+    templated = SimpleNamespace(remote=RemoteOptions("http://x", chat_template="chatml", system_prompt=system))
+    chat = SimpleNamespace(remote=RemoteOptions("http://x", api_mode="chat", system_prompt=system))
+    assert budget_text("p" * 60, local) == "p" * 60
+    assert budget_text("p" * 60, templated) == ("<|im_start|>system\n" + system + "<|im_end|>\n<|im_start|>user\n"
+                                                + "p" * 60 + "<|im_end|>\n<|im_start|>assistant\n")
+    assert budget_text("p" * 60, chat) == system + "\n\n" + "p" * 60
+    check_budget(path, docs, [budget_text("p" * 60, local)], counting([]), True, 100, 0)  # 61 tokens fit
+    for cfg in (templated, chat):
+        tokens = len(budget_text("p" * 60, cfg)) + 1  # one token a byte (ASCII), + token 0
+        assert tokens > 100
+        with pytest.raises(DataError, match=f"the prompt is {tokens} tokens, over the context budget"):
+            check_budget(path, docs, [budget_text("p" * 60, cfg)], counting([]), True, 100, 0)

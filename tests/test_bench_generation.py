@@ -10,7 +10,8 @@ from evals import test_gsm8k, test_math500
 from evals.answer_checking import exact_match, numbers_equal, parse_number
 from evals.backend import GenerateResponse
 from evals.generation import ks_for, majority, pass_at_k, sample_requests, sampling_scores
-from evals.templates import clean_message, rwkv_chat
+from engine.server.chat import fold, render
+from evals.templates import CHAT_TEMPLATES, rwkv_chat
 
 JANET = {"doc_id": 0, "target": "18", "question": (
     "Janet’s ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins for her "
@@ -230,8 +231,21 @@ def test_math500_prompts():
 # ---- templates and exact match ----------------------------------------------------------------
 
 def test_rwkv_chat_collapses_blank_lines():
-    assert clean_message("  a\r\n\r\nb\n \n c ") == "a\nb\n c"
+    assert fold("  a\r\n\r\nb\n \n c ") == "a\nb\n c"
     assert rwkv_chat([("q1", "a1")], "q2") == "User: q1\n\nAssistant: a1\n\nUser: q2\n\nAssistant:"
+    assert rwkv_chat([("q\n\n1", "a1")], "q2", "S") == render([("system", "S"), ("user", "q\n\n1"), ("assistant", "a1"),
+                                                           ("user", "q2")])
+
+
+def test_chat_template_rwkv_is_template_rwkv():
+    """--chat-template rwkv (an endpoint) and --template rwkv give the same text: the context is
+    one user message, its blank lines folded like the server's chat rendering folds them."""
+    context = "Question one\n\nwith a blank line\r\n\r\nand another"
+    for system in (None, "Be\n\nterse."):
+        sent = CHAT_TEMPLATES["rwkv"].render(context, system)
+        assert sent == rwkv_chat((), context, system) == render(([("system", system)] if system else [])
+                                                                 + [("user", context)])
+        assert "\n\n" not in sent.split("User: ", 1)[1].removesuffix("\n\nAssistant:")
 
 
 @pytest.mark.parametrize("prediction, reference, steps, equal", [
@@ -249,3 +263,34 @@ def test_exact_match_table(prediction, reference, steps, equal):
 
 def test_parse_number_edge_cases():
     assert parse_number("1e3") == 1000 and parse_number("5%") == 5 and parse_number("") is None
+
+
+def test_greedy_and_samples_one_call_each_cut_per_prompt():
+    from types import SimpleNamespace
+
+    from evals.backend import GenerateResponse
+    from evals.generation import add_sampling, greedy_and_samples
+
+    calls = []
+
+    class Evaluation:
+        def generate(self, requests):
+            calls.append(requests)
+            return [GenerateResponse(f"{r.context}|{r.seed}|{r.temperature}", 1, 1, "stop") for r in requests]
+
+    cfg = SimpleNamespace(samples=3, temperature=0.7, top_p=0.9, sampling_seed=10, bos=True)
+    greedy, sampled = greedy_and_samples(Evaluation(), cfg, ["p", "q"], ["\n"], 8)
+    assert [g.text for g in greedy] == ["p|None|0.0", "q|None|0.0"] and len(calls) == 2
+    assert [[s.text for s in group] for group in sampled] == [["p|10|0.7", "p|11|0.7", "p|12|0.7"],
+                                                              ["q|10|0.7", "q|11|0.7", "q|12|0.7"]]
+    assert all(r.stop == ("\n",) and r.max_new_tokens == 8 and r.bos for batch in calls for r in batch)
+    metrics, protocol = {}, {}
+    add_sampling(cfg, metrics, protocol, answers="x")
+    assert set(metrics) == {"maj@1", "pass@1", "maj@2", "pass@2", "maj@3", "pass@3"}
+    assert protocol["sampling"]["seeds"] == "10..12" and protocol["sampling"]["answers"] == "x"
+    calls.clear()
+    greedy, sampled = greedy_and_samples(Evaluation(), SimpleNamespace(**(vars(cfg) | {"samples": 0})), ["p"], [], 8)
+    assert sampled == [[]] and len(calls) == 1  # no samples asked: no second call
+    metrics, protocol = {}, {}
+    add_sampling(SimpleNamespace(samples=0), metrics, protocol)
+    assert metrics == {} and protocol == {}

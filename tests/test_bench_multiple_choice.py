@@ -123,3 +123,23 @@ def test_winogrande_partial_scoring_for_the_first_sentence(shared_dir):
         ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")]
     assert docs[0]["gold"] == 1 and docs[1]["gold"] == 0
     assert test_winogrande.score(docs[0], [-5.0, -4.0])["scores"] == {"acc": 1.0}
+
+
+def test_record_with_groups_records_the_case_and_slim_rows_per_group():
+    from evals.multiple_choice import record_with_groups
+
+    recorded = []
+
+    class Evaluation:
+        def record(self, benchmark, case, rows, metrics, protocol, data):
+            recorded.append((benchmark, case, rows, metrics, protocol, data))
+
+    rows = [{"doc_id": 1, "prompt": "long", "target": "A", "extracted": "B", "n_options": 4, "scores": {"acc": 0.0},
+             "choice_logprobs": {"A": -2.0}}]
+    record_with_groups(Evaluation(), "ceval", "college_physics", ["stem", "hard"], rows, {"acc": ("mean", "acc")},
+                       {"name": "p"}, ["d"])
+    assert [(b, c) for b, c, *_ in recorded] == [("ceval", "college_physics"), ("ceval_stem", "college_physics"),
+                                                ("ceval_hard", "college_physics")]
+    assert recorded[0][2] is rows and recorded[0][4] == {"name": "p"}
+    slim = {"doc_id": 1, "target": "A", "extracted": "B", "n_options": 4, "scores": {"acc": 0.0}}
+    assert all(r[2] == [slim] and r[4] == {"name": "p", "group_of": "ceval"} and r[5] == ["d"] for r in recorded[1:])

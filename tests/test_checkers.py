@@ -17,7 +17,7 @@ from evals.checkers import CheckerError, CheckOptions, Checkers, check_one, extr
 from evals.task_files import TaskFileError, load_task, parse_field_map, task_file
 from evals.user_checkers import UserChecker, UserCheckerError
 
-VERIFIERS = '''
+VERIFIERS = r'''
 import time
 
 def right_length(output, row):
@@ -48,6 +48,22 @@ def dies(output, row):
 
 def unserialisable(output, row):
     return 1.0, {1, 2}
+
+def stray_stdout(output, row):
+    """Writes to file descriptor 1 behind Python's back, as C code or a child process would."""
+    import os
+    os.write(1, b'{"score": 0.0, "extracted": "forged"}\n{"n": 1, "score": 0.0}\n[1, 2]\nplain words\n')
+    os.system("echo from a child process")
+    return 1.0, output + " \u00e9\u4e2d"
+'''
+
+NOISY_IMPORT = r'''
+import os
+os.write(1, b'{"ready": false}\n')  # at import time, before the function exists
+os.system("echo importing")
+
+def half(output, row):
+    return 0.5
 '''
 
 
@@ -164,6 +180,18 @@ def test_choice_letter_extraction(output, choices, letter):
     assert extract_letter(output, choices) == letter
 
 
+@pytest.mark.parametrize("output", [
+    "Answer: A at first; on reflection, Answer: C",    # the second pattern takes the last Answer: of the line
+    "answer:(B)? no. Answer: D", "The answer is (J), not Answer: B", "A\nB\nC", "It must be D.\nDefinitely.",
+    "Answer: E\nAnswer: F", "(B) Paris, because of A", "nothing here",
+])
+def test_choice_letter_is_mmlu_pros_extraction(output):
+    from evals.test_mmlu_pro import extract
+
+    assert extract_letter(output, None) == extract(output)[0]
+    assert extract_letter("Answer: A at first; on reflection, Answer: C", ["w", "x", "y", "z"]) == "C"
+
+
 def test_choice_letter_targets():
     choices = ["trout", "whale", "gull"]
     assert [target_text(parse_checker("choice_letter"), a, choices) for a in (1, "B", "(B)", "whale")] == ["B"] * 4
@@ -218,6 +246,35 @@ def test_a_hanging_function_times_out_and_the_next_item_gets_a_fresh_worker(chec
         assert checker.call("hang", {}) == (None, None, "TimeoutError: no answer within 1 s (--checker-timeout)")
         assert time.monotonic() - started < 10
         assert checker.call("fine", {}) == (1.0, None, None)
+    finally:
+        checker.close()
+
+
+def test_stray_stdout_never_reaches_the_protocol(checker_dir):
+    (checker_dir / "noisy_import.py").write_text(NOISY_IMPORT)
+    checker = UserChecker("verifiers", "stray_stdout", [checker_dir], timeout=20)
+    try:
+        for output in ("a", "b"):  # request numbers 1 and 2: the forged "n": 1 line is never an answer
+            assert checker.call(output, {"x": "\u00e9"}) == (1.0, output + " \u00e9\u4e2d", None)
+    finally:
+        checker.close()
+    checker = UserChecker("noisy_import", "half", [checker_dir], timeout=20)
+    try:
+        assert checker.call("x", {}) == (0.5, None, None)  # '{"ready": false}' at import is not ready
+    finally:
+        checker.close()
+
+
+def test_a_worker_that_cannot_be_restarted_fails_its_item_not_the_case(tmp_path):
+    (tmp_path / "flaky.py").write_text("def check(output, row):\n    while output == 'hang':\n        pass\n"
+                                       "    return 1.0\n")
+    checker = UserChecker("flaky", "check", [tmp_path], timeout=1.0)
+    try:
+        assert checker.call("warm", {}) == (1.0, None, None)
+        (tmp_path / "flaky.py").write_text("raise ImportError('broken since')\n")  # edited during the run
+        assert checker.call("hang", {})[2].startswith("TimeoutError")
+        score, _, error = checker.call("next", {})  # the restart fails: this item's error, no exception
+        assert score is None and "could not be restarted" in error and "ImportError: broken since" in error
     finally:
         checker.close()
 

@@ -213,3 +213,23 @@ def test_malformed_line_names_file_and_line(tmp_path):
     other.write_text('{"text": "ok"}\n[1, 2]\n')
     with pytest.raises(DataError, match=r"list.jsonl:2: expected a JSON object, found list"):
         list(iter_jsonl(other))
+
+
+def test_offline_model_copied_into_the_cache_is_hashed_and_used(hub, tmp_path, monkeypatch):
+    """The offline message says "copy the file into that folder": a copy without its sidecar is
+    hashed once (checked against a pinned sha256) and used, never asked of the network."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = models.OFFICIAL["rwkv7-g1-1.5b"]
+    copy = tmp_path / entry.repo / entry.filename
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(WEIGHTS)
+    resolved = models.resolve("rwkv7-g1-1.5b", cache_dir=tmp_path, endpoint=hub.url)
+    assert (resolved.path, resolved.source, resolved.hub_commit) == (copy, "hub", None) and hub.requests == []
+    sidecar = json.loads(copy.with_name(copy.name + ".sha256.json").read_text())
+    assert sidecar["sha256"] == sha(WEIGHTS) and sidecar["hashed_offline"]
+    assert models.checkpoint_sha256(copy) == sha(WEIGHTS)
+    copy.with_name(copy.name + ".sha256.json").unlink()
+    pinned = models.Official(entry.repo, entry.filename, entry.released, sha256=sha(b"the real one"))
+    monkeypatch.setitem(models.OFFICIAL, "rwkv7-g1-1.5b", pinned)
+    with pytest.raises(models.ModelOfflineError, match=f"has sha256 {sha(WEIGHTS)}, expected {sha(b'the real one')}"):
+        models.resolve("rwkv7-g1-1.5b", cache_dir=tmp_path, endpoint=hub.url)

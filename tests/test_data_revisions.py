@@ -67,6 +67,16 @@ def toy(hub, tmp_path, monkeypatch):
     loader.manifest.cache_clear()
 
 
+def add_unpinned_entry() -> None:
+    """Add ``toy/unpinned.zip`` to the toy manifest: no sha256 pinned, fetched from the branch (C-Eval's case)."""
+    files = json.loads(loader.MANIFEST.read_text())["files"]
+    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
+                  "fidelity": "verbatim", "unpinned": "written without a network",
+                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
+    loader.MANIFEST.write_text(json.dumps({"files": files}))
+    loader.manifest.cache_clear()
+
+
 def fetch_requests(hub: StandInHub) -> list[str]:
     return hub.resolve_paths()
 
@@ -214,12 +224,7 @@ def test_an_unpinned_file_is_fetched_only_when_accepted_and_then_recognised(hub,
     """An entry with no sha256 yet (C-Eval's zip): a fetch is refused saying so, kept with
     --accept-new-revision (checked against the hub's own sha256) and found afterwards."""
     cache, _ = toy
-    files = json.loads(loader.MANIFEST.read_text())["files"]
-    files.append({"file": "toy/unpinned.zip", "sha256": None, "rows": 3, "licence": "MIT", "source": "toy",
-                  "fidelity": "verbatim", "unpinned": "written without a network",
-                  "remote": {"repo": "Org/Toy", "repo_type": "dataset", "path": "unpinned.zip", "revision": "main"}})
-    loader.MANIFEST.write_text(json.dumps({"files": files}))
-    loader.manifest.cache_clear()
+    add_unpinned_entry()
     commit = hub.put("Org/Toy", "unpinned.zip", V3, "dataset")
     with pytest.raises(OfflineError, match="fetch toy/unpinned.zip --accept-new-revision` .the manifest pins no sha256"):
         ensure(["toy/unpinned.zip"], offline=True, progress=silent)
@@ -263,17 +268,102 @@ def test_shared_mmlu_pro_is_the_2024_revision(shared_dir, tmp_path, monkeypatch)
 
 
 def test_real_manifest_mmlu_pro_fetched_on_first_use(hub, shared_dir, tmp_path, monkeypatch):
-    """The real MMLU-Pro entries against the stand-in: it serves the shared (2024) parquets at the
-    commit the manifest pins, so the fetch finds them to be revision 2024 by their sha256."""
+    """The real MMLU-Pro entries against the stand-in, which has only the shared (2024) parquets:
+    served at the commit the manifest pins (revision 2026) they are refused, nothing kept, even
+    with --accept-new-revision; served on the branch (``--revision main``) they are found to be
+    revision 2024 by their sha256 and kept, recorded with the branch's commit."""
     names = ("mmlu_pro/test-00000-of-00001.parquet", "mmlu_pro/validation-00000-of-00001.parquet")
     pinned = manifest()[names[0]].remote["revision"]
     for name in names:
         body = (shared_dir / "benchmarkdata" / name).read_bytes()
-        hub.put("TIGER-Lab/MMLU-Pro", "data/" + name.split("/")[1], body, "dataset", commit=pinned)
+        hub.put("TIGER-Lab/MMLU-Pro", "data/" + name.split("/")[1], body, "dataset", commit=pinned, lfs=False)
     monkeypatch.setenv(loader.DATA_CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv("RWKVEVAL_SHARED", str(tmp_path / "no-shared"))
-    got = ensure(names, endpoint=hub.url, progress=silent)
-    assert [(f.revision.id, f.fetched, f.revision.hub_commit) for f in got] == [("2024", True, pinned)] * 2
+    with pytest.raises(NewRevisionError, match="sha256 2bd1ae25ec6c.*pinned to revision 2026.*cannot keep it"):
+        ensure(names, endpoint=hub.url, progress=silent, accept_new_revision=True)
+    assert list((tmp_path / "cache" / "mmlu_pro").iterdir()) == []
+    for name in names:  # the same bytes on the branch, as a new commit
+        body = (shared_dir / "benchmarkdata" / name).read_bytes()
+        hub.put("TIGER-Lab/MMLU-Pro", "data/" + name.split("/")[1], body, "dataset")
+    main = hub.repos[("dataset", "TIGER-Lab/MMLU-Pro")]["main"]
+    got = fetch_module.fetch(names, tmp_path / "cache", hub.url, "main", progress=silent, log=lambda *_: None)
+    assert [(f.revision.id, f.fetched, f.revision.hub_commit) for f in got] == [("2024", True, main)] * 2
     assert [f.path.parent for f in got] == [(tmp_path / "cache" / "mmlu_pro").resolve()] * 2
     assert [f.fetched for f in ensure(names, endpoint=hub.url, progress=silent)] == [False, False]
-    assert len(hub.resolve_paths()) == 2 and describe(names[0])["hub_commit"] == pinned
+    assert describe(names[0])["hub_commit"] == main and describe(names[0])["revision"] == "2024"
+
+
+def test_a_pinned_source_serving_other_bytes_is_refused_even_when_accepting(hub, toy):
+    """--accept-new-revision keeps new revisions of a moving source (a branch) only: a plain URL,
+    or a known revision's hub commit, that serves other bytes is refused and nothing is kept."""
+    cache, commit_v2 = toy
+    hub.raw["plain.jsonl"] = b'{"text": "changed"}\n'
+    with pytest.raises(NewRevisionError, match=f"pinned to revision pinned with sha256 {sha(PLAIN)}.*cannot keep it"):
+        ensure([PLAIN_FILE], endpoint=hub.url, progress=silent, accept_new_revision=True)
+    assert not (cache / "toy").exists() or list((cache / "toy").iterdir()) == []  # nothing kept, no part
+    hub.put("Org/Toy", "data/questions.jsonl", V3, "dataset", commit=commit_v2, lfs=False)  # v2's commit rewritten
+    with pytest.raises(NewRevisionError, match=f"sha256 {sha(V3)}.*pinned to revision v2.*cannot keep it.*"
+                                               "--revision main --accept-new-revision"):
+        fetch_module.fetch([QUESTIONS], revision="v2", endpoint=hub.url, accept_new_revision=True, progress=silent,
+                           log=lambda *_: None)
+    assert list((cache / "toy").iterdir()) == []
+    assert read_record(cache) == {}  # nothing recorded as a revision
+
+
+def test_a_part_from_another_revision_is_never_resumed(hub, toy):
+    """An interrupted download of the branch's old commit leaves a part named after its URL; once
+    the branch moves, the new commit's download starts from byte 0 and keeps no mixed bytes."""
+    cache, _ = toy
+    old = V1 + b'{"q": "padding"}\n'
+    hub.put("Org/Toy", "data/questions.jsonl", old, "dataset", lfs=False)
+    hub.cut_after["data/questions.jsonl"] = 10
+    with pytest.raises(FetchError, match="interrupted"):
+        ensure([QUESTIONS], endpoint=hub.url, progress=silent)
+    [stale] = (cache / "toy").iterdir()
+    assert stale.name.startswith("questions.jsonl.") and stale.name.endswith(".part") and stale.stat().st_size == 10
+    new = b'{"Q": "uno"}\n{"Q": "2"}\n{"Q": "three!"}\n'  # differs within the stale part's bytes
+    assert len(new) > 10
+    hub.put("Org/Toy", "data/questions.jsonl", new, "dataset", lfs=False)
+    [got] = ensure([QUESTIONS], endpoint=hub.url, progress=silent, accept_new_revision=True)
+    assert got.path.read_bytes() == new and got.revision.id == "new-" + sha(new)[:12]
+    assert hub.requests[-1][1] is None  # asked for the whole file, not the rest of the stale part
+    assert sorted(p.name for p in (cache / "toy").iterdir()) == ["questions.jsonl"]  # the stale part is gone
+
+
+def test_a_local_copy_of_an_unpinned_file_is_accepted_and_then_read(hub, toy, tmp_path, capsys):
+    """C-Eval offline: the official zip put into a --data-dir by hand is refused until `accept`
+    (or --accept-new-revision on the run) records its sha256 in that root's revisions.json."""
+    add_unpinned_entry()
+    mine = tmp_path / "mine"
+    (mine / "toy").mkdir(parents=True)
+    copy = mine / "toy" / "unpinned.zip"
+    copy.write_bytes(V1)
+    with pytest.raises(DataError, match=f"python -m benchmarkdata accept {re.escape(str(copy.resolve()))}"):
+        ensure(["toy/unpinned.zip"], mine, offline=True, progress=silent)
+    assert fetch_module.main(["accept", str(copy)]) == 0
+    assert f"runs read it with --data-dir {mine.resolve()}" in capsys.readouterr().out
+    found = find("toy/unpinned.zip", mine)
+    assert (found.revision.id, found.revision.accepted, found.path) == ("new-" + sha(V1)[:12], True, copy.resolve())
+    assert read_record(mine)["toy/unpinned.zip"][sha(V1)]["source"] == f"local copy {copy.resolve()}"
+    assert describe("toy/unpinned.zip", mine)["accepted_new_revision"] is True and hub.requests == []
+
+    other = tmp_path / "other"  # --accept-new-revision on the run records a copy it finds
+    (other / "toy").mkdir(parents=True)
+    (other / "toy" / "unpinned.zip").write_bytes(V2)
+    [got] = ensure(["toy/unpinned.zip"], other, offline=True, progress=silent, accept_new_revision=True)
+    assert got.revision.accepted and got.sha256 == sha(V2) and not got.fetched
+    assert find("toy/unpinned.zip", other).revision.id == "new-" + sha(V2)[:12]
+
+    loose = tmp_path / "unpinned.zip"  # a download lying anywhere: --dest copies it into a data root
+    loose.write_bytes(V3)
+    assert fetch_module.main(["accept", str(loose)]) == 1
+    assert "pass --dest DIR" in capsys.readouterr().err
+    assert fetch_module.main(["accept", str(loose), "--dest", str(tmp_path / "root")]) == 0
+    assert (tmp_path / "root" / "toy" / "unpinned.zip").read_bytes() == V3
+    assert find("toy/unpinned.zip", tmp_path / "root").revision.accepted
+
+    altered = tmp_path / "pinned" / QUESTIONS  # a pinned file's copy is never accepted: fetch it instead
+    altered.parent.mkdir(parents=True)
+    altered.write_bytes(V3)
+    assert fetch_module.main(["accept", str(altered)]) == 1
+    assert "is pinned in the manifest" in capsys.readouterr().err and read_record(tmp_path / "pinned") == {}

@@ -1,12 +1,16 @@
 """MMLU-Pro: prompt rendering against TIGER-Lab's text, answer extraction, scoring, aggregation.
 
-The expected prompt below is written out by hand from TIGER-Lab's ``evaluate_from_local.py``
-(``generate_cot_prompt``/``format_cot_example``) and ``cot_prompt_lib/initial_prompt.txt``: the
-header, one newline, then ``Question:\\n{q}\\nOptions:\\n{A. ...\\n}`` blocks; an exemplar's
+The expected prompt below follows TIGER-Lab's ``evaluate_from_local.py`` (``generate_cot_prompt``/
+``format_cot_example``) at TIGER-AI-Lab/MMLU-Pro commit ``f418b11``, with the bytes of its
+``cot_prompt_lib/initial_prompt.txt`` at that commit copied below (sha256 pinned): the file read
+whole (``readlines()``, nothing stripped: the header and ``.\\n\\n\\n``), ``{$}`` replaced by the
+category, one ``\\n`` added, then ``Question:\\n{q}\\nOptions:\\n{A. ...\\n}`` blocks; an exemplar's
 ``A: Let's think step by step.`` becomes ``Answer: Let's think step by step.`` and ends with a
 blank line; the question ends with ``Answer: Let's think step by step.``.
 """
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 
@@ -17,8 +21,18 @@ from evals.test_mmlu_pro import (
     score_direct,
 )
 
-HEADER_MATH = ('The following are multiple choice questions (with answers) about math. Think step by step and '
-               'then finish your answer with "the answer is (X)" where X is the correct letter choice.\n')
+# cot_prompt_lib/initial_prompt.txt at TIGER-AI-Lab/MMLU-Pro f418b116db00b065c2aea046518d8fcf74d39872, byte for byte
+INITIAL_PROMPT_TXT = (b'The following are multiple choice questions (with answers) about {$}. Think step by step and '
+                      b'then finish your answer with "the answer is (X)" where X is the correct letter choice.\n\n\n')
+INITIAL_PROMPT_SHA256 = "d7337806b4d84eef7a86bcb20bf3d64b65e72736c1603e16d08cadebac436f0a"
+
+
+def official_header(category: str) -> str:
+    """generate_cot_prompt's opening: the file's lines concatenated, ``{$}`` replaced, then ``\\n``."""
+    return INITIAL_PROMPT_TXT.decode("utf-8").replace("{$}", category) + "\n"
+
+
+HEADER_MATH = official_header("math")
 EXEMPLAR = {
     "question_id": 0, "category": "math", "answer": "A", "answer_index": 0,
     "question": "The symmetric group $S_n$ has $\nactorial{n}$ elements, hence it is not true that $S_{10}$ has "
@@ -39,6 +53,13 @@ QUESTION_BLOCK = ("Question:\n−4 +  ( −3 )=\nOptions:\nA. −4\nB. −10\nC.
 COT_ANSWER = ("Answer: Let's think step by step. A characteristic of a ring is R is $n$ if the statement $ka = 0$ "
               "for all $a\\in 2Z$ implies that $k$ is a multiple of $n$. Assume that $ka = 0$ for all $a\\in 2Z$ for "
               "some $k$. In particular $2k = 0$. Hence $k=0$ and $n=0$. The answer is (A).\n\n")
+
+
+def test_header_is_the_upstream_file_and_four_newlines():
+    assert hashlib.sha256(INITIAL_PROMPT_TXT).hexdigest() == INITIAL_PROMPT_SHA256
+    assert HEADER_MATH.endswith("letter choice.\n\n\n\n")
+    prompt = build_prompt({**QUESTION, "category": "computer science"}, [EXEMPLAR], 0, cot=True)
+    assert prompt.startswith(official_header("computer science") + "Question:\n")
 
 
 def test_cot_prompt_matches_official_text():
@@ -111,6 +132,14 @@ def test_official_guess_is_seeded_per_option_count():
     assert official_guess(10) == official_guess(10)
 
 
+def test_protocol_names_the_separator_and_the_guess_rule():
+    from evals.test_mmlu_pro import protocol
+
+    described = protocol(True, 5, True, 2048, 4096)
+    assert described["header_separator"] == "\n\n\n\n" and "f418b11" in described["prompt_source"]
+    assert "reseeded before every guess" in described["guess"] and "996df13" in described["guess"]
+
+
 def test_score_direct_picks_highest_loglikelihood_first_on_ties():
     responses = [LoglikelihoodResponse(lp, False, 10, 1) for lp in (-3, -1, -1, -5)]
     doc = {**QUESTION, "options": QUESTION["options"][:4], "answer": "B"}
@@ -138,3 +167,10 @@ def test_score_cot_and_aggregate():
     assert metrics["acc_first_pattern"].value == 0.25
     assert metrics["guessed"].value == 1 and metrics["guessed"].stderr is None
     assert metrics["acc"].stderr == pytest.approx((0.75 * 0.25 / 3) ** 0.5)
+
+
+def test_suite_docstring_names_the_real_case_parameters():
+    from evals import suite, test_mmlu, test_mmlu_pro
+
+    assert f'``"{test_mmlu_pro.CASE_PARAM}"`` for MMLU-Pro' in suite.__doc__
+    assert f'``"{test_mmlu.CASE_PARAM}"`` for MMLU' in suite.__doc__

@@ -169,3 +169,29 @@ def test_custom_semantic_with_a_chinese_model_folder_records_it(pytester, monkey
     scored = {json.loads(line)["doc_id"]: json.loads(line)["scores"]["semantic_similarity"]
               for line in (run / "samples" / "custom_semantic-zh.jsonl").read_text().splitlines()}
     assert scored["same"] == pytest.approx(1.0, abs=1e-5) and scored["other"] < 0.999
+
+
+def test_each_rouge_row_records_the_segmentation_it_got():
+    """--rouge-segmentation auto decides per pair: the row says which (the protocol only names auto)."""
+    from evals.backend import GenerateResponse
+    from evals.checkers import CheckOptions, Checkers, parse_checker
+    from evals.test_custom import scored_row
+
+    spec = parse_checker("rouge")
+    outputs, targets = ["北京是首都", "the cat sat", "こんにちは"], ["北京是中国的首都", "a cat sat", "こんばんは"]
+    with Checkers(CheckOptions(rouge_segmentation="auto")) as checkers:
+        verdicts = checkers.check(spec, outputs, targets, [{}] * 3, [None] * 3)
+    assert [v.details["rouge_segmentation"] for v in verdicts] == ["jieba", "words", "chars"]
+
+    class Task:
+        mixed = False
+
+        def metrics(self):
+            return {**dict.fromkeys(verdicts[0].scores, ("mean", "x")), "checker_errors": ("sum", "checker_error")}
+
+    doc = {"checker": spec, "doc_id": 1, "answer": targets[0]}
+    row = scored_row(doc, "p", GenerateResponse(outputs[0], 3, 2, "stop"), (2, None), verdicts[0], Task())
+    assert row["rouge_segmentation"] == "jieba" and row["scores"]["rouge1"] == verdicts[0].scores["rouge1"]
+    with Checkers(CheckOptions(rouge_segmentation="chars")) as checkers:
+        [forced] = checkers.check(spec, ["the cat"], ["a cat"], [{}], [None])
+    assert forced.details == {"rouge_segmentation": "chars"}

@@ -285,3 +285,59 @@ def test_step_delimiter_reads_escapes():
     from evals.ttc.config import step_delimiter
 
     assert step_delimiter("\\n\\n") == "\n\n" and step_delimiter("Step") == "Step" and step_delimiter("\\t") == "\t"
+
+
+def test_stored_or_computed_is_the_one_reuse_rule_for_rewards(tmp_path):
+    """Test-time-compute rewards and plain-text rewards (CharacterEval) both go through
+    StrategyStore.stored_or_computed: stored values reused, the rest computed once and stored,
+    under the response cache's own request key; a read-only store (--rescore) refuses to compute."""
+    from types import SimpleNamespace
+
+    from evals.cache import ResponseCache, request_key
+    from evals.cache import CacheError as StoreError
+    from evals.rewards import RewardInput
+    from evals.rewards.plain import cached_scores
+    from evals.ttc.run import CachedReward
+    from evals.ttc.store import StrategyStore
+
+    cache = ResponseCache.open(tmp_path)
+    store = StrategyStore(cache, "policy")
+    asked: list[list[int]] = []
+
+    def compute(todo):
+        asked.append(list(todo))
+        return [float(k) for k in todo]
+
+    requests = [{"q": "a"}, {"q": "b"}]
+    assert store.stored_or_computed("reward", "reward|m", requests, compute) == ([0.0, 1.0], [True, True])
+    more = requests + [{"q": "c"}]
+    assert store.stored_or_computed("reward", "reward|m", more, compute) == ([0.0, 1.0, 2.0], [False, False, True])
+    assert asked == [[0, 1], [2]]
+    key, canonical = request_key("reward", {"q": "c"})
+    assert canonical == '{"kind":"reward","q":"c"}' and cache.get_many("reward|m", [key]) == {key: ("reward", "2.0")}
+    with pytest.raises(StoreError, match="--rescore: 1 of 1 reward values were never stored"):
+        StrategyStore(cache, "policy", read_only=True).stored_or_computed("reward", "reward|m", [{"q": "d"}],
+                                                                          compute, "reward values")
+
+    class Model:
+        oracle, calls = False, []
+
+        def identity(self):
+            return "fake"
+
+        def score(self, inputs):
+            self.calls.append(len(inputs))
+            return [0.5] * len(inputs)
+
+    reward = CachedReward("fake", None, store, questions=2)
+    reward._reward = Model()
+    inputs = [RewardInput("q", "x"), RewardInput("q", "y")]
+    assert reward.score(inputs, [0, 1]) == [0.5, 0.5] and reward.score(inputs, [0, 1]) == [0.5, 0.5]
+    assert Model.calls == [2] and reward.computed == [1, 1] and reward.reused == [1, 1]
+
+    hf = SimpleNamespace(identity=lambda: "hf", model=None, tokenizer=None)
+    stored = store.get("reward", "reward|hf", [{"text": "t", "max_tokens": 8, "eos": True, "batch": 1}])
+    assert stored == [None]
+    store.put("reward", "reward|hf", [({"text": "t", "max_tokens": 8, "eos": True, "batch": 1}, 3.0)])
+    assert cached_scores(hf, ["t"], store, max_tokens=8) == ([3.0], [False])  # stored: no model needed
+    cache.close()

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from evals.rewards import RewardError, RewardInput
-from evals.templates import clean_message
+from engine.server.chat import fold
 
 DEFAULT_PROMPT = ("User: Here is a question and a proposed answer. Is the answer correct? Reply Yes or No.\n"
                   "Question: {question}\n"
@@ -64,7 +64,7 @@ class JudgeReward:
                    template=template, name=resolved.name)
 
     def prompt(self, item: RewardInput) -> str:
-        return self.template.format(question=clean_message(item.question), answer=clean_message(item.answer))
+        return self.template.format(question=fold(item.question), answer=fold(item.answer))
 
     def identity(self) -> str:
         info = self.model.info()

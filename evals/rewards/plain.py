@@ -69,17 +69,10 @@ def score_texts(reward: Any, texts: Sequence[str], max_tokens: int = MAX_TOKENS)
 
 def cached_scores(reward: Any, texts: Sequence[str], store: Any, max_tokens: int = MAX_TOKENS
                   ) -> tuple[list[float], list[bool]]:
-    """(values, computed now?) for ``texts``: stored values reused, the others computed and stored.
-    ``store`` has ``get(kind, owner, requests)`` and ``put(kind, owner, items)``
-    (:class:`evals.ttc.store.StrategyStore`)."""
-    owner = f"reward|{reward.identity()}"
+    """(values, computed now?) for ``texts``: stored values reused, the others computed and stored
+    (``store``: an :class:`evals.ttc.store.StrategyStore`, its ``stored_or_computed``)."""
     requests = [{"text": t, "max_tokens": max_tokens, "eos": True, "batch": 1} for t in texts]
-    values = store.get(KIND, owner, requests)
-    todo = [i for i, v in enumerate(values) if v is None]
-    if todo:
-        computed = score_texts(reward, [texts[i] for i in todo], max_tokens)
-        store.put(KIND, owner, [(requests[i], v) for i, v in zip(todo, computed)])
-        for i, v in zip(todo, computed):
-            values[i] = v
-    fresh = set(todo)
-    return [float(v) for v in values], [i in fresh for i in range(len(texts))]
+    values, fresh = store.stored_or_computed(
+        KIND, f"reward|{reward.identity()}", requests,
+        lambda todo: score_texts(reward, [texts[i] for i in todo], max_tokens), "reward values")
+    return [float(v) for v in values], fresh

@@ -102,21 +102,13 @@ class CachedReward:
             for q in questions:
                 self.computed[q] += 1
             return reward.score(inputs)
-        owner = f"reward|{reward.identity()}"
         requests = [{"question": i.question, "answer": i.answer, "history": [list(t) for t in i.history]}
                     for i in inputs]
-        values = self.store.get("reward", owner, requests)
-        todo = [k for k, v in enumerate(values) if v is None]
-        if todo and self.store.read_only:
-            raise self.store.missing("reward scores", len(todo), len(inputs), requests[todo[0]])
-        if todo:
-            computed = reward.score([inputs[k] for k in todo])
-            self.store.put("reward", owner, [(requests[k], v) for k, v in zip(todo, computed)])
-            for k, v in zip(todo, computed):
-                values[k] = v
-        fresh = set(todo)
+        values, fresh = self.store.stored_or_computed(
+            "reward", f"reward|{reward.identity()}", requests, lambda todo: reward.score([inputs[k] for k in todo]),
+            "reward scores")
         for k, q in enumerate(questions):
-            (self.computed if k in fresh else self.reused)[q] += 1
+            (self.computed if fresh[k] else self.reused)[q] += 1
         return [float(v) for v in values]
 
 

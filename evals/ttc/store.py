@@ -19,18 +19,11 @@ Without a cache (``--no-cache``) nothing is stored.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from evals.cache import CacheError
-
-
-def entry_key(kind: str, request: Mapping[str, Any]) -> tuple[str, str]:
-    """(sha256 key, canonical JSON) of one request of ``kind`` (as :func:`evals.cache.request_key`)."""
-    text = json.dumps({"kind": kind, **request}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest(), text
+from evals.cache import CacheError, request_key
 
 
 class StrategyStore:
@@ -59,7 +52,7 @@ class StrategyStore:
         """The stored response (parsed JSON) of each request, or None."""
         if not self.enabled or not requests:
             return [None] * len(requests)
-        keys = [entry_key(kind, r)[0] for r in requests]
+        keys = [request_key(kind, r)[0] for r in requests]
         found = self.cache.get_many(owner or self.model_id, keys)
         out = []
         for key in keys:
@@ -80,9 +73,28 @@ class StrategyStore:
             return
         entries = []
         for request, response in items:
-            key, canonical = entry_key(kind, request)
+            key, canonical = request_key(kind, request)
             entries.append((key, kind, canonical, json.dumps(response, ensure_ascii=False)))
         self.cache.put_many(owner or self.model_id, entries)
+
+    def stored_or_computed(self, kind: str, owner: str | None, requests: Sequence[Mapping[str, Any]],
+                           compute: Callable[[list[int]], Sequence[Any]], what: str = "entries"
+                           ) -> tuple[list[Any], list[bool]]:
+        """(values, computed now?) of ``requests``: stored values reused, the others computed by
+        ``compute(positions)`` and stored. Read only (``--rescore``): a missing one is an error."""
+        values = self.get(kind, owner, requests)
+        todo = [k for k, v in enumerate(values) if v is None]
+        if todo and self.read_only:
+            raise self.missing(what, len(todo), len(requests), requests[todo[0]])
+        if todo:
+            computed = list(compute(todo))
+            if len(computed) != len(todo):
+                raise RuntimeError(f"asked for {len(todo)} {what}, computed {len(computed)}")
+            self.put(kind, owner, [(requests[k], v) for k, v in zip(todo, computed)])
+            for k, v in zip(todo, computed):
+                values[k] = v
+        fresh = set(todo)
+        return values, [k in fresh for k in range(len(requests))]
 
     def missing(self, what: str, count: int, total: int, example: Mapping[str, Any]) -> CacheError:
         text = json.dumps(example, ensure_ascii=False)[:200]
