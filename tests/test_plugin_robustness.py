@@ -232,8 +232,20 @@ def counted(name, function):
     return wrapper
 
 
-evals.models.checkpoint_sha256 = counted("sha256", evals.models.checkpoint_sha256)
-evals.plugin.collection.fetch_data = counted("fetch_data", evals.plugin.collection.fetch_data)
+ORIGINAL = (evals.models.checkpoint_sha256, evals.plugin.collection.fetch_data)
+
+
+FAKE_CONFIGURE = pytest_configure
+
+
+def pytest_configure(config):  # patched for this run only: an in-process run shares the modules
+    FAKE_CONFIGURE(config)
+    evals.models.checkpoint_sha256 = counted("sha256", ORIGINAL[0])
+    evals.plugin.collection.fetch_data = counted("fetch_data", ORIGINAL[1])
+
+
+def pytest_unconfigure(config):
+    evals.models.checkpoint_sha256, evals.plugin.collection.fetch_data = ORIGINAL
 '''
 
 
@@ -250,16 +262,21 @@ import engine
 pytest_plugins = ["evals.plugin"]
 
 
-def pytest_configure(config):
-    from evals.plugin.keys import NO_CHECKPOINT_KEY
-    config.stash[NO_CHECKPOINT_KEY] = "the load below fails"
+ORIGINAL = engine.load_model
 
 
 def refuse(*args, **kwargs):
     raise engine.EngineError("the weights are damaged")
 
 
-engine.load_model = refuse
+def pytest_configure(config):  # patched for this run only: an in-process run shares the modules
+    from evals.plugin.keys import NO_CHECKPOINT_KEY
+    config.stash[NO_CHECKPOINT_KEY] = "the load below fails"
+    engine.load_model = refuse
+
+
+def pytest_unconfigure(config):
+    engine.load_model = ORIGINAL
 '''
 
 
