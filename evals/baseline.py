@@ -15,7 +15,8 @@ The verdict also lists ``data_warnings``: data files the two runs read at differ
 (sha256), whose comparison mixes model and data (see :mod:`benchmarkdata.revisions`).
 
 Documents in only one of the runs are counted and listed in the verdict (and in the message when
-a case fails); a case the baseline does not have is reported, never failed.
+a case fails); a case the baseline does not have is reported, never failed; so is a metric only
+one of the runs reports (another ``--cot``, another version), listed under ``not_compared``.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarkdata.revisions import data_revision_warnings
-from evals.compare import Run, compare_rows, load_run
+from evals.compare import Run, compare_rows, load_run, shared_spec
 
 
 @dataclass
@@ -56,9 +57,12 @@ class Baseline:
             verdict["missing"] = f"the baseline has no case {benchmark}/{case}"
             return verdict
         current = {row.get("doc_id"): row for row in rows}
-        stats = compare_rows(base.rows, current, spec)  # A = baseline, B = this run
+        compared, other = shared_spec(base.spec, spec)  # A = baseline, B = this run
+        stats = compare_rows(base.rows, current, compared)
         verdict.update({"shared": stats["shared"], "only_current": stats["only_b"], "only_baseline": stats["only_a"],
                         "metrics": {}})
+        if other:  # reported, never judged: a metric the baseline lacks cannot be worse than it
+            verdict["not_compared"] = other
         unshared = (f"{len(stats['only_b'])} documents only in this run, "
                     f"{len(stats['only_a'])} only in the baseline")
         for name, entry in stats["metrics"].items():

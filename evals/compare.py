@@ -78,32 +78,73 @@ def _spec(case: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[st
 
 
 def load_run(path: Path) -> Run:
-    """``results.json`` and every case's ``samples/*.jsonl`` of a report folder (or ``latest``)."""
+    """``results.json`` and every case's ``samples/*.jsonl`` of a report folder (or ``latest``).
+    Anything that cannot be read as such (a missing or unreadable file, bytes that are not UTF-8,
+    JSON of another shape) is a :class:`RunError` naming the file."""
     path = Path(path)
     results_file = path / "results.json"
     if not results_file.is_file():
         raise RunError(f"{path}: no results.json (expected a report folder such as reports/latest)")
     try:
         results = json.loads(results_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunError(f"{results_file}: not JSON ({error})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"{results_file}: cannot be read as JSON ({type(error).__name__}: {error})") from None
+    if not isinstance(results, dict) or not isinstance(results.get("benchmarks", {}), dict):
+        raise RunError(f"{results_file}: not an rwkveval results.json (expected an object with a 'benchmarks' object)")
     run = Run(path.resolve(), results)
     for bench, data in results.get("benchmarks", {}).items():
-        for case, entry in data["cases"].items():
-            samples = path / entry["samples"]
-            rows: dict[Any, dict[str, Any]] = {}
-            if not samples.is_file():
-                raise RunError(f"{samples}: missing (results.json lists it for {bench}/{case})")
-            for line_no, line in enumerate(samples.read_text(encoding="utf-8").splitlines(), 1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise RunError(f"{samples}:{line_no}: not JSON ({error})") from None
-                if row.get("doc_id") in rows:
-                    raise RunError(f"{samples}:{line_no}: doc_id {row.get('doc_id')!r} appears twice")
-                rows[row.get("doc_id")] = row
-            run.cases[(bench, case)] = CaseData(entry["metrics"], _spec(entry, list(rows.values())), rows)
+        try:
+            cases = list(data["cases"].items())
+            for case, entry in cases:
+                run.cases[(bench, case)] = _case(path, bench, case, entry)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, RunError):
+                raise
+            raise RunError(f"{results_file}: benchmark {bench!r} is not as rwkveval writes it "
+                           f"({type(error).__name__}: {error})") from None
     return run
+
+
+def _case(path: Path, bench: str, case: str, entry: Mapping[str, Any]) -> CaseData:
+    """One case of a run: its metrics, spec and sample rows by doc_id."""
+    samples = path / entry["samples"]
+    if not samples.is_file():
+        raise RunError(f"{samples}: missing (results.json lists it for {bench}/{case})")
+    try:
+        lines = samples.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise RunError(f"{samples}: cannot be read ({type(error).__name__}: {error})") from None
+    rows: dict[Any, dict[str, Any]] = {}
+    for line_no, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RunError(f"{samples}:{line_no}: not JSON ({error})") from None
+        if not isinstance(row, dict):
+            raise RunError(f"{samples}:{line_no}: expected a JSON object, found {type(row).__name__}")
+        if row.get("doc_id") in rows:
+            raise RunError(f"{samples}:{line_no}: doc_id {row.get('doc_id')!r} appears twice")
+        rows[row.get("doc_id")] = row
+    return CaseData(entry["metrics"], _spec(entry, list(rows.values())), rows)
+
+
+def shared_spec(a: Mapping[str, Sequence[str]], b: Mapping[str, Sequence[str]]
+                ) -> tuple[dict[str, tuple[str, str]], dict[str, dict[str, Any]]]:
+    """(the metrics both specs define alike, in A's order; the others, each as the entry that
+    stands in its comparison: ``{"only_in": "a"}`` or ``"b"`` for a metric one run does not
+    report (runs of other options or versions: ``--cot`` adds metrics), ``{"differs": ...}`` for
+    one both report from different scores, which cannot be paired)."""
+    shared = {name: (pair[0], pair[1]) for name, pair in a.items() if tuple(b.get(name) or ()) == tuple(pair)}
+    other: dict[str, dict[str, Any]] = {}
+    for name in [*a, *(n for n in b if n not in a)]:
+        if name in shared:
+            continue
+        if name not in b or name not in a:
+            side, pair = ("a", a[name]) if name in a else ("b", b[name])
+            other[name] = {"aggregation": pair[0], "score": pair[1], "only_in": side}
+        else:
+            other[name] = {"aggregation": a[name][0], "score": a[name][1], "differs": {"a": list(a[name]), "b": list(b[name])}}
+    return shared, other
 
 
 def compare_rows(rows_a: Mapping[Any, Mapping[str, Any]], rows_b: Mapping[Any, Mapping[str, Any]],
@@ -200,9 +241,11 @@ def overall_rows(a: Run, b: Run) -> list[dict[str, Any]]:
             continue
         rows_a = {(k[1], d): row for k in keys for d, row in a.cases[k].rows.items()}
         rows_b = {(k[1], d): row for k in keys for d, row in b.cases[k].rows.items()}
-        spec = {m: pair for m, pair in a.cases[keys[0]].spec.items()
+        spec, other = shared_spec(a.cases[keys[0]].spec, b.cases[keys[0]].spec)
+        spec = {m: pair for m, pair in spec.items()
                 if all(b.cases[k].spec.get(m) == pair and a.cases[k].spec.get(m) == pair for k in keys)}
         stats = compare_rows(rows_a, rows_b, spec, documents=False)
+        stats["metrics"].update(other)
         only = {"only_a": len(stats.pop("only_a")), "only_b": len(stats.pop("only_b"))}
         reported = [run.results["benchmarks"].get(bench, {}).get("overall", {}).get("metrics", {}) for run in (a, b)]
         for name, entry in stats["metrics"].items():
@@ -221,7 +264,9 @@ def compare_runs(a: Run, b: Run) -> dict[str, Any]:
             cases.append({"benchmark": bench, "case": case, "only_in": "a" if key in a.cases else "b"})
             continue
         ca, cb = a.cases[key], b.cases[key]
-        stats = compare_rows(ca.rows, cb.rows, ca.spec)
+        spec, other = shared_spec(ca.spec, cb.spec)
+        stats = compare_rows(ca.rows, cb.rows, spec)
+        stats["metrics"].update(other)  # not compared, but listed: a metric never vanishes silently
         for name, entry in stats["metrics"].items():
             entry["value_a"] = ca.metrics.get(name, {}).get("value")
             entry["value_b"] = cb.metrics.get(name, {}).get("value")
@@ -299,6 +344,15 @@ def _counts(entry: Mapping[str, Any], name: str) -> str:
     return str(entry["mcnemar"]["a_only" if name == "a" else "b_only"])
 
 
+def not_compared(entry: Mapping[str, Any]) -> str:
+    """Why a metric has no comparison (:func:`shared_spec`), or ``""``."""
+    if "only_in" in entry:
+        return f"only in run {entry['only_in'].upper()}"
+    if "differs" in entry:
+        return f"not compared: A scores {entry['differs']['a'][1]!r}, B {entry['differs']['b'][1]!r}"
+    return ""
+
+
 def table(pair: Mapping[str, Any]) -> list[tuple[str, ...]]:
     """The terminal table of one pair (B against A)."""
     from evals.plugin.display import fmt_diff, fmt_number, fmt_p
@@ -313,6 +367,10 @@ def table(pair: Mapping[str, Any]) -> list[tuple[str, ...]]:
         only = (f"{case['only_a']}/{case['only_b']}" if pooled
                 else f"{len(case['only_a'])}/{len(case['only_b'])}")
         for name, e in case["metrics"].items():
+            if "only_in" in e or "differs" in e:
+                lines.append((case["benchmark"], case["case"], name, "", "", not_compared(e),
+                              "", "", "", "", "", str(case["shared"]), only))
+                continue
             kind, paired = score_kind(e), e.get("paired")
             diff = ""
             if paired:
@@ -382,7 +440,7 @@ def write_xlsx(path: Path, comparison: Mapping[str, Any]) -> Path:
                 ci = paired.get("ci95") or [None, None]
                 only = ((case["only_a"], case["only_b"]) if pooled else (len(case["only_a"]), len(case["only_b"])))
                 sheet.append([case["benchmark"], case["case"], name, e.get("value_a"), e.get("value_b"),
-                              paired.get("diff"), ci[0], ci[1], p_value(e), e.get("test"),
+                              paired.get("diff"), ci[0], ci[1], p_value(e), e.get("test") or not_compared(e) or None,
                               e.get("mcnemar", {}).get("a_only"), e.get("mcnemar", {}).get("b_only"),
                               case["shared"], *only, e.get("both_wrong_count"), e.get("shared_a"), e.get("shared_b"),
                               pair["a"]["label"], pair["b"]["label"]])
@@ -407,7 +465,7 @@ def default_out(runs: Sequence[Run]) -> Path:
 
 def write_outputs(out_dir: Path, runs: Sequence[Run], comparison: dict[str, Any]) -> dict[str, Path]:
     from evals.compare_page import write_comparison_html
-    from evals.plugin.report import safe_name
+    from evals.plugin.report import case_stem, safe_name
 
     written = {"json": write_json(out_dir / "comparison.json", comparison),
                "xlsx": write_xlsx(out_dir / "comparison.xlsx", comparison)}
@@ -417,7 +475,7 @@ def write_outputs(out_dir: Path, runs: Sequence[Run], comparison: dict[str, Any]
         documents.append(rows)
         below = "" if len(runs) == 2 else f"{safe_name(runs[k + 1].label)}/"
         for (bench, case), docs in rows.items():
-            name = f"{below}{safe_name(bench)}-{safe_name(case)}.jsonl"
+            name = f"{below}{case_stem(bench, case)}.jsonl"
             for folder, directions in (("discordant", DIRECTIONS[:2]), ("both_wrong", DIRECTIONS[2:])):
                 chosen = [d for d in docs if d["direction"] in directions]
                 if chosen:

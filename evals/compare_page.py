@@ -57,12 +57,13 @@ def _documents(pair_docs: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]],
 
 def benchmark_view(bench: str, comparison: Mapping[str, Any],
                    documents: Sequence[Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]]) -> dict[str, Any]:
-    from evals.compare import score_kind, p_value
+    from evals.compare import not_compared, p_value, score_kind
     from evals.plugin.writers.charts import Difference, forest_plot
 
     pairs = comparison["comparisons"]
     first_case = next(c for pair in pairs for c, _ in _rows(pair, bench) if "metrics" in c)
-    metric = primary_metric(first_case["metrics"])
+    metric = primary_metric({n: e for n, e in first_case["metrics"].items() if not not_compared(e)}
+                            or first_case["metrics"])
     labels: list[str] = []
     points: list[Difference] = []
     tables = []
@@ -72,6 +73,9 @@ def benchmark_view(bench: str, comparison: Mapping[str, Any],
             if case["case"] not in labels and "metrics" in case:
                 labels.append(case["case"])
             for name, e in case.get("metrics", {}).items():
+                if not_compared(e):
+                    rows.append({"case": case["case"], "metric": name, "note": not_compared(e)})
+                    continue
                 paired = e.get("paired")
                 if name == metric and paired is not None:
                     points.append(Difference(case["case"], k, paired["diff"],

@@ -45,7 +45,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,30 +409,32 @@ class RemoteBackend:
         """``run`` every request with bounded concurrency; collect failures, stop at a fatal error.
 
         Each answer goes to ``listener`` as it arrives (so the cache keeps the requests that
-        succeeded even when others fail), with the tokens the server says it processed."""
+        succeeded even when others fail, and progress moves during the batch), with the tokens
+        the server says it processed. A fatal error, or Ctrl-C, drops the requests still queued
+        at once instead of sending them."""
         self._require_ready()
         results: list[Any] = [None] * len(requests)
         failed: dict[int, str] = {}
-        with ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="rwkveval-remote") as pool:
+        pool = ThreadPoolExecutor(max_workers=self.options.concurrency, thread_name_prefix="rwkveval-remote")
+        try:
             pending = {pool.submit(run, r): i for i, r in enumerate(requests)}
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    i = pending.pop(future)
-                    try:
-                        results[i] = future.result()
-                    except RequestFailed as error:
-                        failed[i] = str(error)
-                        continue
-                    except InvalidResponse as error:  # never retried: the server answered, wrongly
-                        failed[i] = f"invalid answer: {error}"
-                        continue
-                    except BaseException:
-                        for other in pending:
-                            other.cancel()
-                        raise
-                    listener.on_result(i, results[i])
-                    listener.on_tokens(*_usage(results[i]))
+            for future in as_completed(pending):
+                i = pending[future]
+                try:
+                    results[i] = future.result()
+                except RequestFailed as error:
+                    failed[i] = str(error)
+                    continue
+                except InvalidResponse as error:  # never retried: the server answered, wrongly
+                    failed[i] = f"invalid answer: {error}"
+                    continue
+                listener.on_result(i, results[i])
+                listener.on_tokens(*_usage(results[i]))
+        except BaseException:
+            # the requests in flight end within their deadline; the queued ones are never sent
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         if failed:
             raise RemoteFailures(kind, len(requests), failed, requests, self.url)
         return results

@@ -75,10 +75,6 @@ def module_problems(module: ModuleType, config: Any) -> list[str]:
     return list(check(config)) if check is not None else []
 
 
-def metrics_of(spec: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(spec)
-
-
 def known(declarations: Iterable[Declared]) -> dict[str, Declared]:
     """By benchmark name; two modules declaring one name would make gates ambiguous."""
     out: dict[str, Declared] = {}

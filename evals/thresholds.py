@@ -10,7 +10,7 @@ A gate reads ``benchmark[/case].metric OP bound`` with OP ``>=`` (a minimum, for
 Gates come from ``evals/thresholds.toml`` (per model, matched by name or sha256; a fine-tune by
 its name ``base+adapter-stem`` or by the base's sha256 plus its adapters' sha256s) and from
 ``--threshold`` on the command line, which adds a gate or replaces the file's gate on the same
-benchmark, case and metric. A case without a gate passes and is reported as ungated.
+benchmark, case, metric and direction (``ppl >= 1`` and ``ppl <= 20`` are two gates). A case without a gate passes and is reported as ungated.
 """
 from __future__ import annotations
 
@@ -48,8 +48,9 @@ class Gate:
                    float(match["bound"]), source)
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.benchmark, self.case, self.metric)
+    def key(self) -> tuple[str, str, str, str]:
+        """A gate replaces another with the same key: a lower and an upper bound on one metric both hold."""
+        return (self.benchmark, self.case, self.metric, self.op)
 
     def applies_to(self, benchmark: str, case: str) -> bool:
         return self.benchmark == benchmark and (self.case == case or (self.case == "*" and case != OVERALL))
@@ -122,8 +123,9 @@ def load_file(path: Path, model_name: str, model_sha256: str | None, adapter_sha
 
 
 def merge(file_gates: Iterable[Gate], cli_gates: Iterable[Gate]) -> list[Gate]:
-    """File gates, each replaced by a command-line gate on the same benchmark, case and metric."""
-    merged: dict[tuple[str, str, str], Gate] = {g.key: g for g in file_gates}
+    """File gates, each replaced by a command-line gate on the same benchmark, case, metric and
+    direction (``>=`` or ``<=``)."""
+    merged: dict[tuple[str, str, str, str], Gate] = {g.key: g for g in file_gates}
     for gate in cli_gates:
         merged[gate.key] = gate
     return list(merged.values())

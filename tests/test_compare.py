@@ -180,3 +180,25 @@ def test_compare_three_runs_each_against_the_first(tmp_path, capsys):
 def test_compare_names_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path), str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_a_metric_only_one_run_reports_is_listed_not_compared(two_runs, tmp_path, capsys):
+    """Runs of other options (``--cot`` adds metrics) or versions: the shared metrics are compared,
+    the others listed with the run that has them; the command writes every output."""
+    b = two_runs[1]
+    results = json.loads((b / "results.json").read_text())
+    case = results["benchmarks"]["toy"]["cases"]["main"]
+    case["spec"]["acc_cot"] = ["mean", "acc"]
+    case["metrics"]["acc_cot"] = dict(case["metrics"]["acc"])
+    case["spec"]["ppl"] = ["perplexity", "other_logprob"]  # both report it, from different scores
+    (b / "results.json").write_text(json.dumps(results))
+    comparison = compare_runs(load_run(two_runs[0]), load_run(b))
+    metrics = comparison["cases"][0]["metrics"]
+    assert metrics["acc"]["test"] == "mcnemar_exact"  # still compared
+    assert metrics["acc_cot"]["only_in"] == "b" and "paired" not in metrics["acc_cot"]
+    assert metrics["ppl"]["differs"] == {"a": ["perplexity", "logprob"], "b": ["perplexity", "other_logprob"]}
+    out = tmp_path / "cmp"
+    assert main(["compare", str(two_runs[0]), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "only in run B" in printed and "not compared" in printed
+    assert (out / "comparison.xlsx").is_file() and (out / "comparison.html").is_file()

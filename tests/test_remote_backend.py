@@ -449,3 +449,88 @@ def test_timeout_bounds_the_whole_request_against_a_trickling_server(server_url,
     assert elapsed < 4.0, elapsed
     assert "DeadlineExceeded: no complete answer within 1 s" in info.value.failed[0]
     assert slow.outcomes == [action, action]
+
+
+# ---------------------------------------------------------------------- answers as they arrive
+
+
+def counting_app(handle):
+    """A completions server whose ``/v1/completions`` answers ``handle(prompt)`` (a text) and
+    counts the requests it got (``app.state.posts``)."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.state.posts = 0
+    lock = threading.Lock()
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    @app.post("/v1/completions")
+    def completions(body: dict):  # a plain def: FastAPI runs it in a thread, so one may block
+        with lock:
+            app.state.posts += 1
+        text = handle(body["prompt"])
+        return {"choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+    return app
+
+
+def test_answers_reach_the_cache_while_others_are_still_being_answered(tmp_path):
+    from evals.backend import Listener
+    from evals.cache import CachedBackend, ResponseCache
+
+    release = threading.Event()
+
+    def handle(prompt: str) -> str:
+        if prompt == "slow":
+            release.wait(30)
+        return f"answer to {prompt}"
+
+    class TwoArrived(Listener):
+        def __init__(self):
+            self.seen, self.event = 0, threading.Event()
+
+        def on_result(self, index, response):
+            self.seen += 1
+            if self.seen == 2:
+                self.event.set()
+
+    requests = [GenerateRequest(p, (), 4, bos=False) for p in ("slow", "fast one", "fast two")]
+    with serve_in_thread(counting_app(handle)) as url:
+        cache = ResponseCache.open(tmp_path)
+        cached = CachedBackend(remote(url, concurrency=3), cache, flush_s=0.0)
+        arrived = TwoArrived()
+        pool = ThreadPoolExecutor(1)
+        call = pool.submit(cached.generate, requests, arrived)
+        try:
+            assert arrived.event.wait(10), "the fast answers did not reach the listener before the slow one"
+            assert not call.done()  # the slow request is still being answered
+            reader = ResponseCache.open(tmp_path, create=False)
+            assert reader.count(cached.model_id, "generate") == 2  # stored, not held until the batch ends
+            reader.close()
+        finally:
+            release.set()
+            out = call.result(timeout=30)
+            pool.shutdown()
+    assert [r.text for r in out] == ["answer to slow", "answer to fast one", "answer to fast two"]
+    assert cache.count(cached.model_id, "generate") == 3
+
+
+def test_ctrl_c_does_not_wait_for_the_queued_requests():
+    from evals.backend import Listener
+
+    class Interrupting(Listener):
+        def on_result(self, index, response):
+            raise KeyboardInterrupt
+
+    app = counting_app(lambda prompt: "x")
+    with serve_in_thread(app) as url:
+        backend = remote(url, concurrency=1)
+        with pytest.raises(KeyboardInterrupt):
+            backend.generate([GenerateRequest(f"p{i}", (), 2, bos=False) for i in range(20)], Interrupting())
+        backend.close()
+    # the first answer, and at most the one request in flight when Ctrl-C came; not the 18 queued
+    assert app.state.posts <= 2

@@ -107,12 +107,12 @@ def constructed_run(folder: Path) -> dict:
                                    "device": "cpu"},
                             single_case=single, expected_cases=("openai",) if single else ("history", "law", "physics"),
                             chance=() if single else ("acc",))
-        judged[(bench, case)] = Judged(result, judge(result, gates), "passed")
+        judged[(bench, case)] = Judged(result, judge(result, gates))
     envelope = {"command": ["evals", "-k", "quiz or lm"], "options": {"limit": None, "num_fewshot": None},
                 "model": {"path": "/models/demo.pth"}, "commit": {"commit": "0123456789abcdef", "branch": "main"},
                 "machine": {"node": "ci", "cpu_count": 2}, "versions": {"python": "3.11"},
                 "datetime": {"start": "2026-12-01T10:00:00+00:00", "end": "2026-12-01T10:05:00+00:00"}}
-    results, _ = build(envelope, judged, gates, "complete")
+    results, _ = build(envelope, judged, gates, "complete", {j.result.nodeid: "passed" for j in judged.values()})
     write_json(folder / "results.json", results)
     for (bench, case), j in judged.items():
         write_jsonl(folder / samples_file(bench, case), list(j.result.rows))

@@ -66,7 +66,7 @@ def test_case_nodeid_strips_the_shard():
 def _shard(index: int, count: int, docs: list[int]) -> CaseResult:
     rows = tuple({"doc_id": d, "prompt": f"p{d}", "scores": {"acc": float(d % 3 == 0)}} for d in docs)
     return CaseResult("b", "c", f"t.py::test[shard{index}of{count}]", rows, {"acc": ("mean", "acc")}, {},
-                      counts=Counts(documents=len(rows), requests=len(rows), prompt_tokens=10 * len(rows),
+                      counts=Counts(requests=len(rows), prompt_tokens=10 * len(rows),
                                     reused=1, computed=2, wall_s=1.0),
                       single_case=True, shard=(index, count), expected_cases=("c",))
 
@@ -77,7 +77,7 @@ def test_merge_concatenates_in_shard_order_and_the_merged_case_is_judged():
     assert CaseResult.from_json(parts[1].to_json()) == parts[1]  # travels as JSON unchanged
     assert [r["doc_id"] for r in case.rows] == list(range(8))
     assert ["prompt" in r for r in trimmed(case.rows, 2)] == [True, True] + [False] * 6
-    assert case.counts == Counts(documents=8, requests=8, prompt_tokens=80, reused=3, computed=6, wall_s=3.0)
+    assert case.counts == Counts(requests=8, prompt_tokens=80, reused=3, computed=6, wall_s=3.0)
     assert case.nodeid == "t.py::test" and case.shard == (0, 1)
     verdict = judge(case, [Gate.parse("b.acc>=0.9")])  # a single-case benchmark: its overall gate applies
     assert verdict.metrics["acc"].value == pytest.approx(3 / 8) and verdict.metrics["acc"].n == 8

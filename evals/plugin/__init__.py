@@ -18,6 +18,7 @@ root picks it up while the project's own ``pytest`` run does not; tests load it 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,13 +30,15 @@ from evals.plugin.fixtures import (
 )
 from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, NO_CHECKPOINT_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig, add_options
+from evals.plugin.recorder import pytest_runtest_call
 
 pytest_plugins = ("evals.plugin.collection",)
 
 __all__ = ["eval_backend", "eval_config", "eval_gates", "eval_model", "eval_responses", "eval_select", "eval_shard",
-           "evaluation", "pytest_generate_tests"]
+           "evaluation", "pytest_generate_tests", "pytest_runtest_call"]
 
 COLLECTOR = "rwkveval-collector"
+MODEL_INPUT = "rwkveval_model"  # workerinput key: the checkpoint as the controller checked it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,10 +68,20 @@ def _gates(config: pytest.Config, cfg: EvalConfig, run_model) -> list:
 
 
 def _prepare_cache(cfg: EvalConfig) -> None:
-    from evals.cache import CacheError, ResponseCache, clear
+    """The response cache checked before any work: opened (made, or its format read). With
+    ``--clear-cache`` only its folder is checked here: the file is deleted as the work starts
+    (:class:`RunCollector`), so a usage error found at collection deletes nothing."""
+    from evals.cache import CacheError, ResponseCache
 
     if cfg.clear_cache:
-        clear(cfg.cache_dir)
+        try:
+            cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise pytest.UsageError(f"--clear-cache: cannot make the cache folder {cfg.cache_dir}: {error}") from None
+        if not os.access(cfg.cache_dir, os.W_OK):
+            raise pytest.UsageError(f"--clear-cache: the cache folder {cfg.cache_dir} is not writable; pass "
+                                    f"--cache-dir to a writable folder")
+        return
     if cfg.use_cache and not cfg.rescore:
         try:
             ResponseCache.open(cfg.cache_dir).close()
@@ -85,7 +98,10 @@ def pytest_configure(config: pytest.Config) -> None:
     from evals.plugin import model
 
     workerinput = getattr(config, "workerinput", None)
-    run_model = model.find(config, cfg, checkpoint_check=NO_CHECKPOINT_KEY not in config.stash)
+    # an xdist worker takes what the controller found of the checkpoint (its sha256, its shape),
+    # instead of reading and hashing it again
+    checked = workerinput.get(MODEL_INPUT) if workerinput is not None else None
+    run_model = model.find(config, cfg, checkpoint_check=NO_CHECKPOINT_KEY not in config.stash, checked=checked)
     config.stash[MODEL_KEY] = run_model
     config.stash[GATES_KEY] = _gates(config, cfg, run_model)
     if cfg.baseline is not None:
@@ -94,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         try:
             config.stash[BASELINE_KEY] = Baseline.load(cfg.baseline, cfg.baseline_alpha, cfg.baseline_min_effect)
-        except (RunError, KeyError) as error:
+        except (RunError, OSError, ValueError, KeyError, TypeError) as error:  # load_run names most as RunError
             raise pytest.UsageError(f"--baseline {cfg.baseline}: {error}") from None
     if workerinput is not None:  # an xdist worker: reports go to the controller's run folder
         config.stash[RUN_DIR_KEY] = Path(workerinput["rwkveval_run_dir"])
@@ -115,7 +131,8 @@ def pytest_configure(config: pytest.Config) -> None:
                           "source": resolved.source, "sha256": run_model.sha256, **run_model.info},
                 "cache": {"dir": str(cfg.cache_dir), "enabled": cfg.use_cache, "rescore": cfg.rescore}}
     collector = RunCollector(RunFolder(run_dir), envelope, config.stash[GATES_KEY], cfg.sample_prompts,
-                             config.stash.get(BASELINE_KEY, None), cfg.progress_summary_interval)
+                             config.stash.get(BASELINE_KEY, None), cfg.progress_summary_interval,
+                             clear_cache=cfg.cache_dir if cfg.clear_cache else None)
     config.pluginmanager.register(collector, COLLECTOR)
 
 
@@ -127,7 +144,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node) -> None:
-    """xdist: tell each worker the controller's run folder (for progress.log)."""
+    """xdist: tell each worker the controller's run folder (for progress.log) and what it found of
+    the checkpoint (so no worker hashes or inspects it again)."""
     run_dir = node.config.stash.get(RUN_DIR_KEY, None)
     if run_dir is not None:
         node.workerinput["rwkveval_run_dir"] = str(run_dir)
+    run_model = node.config.stash.get(MODEL_KEY, None)
+    if run_model is not None and run_model.remote is None and run_model.stored is None:
+        node.workerinput[MODEL_INPUT] = {"sha256": run_model.sha256, "info": run_model.info,
+                                         "adapter_sha256s": list(run_model.adapter_sha256s)}

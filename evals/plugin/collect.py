@@ -4,11 +4,13 @@ Registered only in the controlling process (never in an xdist worker). Case resu
 ``report.user_properties`` in ``pytest_runtest_logreport`` (xdist forwards workers' reports), in
 the pattern of pytest's junitxml. Each is judged (:func:`evals.plugin.result.judge`; the shards of
 a split case once all are in), its rows are written to ``samples/`` and ``results.json`` is
-rewritten with status ``running``, so the run folder is useful at any moment. The session's end
-decides the status (``complete``, ``interrupted`` by Ctrl-C or ``-x``, ``failed`` when a case
-produced no result or pytest itself failed), writes the final files (results.json, the workbook,
-report.html), moves the links, and prints the results table (value, 95% interval, n, chance level,
-gate; :mod:`evals.plugin.display`), titled as partial when cases are missing.
+rewritten with status ``running``, so the run folder is useful at any moment; a result that
+cannot be judged or written fails the session with its reason instead of ending it. The session's
+end decides the status (``complete``, ``interrupted`` by Ctrl-C or ``-x``, ``failed`` when a case
+produced no result, a result could not be recorded or pytest itself failed), writes the final
+files (results.json, the workbook, report.html), moves the links, and prints the results table
+(value, 95% interval, n, chance level, gate; :mod:`evals.plugin.display`), titled as partial when
+cases are missing. A run that selected no case writes no report and moves no link.
 """
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from evals.plugin.progress import WorkerTotals
 from evals.plugin.display import aligned, results_rows
+from evals.plugin.keys import LOAD_ERROR
 from evals.plugin.report import Judged, build, git_info, machine_info, samples_file, versions
 from evals.plugin.result import PROPERTY, CaseResult, judge, merge_shards
 from evals.plugin.rundir import PROGRESS_DIR, RunFolder
@@ -61,11 +65,14 @@ class RunCollector:
     outcomes: dict[str, str] = field(default_factory=dict)
     skipped: set[str] = field(default_factory=set)  # case tests that skipped (no data file given, say)
     failures: list[str] = field(default_factory=list)  # decided here: merged shards, overall gates
+    unrecorded: list[str] = field(default_factory=list)  # results that could not be judged or written
     expected_cases: int | None = None  # distinct case tests selected
     status: str = "running"
     results: dict[str, Any] | None = None
     started: str = field(default_factory=_now)
     totals: WorkerTotals | None = None
+    clear_cache: Path | None = None  # --clear-cache: this cache folder is emptied as the work starts
+    load_error: str | None = None  # an xdist worker could not load the checkpoint
 
     # ---------------------------------------------------------------- arrival
 
@@ -77,6 +84,11 @@ class RunCollector:
         left_out = session.config.stash.get(LEFT_OUT_KEY, {})
         if left_out:  # said on the terminal at collection; kept in the report too
             self.envelope["left_out"] = left_out
+        if self.expected_cases == 0:
+            yield  # nothing selected: no report, and the run folder is removed (pytest_unconfigure)
+            return
+        if self.clear_cache is not None:  # only now: every check before the work has passed
+            self._clear_cache(self.clear_cache)
         self._write_results()  # status "running" from the first moment
         if session.config.pluginmanager.hasplugin("dsession"):  # xdist: totals over the workers
             tr = session.config.pluginmanager.getplugin("terminalreporter")
@@ -89,6 +101,22 @@ class RunCollector:
         finally:
             if self.totals is not None:
                 self.totals.stop()
+
+    @staticmethod
+    def _clear_cache(cache_dir: Path) -> None:
+        from evals.cache import clear
+
+        try:
+            clear(cache_dir)
+        except OSError as error:
+            pytest.exit(f"--clear-cache: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        """xdist: a worker that could not load the checkpoint stopped the run (eval_model)."""
+        message = getattr(node, "workeroutput", {}).get(LOAD_ERROR)
+        if message and self.load_error is None:
+            self.load_error = message
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
@@ -106,14 +134,26 @@ class RunCollector:
                 self.add(CaseResult.from_json(value), report.nodeid)
 
     def add(self, result: CaseResult, nodeid: str) -> None:
+        """Judge ``result`` and write it; one that cannot be (a bug, a value no writer takes) is
+        left out with its reason and fails the session, instead of ending it with an internal error."""
+        key = (result.benchmark, result.case)
+        try:
+            self._add(result, nodeid)
+        except Exception as error:  # noqa: BLE001 - one case's problem must not lose the others
+            self.judged.pop(key, None)
+            message = f"{key[0]}/{key[1]}: its result could not be recorded ({type(error).__name__}: {error})"
+            self.unrecorded.append(message)
+            self.failures.append(message)
+
+    def _add(self, result: CaseResult, nodeid: str) -> None:
         key = (result.benchmark, result.case)
         if result.sharded:
             parts = self.shards.setdefault(key, [])
             parts.append(result)
             if len(parts) < result.shard[1]:
                 return
-            result = merge_shards(parts, case_nodeid(nodeid))
             del self.shards[key]
+            result = merge_shards(parts, case_nodeid(nodeid))
             if not result.rows:
                 self.failures.append(f"{key[0]}/{key[1]}: no documents were evaluated")
                 return
@@ -123,15 +163,14 @@ class RunCollector:
             self.outcomes[result.nodeid] = "passed" if passed else "failed"
         else:
             verdict = judge(result, self.gates, self.baseline)
-        self.judged[key] = Judged(result, verdict, self.outcomes.get(result.nodeid))
-        self.folder.samples(samples_file(*key), trimmed(result.rows, self.sample_prompts))
+        rows = trimmed(result.rows, self.sample_prompts)
+        self.judged[key] = Judged(result, verdict)
+        self.folder.samples(samples_file(*key), rows)
         self._write_results()
 
     def _write_results(self) -> list[str]:
         envelope = {**self.envelope, "datetime": {"start": self.started, "updated": _now()}}
-        judged = {k: Judged(j.result, j.verdict, self.outcomes.get(j.result.nodeid, j.outcome))
-                  for k, j in self.judged.items()}
-        self.results, overall_failures = build(envelope, judged, self.gates, self.status)
+        self.results, overall_failures = build(envelope, self.judged, self.gates, self.status, self.outcomes)
         self.results["progress"] = {"cases_done": self.cases_done(), "cases_skipped": len(self.skipped),
                                     "cases_selected": self.expected_cases}
         self.folder.results(self.results)
@@ -140,9 +179,12 @@ class RunCollector:
     # ---------------------------------------------------------------- the end
 
     def _status(self, session: pytest.Session, exitstatus: int) -> str:
+        if self.load_error is not None:
+            return "failed"
         if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop:
             return "interrupted"
-        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):
+        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED) \
+                or self.unrecorded:
             return "failed"
         if self.shards or (self.expected_cases is not None and self.cases_done() < self.expected_cases):
             return "interrupted" if session.shouldfail else "failed"
@@ -154,8 +196,10 @@ class RunCollector:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.load_error is not None:  # as a serial run's pytest.exit in eval_model: exit 4
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR
         if not self.judged and self.results is None:
-            return  # nothing ran (a usage error before the first test): no report
+            return  # nothing ran (a usage error before the first test, no case selected): no report
         self.status = self._status(session, exitstatus)
         self.envelope.update({"commit": git_info(session.config.rootpath), "machine": machine_info(),
                               "versions": versions()})
@@ -176,6 +220,8 @@ class RunCollector:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.expected_cases == 0 and not self.judged:
+            terminalreporter.write_line("rwkveval: no case selected; no report written")
         if not self.results:
             return
         tr = terminalreporter
@@ -183,7 +229,7 @@ class RunCollector:
         if self.status != "complete":
             title += f" (partial: {self.cases_done()} of {self.expected_cases} cases; run {self.status})"
         tr.write_sep("=", title, red=self.status != "complete")
-        for line in aligned(results_rows(self.results)):
+        for line in aligned(results_rows(self.results)) if self.results["benchmarks"] else []:
             tr.write_line(line)
         for message in self.failures:
             tr.write_line(message, red=True, bold=True)
@@ -203,6 +249,10 @@ class RunCollector:
         for j in self.judged.values():
             verdict = j.verdict.baseline or {}
             notes += [f"baseline: {warning}" for warning in verdict.get("data_warnings", [])]
+            for name, entry in verdict.get("not_compared", {}).items():  # once per benchmark, not per case
+                where = {"a": "only the baseline reports it", "b": "only this run reports it"}.get(
+                    entry.get("only_in"), "the runs score it differently")
+                notes.append(f"baseline: {j.result.benchmark}.{name} is not compared ({where})")
             if verdict.get("missing"):
                 notes.append(f"baseline: {verdict['missing']}")
             elif verdict.get("only_current") or verdict.get("only_baseline"):

@@ -15,7 +15,9 @@ the benchmark modules' declarations (:mod:`evals.suite`), all before any model i
 - Every data file a selected benchmark reads must be present with a known sha256, or is fetched
   now, on first use, into the user data cache (``--offline`` turns that into an error).
 
-A problem is one ``pytest.UsageError`` (exit 4) listing everything found.
+A problem is one ``pytest.UsageError`` (exit 4) listing everything found. Under xdist the
+controller collects once and checks; its workers only select (``-k``, a whole-suite run's leaving
+out) and check nothing again.
 """
 from __future__ import annotations
 
@@ -205,6 +207,8 @@ def pytest_collection_modifyitems_selection(session: pytest.Session, config: pyt
     config.stash[CHANCE_KEY] = {d.benchmark: d.chance for m in modules for d in m.declare(cfg)}
     config.stash[CASE_COUNT_KEY] = len({case_nodeid(item.nodeid) for item in items})
     if GATES_KEY not in config.stash:  # --collect-only and friends: nothing will run
+        return
+    if hasattr(config, "workerinput"):  # an xdist worker: its controller checked all this before starting it
         return
     declared = known(d for m in config.stash.get(_ALL_MODULES_KEY, []) for d in m.declare(cfg))
     # data files also for --rescore: it renders the requests again to find their stored answers

@@ -106,18 +106,20 @@ def sections(bench: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 
 
 def gate_status(bench: Mapping[str, Any], entry: Mapping[str, Any], metric: str) -> str:
-    """``pass (>= 0.45)``, ``FAIL (...)``, ``undecided (cases missing)`` or ``ungated``."""
+    """``pass (>= 0.45)``, ``FAIL (...)``, ``undecided (cases missing)`` or ``ungated``; of several
+    gates on the metric (a case gate and an overall one, a lower and an upper bound), the first
+    that fails, else the first."""
     overall = bench["overall"]
     listed = list(entry.get("gates", []))
     if overall.get("decided_in_test") and entry is not overall:
         listed += overall.get("gates", [])
-    gates = {g["metric"]: g for g in listed}
     undecided = {u["label"].rsplit(".", 1)[1] for u in entry.get("undecided", [])}
     if metric in undecided:
         return "undecided (cases missing)"
-    gate = gates.get(metric)
-    if gate is None:
+    mine = [g for g in listed if g["metric"] == metric]
+    if not mine:
         return "ungated"
+    gate = next((g for g in mine if not g["passed"]), mine[0])  # several gates on one metric: a failing one shows
     return ("pass" if gate["passed"] else "FAIL") + f" ({gate['op']} {gate['bound']:g})"
 
 

@@ -14,7 +14,7 @@ import pytest
 from evals.backend import Backend, LocalBackend
 from evals.cache import CachedBackend, ReplayBackend, ResponseCache
 from evals.plugin.collection import CHANCE_KEY, EXPECTED_KEY, SELECTED_KEY
-from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, MODEL_KEY, RUN_DIR_KEY
+from evals.plugin.keys import BASELINE_KEY, CONFIG_KEY, GATES_KEY, LOAD_ERROR, MODEL_KEY, RUN_DIR_KEY
 from evals.plugin.options import EvalConfig
 from evals.plugin.progress import CaseProgress
 from evals.plugin.recorder import CaseRecorder
@@ -35,8 +35,7 @@ def _workerinput(config: pytest.Config) -> dict | None:
 
 def shards_for(config: pytest.Config) -> int:
     workerinput = _workerinput(config)
-    return shard_count(config.stash[CONFIG_KEY].shards if CONFIG_KEY in config.stash else config.getoption("shards"),
-                       int(workerinput["workercount"]) if workerinput else None)
+    return shard_count(config.stash[CONFIG_KEY].shards, int(workerinput["workercount"]) if workerinput else None)
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +55,10 @@ def engine_device(device: str, config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
+def eval_model(request: pytest.FixtureRequest, pytestconfig: pytest.Config, eval_config: EvalConfig):
     """The engine model, loaded once per process and shared by every benchmark module. A checkpoint
-    that fails to load stops the whole run with one line (exit 4), not one error per test."""
+    that fails to load stops the whole run with one line (exit 4), not one error per test; in an
+    xdist worker the message goes to the controller, which stops the run (:class:`RunCollector`)."""
     import engine
 
     run_model = pytestconfig.stash[MODEL_KEY]
@@ -68,7 +68,11 @@ def eval_model(pytestconfig: pytest.Config, eval_config: EvalConfig):
                                  dtype=eval_config.dtype, sha256=run_model.sha256,
                                  adapters=eval_config.adapter_options())
     except (engine.EngineError, OSError) as error:
-        pytest.exit(f"--model {eval_config.model}: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+        message = f"--model {eval_config.model}: {error}"
+        if _workerinput(pytestconfig) is not None:
+            pytestconfig.workeroutput[LOAD_ERROR] = message  # type: ignore[attr-defined]
+            request.session.shouldstop = message  # xdist then stops the run, not a crashed worker
+        pytest.exit(message, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 @pytest.fixture(scope="session")

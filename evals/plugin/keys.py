@@ -17,3 +17,6 @@ BASELINE_KEY = pytest.StashKey[Any]()  # evals.baseline.Baseline, with --baselin
 # Set (to the reason) by a conftest whose eval_backend needs no checkpoint (evals.fakes): the
 # checkpoint is then not inspected before the run.
 NO_CHECKPOINT_KEY = pytest.StashKey[str]()
+# an xdist worker's workeroutput key: its checkpoint failed to load (the message); the controller
+# then ends the run with that line and exit 4
+LOAD_ERROR = "rwkveval_load_error"

@@ -6,13 +6,16 @@ per test after a long load:
 - ``--rescore``: a model stored in the response cache (nothing is loaded);
 - ``--endpoint``: the server is asked, within ``--endpoint-wait``, to list its model;
 - ``--model``: a checkpoint file (or an official name, downloaded), whose keys and shapes are
-  read without its weights (:func:`engine.checkpoint.inspect_checkpoint`), on a device that exists.
+  read without its weights and checked as the engine will load them
+  (:func:`engine.adapters.prepare_checkpoint`), on a device that exists. Under xdist only the
+  controller does this (and hashes the file); its workers get the result (``checked``).
 
 The result, :class:`RunModel`, also carries what gates are matched by (name and sha256).
 """
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,9 +40,16 @@ class RunModel:
     adapter_sha256s: tuple[str, ...] = ()  # --adapter files (a fine-tune is another model for gates)
 
 
-def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True) -> RunModel:
-    """The run's model, or a ``pytest.UsageError`` that says what is wrong and what to do."""
-    adapter_sha256s = tuple(models.checkpoint_sha256(Path(p)) for p in cfg.adapters)
+def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True,
+         checked: Mapping[str, Any] | None = None) -> RunModel:
+    """The run's model, or a ``pytest.UsageError`` that says what is wrong and what to do.
+
+    ``checked``: in an xdist worker, what the controller found of the ``--model`` checkpoint
+    (``sha256``, ``info``, ``adapter_sha256s``); the files are then neither inspected nor hashed again."""
+    if checked is not None:
+        adapter_sha256s = tuple(checked["adapter_sha256s"])
+    else:
+        adapter_sha256s = tuple(models.checkpoint_sha256(Path(p)) for p in cfg.adapters)
     if cfg.rescore:
         return _stored(cfg, adapter_sha256s)
     if cfg.remote is not None:
@@ -57,6 +67,8 @@ def find(config: pytest.Config, cfg: EvalConfig, checkpoint_check: bool = True) 
         from engine.adapters import fine_tune_name
 
         resolved = replace(resolved, name=fine_tune_name(resolved.name, cfg.adapters))
+    if checked is not None:
+        return RunModel(resolved, checked["sha256"], dict(checked["info"]), adapter_sha256s=adapter_sha256s)
     info: dict[str, Any] = {}
     if checkpoint_check:
         info["config"] = _check_checkpoint(cfg, resolved.path)
@@ -71,20 +83,15 @@ def _check_checkpoint(cfg: EvalConfig, path: Path) -> dict[str, int]:
     """Keys and shapes of the checkpoint, and of the adapters against it, from their headers
     (the adapters merged on empty tensors: every key, shape and rank is checked, nothing computed)."""
     from engine.adapters import AdapterError, prepare_checkpoint
-    from engine.checkpoint import checkpoint_shapes, infer_config
+    from engine.checkpoint import checkpoint_shapes
     from engine.errors import CheckpointError
 
     try:
-        shapes = checkpoint_shapes(path)
-        config = infer_config(shapes)
-        if cfg.adapters:
-            config, _ = prepare_checkpoint(shapes, cfg.adapter_options(), f"checkpoint {path}")
-        else:
-            from engine.checkpoint import check_state_dict
-
-            check_state_dict(shapes, config)
+        # as engine.load_model reads it: a merged tuned state (blocks.N.att.time_state) split off
+        # first, then every key and shape checked, then the adapters (if any) merged
+        config, _ = prepare_checkpoint(checkpoint_shapes(path), cfg.adapter_options(), f"checkpoint {path}")
     except AdapterError as error:
-        raise pytest.UsageError(f"--adapter: {error}") from None
+        raise pytest.UsageError(f"{'--adapter' if cfg.adapters else f'--model {cfg.model}'}: {error}") from None
     except CheckpointError as error:
         raise pytest.UsageError(f"--model {cfg.model}: {error}") from None
     return config.to_dict()

@@ -29,6 +29,7 @@ from evals.ttc.config import TTCConfig
 _temperature = checked(float, lambda v: v > 0, "a temperature > 0 (greedy is always reported)")
 _top_p = checked(float, lambda v: 0 < v <= 1, "a probability in (0, 1]")
 _at_least_zero = checked(int, lambda v: v >= 0, "an integer >= 0")
+_sample_prompts = checked(int, lambda v: v >= -1, "an integer >= 0, or -1 for every row")
 
 MODEL_ENV = "RWKV_MODEL"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -134,7 +135,7 @@ def add_options(parser: pytest.Parser) -> None:
     # ---- reports and gates
     add("--report-dir", type=Path, default=Path("reports"), metavar="DIR",
         help="runs are written to DIR/<timestamp>-<model>/, relative to the rootdir (default: %(default)s)")
-    add("--sample-prompts", type=int, default=3, metavar="N",
+    add("--sample-prompts", type=_sample_prompts, default=3, metavar="N",
         help="rows per case whose full prompt goes into samples/*.jsonl, -1 for all; "
              "the others keep its sha256 (default: %(default)s)")
     add("--threshold", type=_parsed(Gate.parse), action="append", default=[], metavar="GATE",

@@ -236,3 +236,5 @@ class WorkerTotals:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)  # a tick in progress finishes its line; none starts after

@@ -2,13 +2,16 @@
 
 A benchmark test hands all its requests to :meth:`CaseRecorder.loglikelihood` (or the rolling and
 generation twins), scores the responses into rows, then calls :meth:`CaseRecorder.record`. That
-builds the case's :class:`~evals.plugin.result.CaseResult`, attaches it to ``item.user_properties``
-(from where the controller collects it, also across xdist workers, and writes it to the run
-folder at once) and, for a case that is not split into shards, fails the test with the message of
-any gate or ``--baseline`` check that does not hold.
+judges and builds the case's :class:`~evals.plugin.result.CaseResult` and attaches it to
+``item.user_properties`` (from where the controller collects it, also across xdist workers, and
+writes it to the run folder at once). For a case that is not split into shards, the messages of
+any gate or ``--baseline`` check that does not hold are kept on the test item and fail the test
+once its body has returned (:func:`pytest_runtest_call`), so a test that records several results
+(MMLU: the subject, then its group) attaches every one of them even when the first fails a gate.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +27,18 @@ from evals.plugin.progress import CaseProgress
 from evals.plugin.result import PROPERTY, CaseResult, Counts, judge
 from evals.remote import RemoteError
 from evals.thresholds import Gate
+
+GATE_FAILURES_KEY = pytest.StashKey[list[str]]()  # the failing gates of a test's records, on its item
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """Fail a test whose records failed a gate or the baseline, after its body recorded them all."""
+    result = yield
+    failures = item.stash.get(GATE_FAILURES_KEY, [])
+    if failures:
+        pytest.fail("; ".join(failures), pytrace=False)
+    return result
 
 
 class _Counting(Listener):
@@ -105,8 +120,8 @@ class CaseRecorder:
                metrics: Mapping[str, tuple[str, str]], protocol: Mapping[str, Any],
                data: Sequence[Mapping[str, Any]] = (), single_case: bool = False) -> dict[str, Metric]:
         """Record ``rows`` scored by ``metrics`` ({name: (aggregation, score key)}) as this case's
-        result; fail the test when a gate or the baseline says so (unsharded cases; a sharded
-        case is judged at the controller once all its shards are in).
+        result; the test fails after its body when a gate or the baseline says so (unsharded
+        cases; a sharded case is judged at the controller once all its shards are in).
 
         ``single_case``: the benchmark has only this case, so its overall gates are decided here.
         The work counted since the previous ``record`` (a test may record twice) goes with it.
@@ -118,7 +133,7 @@ class CaseRecorder:
             benchmark=benchmark, case=case, nodeid=self.item.nodeid, rows=tuple(dict(r) for r in rows),
             spec={name: tuple(pair) for name, pair in metrics.items()}, protocol=dict(protocol),
             data=tuple(dict(d) for d in data), model=self.backend.info(),
-            counts=Counts(**{**counts.__dict__, "documents": len(rows)}), single_case=single_case,
+            counts=counts, single_case=single_case,
             shard=self.shard, expected_cases=tuple(self.expected_cases.get(benchmark, (case,))),
             chance=tuple(m for m in self.chance.get(benchmark, ()) if m in metrics))
         if result.chance and result.rows:  # a row without its option count fails this test, not the controller
@@ -126,10 +141,17 @@ class CaseRecorder:
                 chance_level(result.rows)
             except ValueError as error:
                 raise ValueError(f"{benchmark}/{case}: {error}") from None
-        self.item.user_properties.append((PROPERTY, result.to_json()))
-        if self.sharded:  # judged at the controller once every shard is in
+        # judged and checked as JSON before it leaves the test, so a bad row fails this test and
+        # never reaches the controller (where it would stop the whole session)
+        verdict = None if self.sharded else judge(result, self.gates, self.baseline)
+        payload = result.to_json()
+        try:
+            json.dumps(payload)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{benchmark}/{case}: the rows are not plain JSON values: {error}") from None
+        self.item.user_properties.append((PROPERTY, payload))
+        if verdict is None:  # a shard: judged at the controller once every shard is in
             return aggregate(result.rows, result.spec) if result.rows else {}
-        verdict = judge(result, self.gates, self.baseline)
         if verdict.failures:
-            pytest.fail("; ".join(verdict.failures), pytrace=False)
+            self.item.stash.setdefault(GATE_FAILURES_KEY, []).extend(verdict.failures)
         return verdict.metrics

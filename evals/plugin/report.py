@@ -9,6 +9,7 @@ its gates are undecided, so a partial run never reports a pooled gate as passed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -33,8 +34,21 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+def file_part(text: str) -> str:
+    """``text`` as part of a file name: as it is when already safe, else its safe form and a short
+    hash of the original, so two names that differ only in dropped characters (the custom
+    files ``a b.jsonl`` and ``a_b.jsonl``) never share a file."""
+    safe = safe_name(text)
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def case_stem(benchmark: str, case: str) -> str:
+    """The file name (without suffix) of one case's rows: samples here, discordant rows in compare."""
+    return f"{file_part(benchmark)}-{file_part(case)}"
+
+
 def samples_file(benchmark: str, case: str) -> str:
-    return f"samples/{safe_name(benchmark)}-{safe_name(case)}.jsonl"
+    return f"samples/{case_stem(benchmark, case)}.jsonl"
 
 
 def git_info(cwd) -> dict[str, Any]:
@@ -79,11 +93,10 @@ def versions() -> dict[str, str | None]:
 
 @dataclass(frozen=True)
 class Judged:
-    """A case result with its verdict and its test's outcome, as the controller holds it."""
+    """A case result with its verdict, as the controller holds it."""
 
     result: CaseResult
     verdict: Verdict
-    outcome: str | None
 
 
 def _metrics(verdict: Verdict) -> dict[str, Any]:
@@ -96,7 +109,7 @@ def _rates(wall: float, value: float) -> float | None:
     return value / wall if wall > 0 else None
 
 
-def case_entry(judged: Judged) -> dict[str, Any]:
+def case_entry(judged: Judged, outcome: str | None = None) -> dict[str, Any]:
     r, counts = judged.result, judged.result.counts
     entry = {
         "metrics": _metrics(judged.verdict), "n": len(r.rows), "requests": counts.requests,
@@ -105,7 +118,7 @@ def case_entry(judged: Judged) -> dict[str, Any]:
         "prompt_tokens_per_s": _rates(counts.wall_s, counts.prompt_tokens),
         "generated_tokens_per_s": _rates(counts.wall_s, counts.generated_tokens),
         "cache": {"reused": counts.reused, "computed": counts.computed},
-        "nodeid": r.nodeid, "outcome": judged.outcome,
+        "nodeid": r.nodeid, "outcome": outcome,
         "gates": [o.to_dict() for o in judged.verdict.gates if o.case != OVERALL],
         "samples": samples_file(r.benchmark, r.case),
         "spec": {name: list(pair) for name, pair in r.spec.items()},  # compare and --baseline rescore from samples
@@ -147,9 +160,10 @@ def overall_entry(cases: Sequence[Judged], gates: Sequence[Gate]) -> tuple[dict[
 
 
 def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged], gates: Sequence[Gate],
-          status: str) -> tuple[dict[str, Any], list[str]]:
+          status: str, test_outcomes: Mapping[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """results.json content (benchmarks and cases sorted by name, so an xdist run equals a serial
-    one) and the failure messages of the overall gates decided here."""
+    one) and the failure messages of the overall gates decided here. ``test_outcomes``: each test's
+    outcome by node id, as pytest reported it so far."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, found {status!r}")
     by_bench: dict[str, list[Judged]] = {}
@@ -159,7 +173,7 @@ def build(envelope: Mapping[str, Any], judged: Mapping[tuple[str, str], Judged],
     outcomes: list[dict[str, Any]] = []
     failures: list[str] = []
     for bench, items in by_bench.items():
-        cases = {j.result.case: case_entry(j) for j in items}
+        cases = {j.result.case: case_entry(j, (test_outcomes or {}).get(j.result.nodeid)) for j in items}
         overall, failed = overall_entry(items, gates)
         failures += failed
         for entry in cases.values():

@@ -30,7 +30,6 @@ class Counts:
     requests counts once, a response taken from the cache counts nothing; for an endpoint they
     are the tokens the server reported processing."""
 
-    documents: int = 0
     requests: int = 0
     prompt_tokens: int = 0  # input tokens the model ran (contexts, continuations scored, prompts prefilled)
     generated_tokens: int = 0  # tokens the model generated
@@ -40,11 +39,6 @@ class Counts:
 
     def __add__(self, other: Counts) -> Counts:
         return Counts(*(a + b for a, b in zip(asdict(self).values(), asdict(other).values())))
-
-    def rates(self) -> dict[str, float]:
-        wall = max(self.wall_s, 1e-9)
-        return {"documents_per_s": self.documents / wall, "prompt_tokens_per_s": self.prompt_tokens / wall,
-                "generated_tokens_per_s": self.generated_tokens / wall}
 
 
 @dataclass(frozen=True)

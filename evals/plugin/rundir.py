@@ -5,8 +5,9 @@
 - Every file is written atomically (a temporary file, then a rename): ``samples/<bench>-<case>.jsonl``
   as each case finishes, ``results.json`` after every case (status ``running``) and at the end,
   ``summary.xlsx`` and ``report.html`` at the end.
-- A write that fails (a full disk) does not stop the run: it is remembered and reported once per
-  file at the end (:attr:`RunFolder.errors`); the response cache lives elsewhere and stays usable.
+- A write that fails (a full disk, a value the format cannot hold, a page template's error) does
+  not stop the run: it is remembered and reported once per file at the end
+  (:attr:`RunFolder.errors`); the response cache lives elsewhere and stays usable.
 - At the end a link points at the run: ``latest`` for a complete run, ``last-interrupted`` or
   ``last-failed`` otherwise (``latest`` then stays on the last complete run).
 """
@@ -63,7 +64,7 @@ class RunFolder:
     def _write(self, name: str, write: Callable[[Path], Any]) -> bool:
         try:
             write(self.path / name)
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - one bad file (a disk, a value, a template) must not end the run
             self.errors.setdefault(name, f"{type(error).__name__}: {error}")
             return False
         return True

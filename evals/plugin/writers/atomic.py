@@ -12,6 +12,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    """The umask, read without changing it where the kernel says it (Linux); elsewhere set and put
+    back at once, at import, before the run starts threads that write files."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+UMASK = _process_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``target`` in one rename."""
@@ -19,9 +37,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; a report is as readable as any file
+    os.chmod(name, 0o666 & ~UMASK)  # mkstemp makes 0600; a report is as readable as any file
     try:
         yield Path(name)
         with open(name, "rb") as handle:
