@@ -98,17 +98,27 @@ def test_model_uses_kernel_and_matches_reference():
 # the matvec kernel (engine/kernels/matvec_cpu.c): F.linear over a few rows, float32 or bf16 weights
 
 
-@pytest.mark.parametrize("wdtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("wdtype, xdtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                           (torch.bfloat16, torch.bfloat16)], ids=["f32", "bf16", "bf16-bf16"])
 @pytest.mark.parametrize("M", [1, 2, 3, 8, 32])
-@pytest.mark.parametrize("R,C", [(768, 768), (13, 7), (4, 64), (1, 1), (65, 3072)])
-def test_matvec_matches_linear(M, R, C, wdtype):
+@pytest.mark.parametrize("R,C", [(768, 768), (13, 7), (4, 64), (1, 1), (65, 3072), (6, 33)])
+def test_matvec_matches_linear(M, R, C, wdtype, xdtype):
     g = torch.Generator().manual_seed(M * 100 + R + C)
-    W, x = torch.randn(R, C, generator=g).to(wdtype), torch.randn(M, C, generator=g)
+    W, x = torch.randn(R, C, generator=g).to(wdtype), torch.randn(M, C, generator=g).to(xdtype)
     y = cpu.matvec(x, W)
-    # the bf16 weights exactly as stored, widened: the kernel's only error is float32 accumulation
+    # the bf16 weights (and x) exactly as stored, widened: the kernel's only error is float32
+    # accumulation (bf16 times bf16 is exact in float32, in the AVX512_BF16 kernel too)
     ref = torch.nn.functional.linear(x.double(), W.double()).float()
     assert y.shape == (M, R) and y.dtype == torch.float32
     assert (y - ref).abs().max().item() <= 2e-6 * C ** 0.5 * max(1.0, ref.abs().max().item())
+
+
+def test_the_bf16_dot_kernel_is_built_where_the_cpu_has_avx512_bf16():
+    """On a CPU with AVX512_BF16, -march=native code has the vdpbf16ps kernel; elsewhere the bf16
+    matvec widens x instead (the test above checks whichever ran)."""
+    from engine.kernels.tuning import cpu_flags
+
+    assert cpu.bf16_dot_available() == ("avx512_bf16" in cpu_flags())
 
 
 def test_matvec_reads_strided_rows():
@@ -123,8 +133,10 @@ def test_matvec_input_checks():
         cpu.matvec(x[:, :15], W)
     with pytest.raises(ValueError, match="W: expected a contiguous"):
         cpu.matvec(x, torch.zeros(16, 8).t())
-    with pytest.raises(ValueError, match="x: expected a 2-D float32 CPU tensor, found torch.float64"):
+    with pytest.raises(ValueError, match="x: expected a 2-D float32 CPU tensor for a torch.float32 W, found torch.float64"):
         cpu.matvec(x.double(), W)
+    with pytest.raises(ValueError, match="x: expected a 2-D float32 CPU tensor for a torch.float32 W, found torch.bfloat16"):
+        cpu.matvec(x.bfloat16(), W)
     with pytest.raises(ValueError, match=r"W: expected a 2-D float32 or bfloat16 CPU tensor, .*shape \(8, 16, 1\)"):
         cpu.matvec(x, W.unsqueeze(-1))
     with pytest.raises(ValueError, match="W: expected a 2-D float32 or bfloat16 CPU tensor, found torch.float16"):

@@ -144,10 +144,12 @@ def load():
         fn = lib.wkv7_forward_f32
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
-        for name in ("matvec_f32", "matvec_bf16"):
+        for name in ("matvec_f32", "matvec_bf16", "matvec_bf16_dot"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
             fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
+        lib.matvec_bf16_dot_available.restype = ctypes.c_int
+        lib.matvec_bf16_dot_available.argtypes = []
         _lib, _lib_key = lib, path.stem.rsplit("-", 1)[-1]
     return _lib
 
@@ -197,26 +199,40 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
     return y
 
 
+def bf16_dot_available() -> bool:
+    """Whether the compiled kernels multiply bf16 by bf16 in hardware (AVX512_BF16's vdpbf16ps)."""
+    lib = load()
+    return lib is not None and bool(lib.matvec_bf16_dot_available())
+
+
 def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, W)`` for a few rows: x [M, C] float32, W [R, C] float32 or bfloat16, contiguous
-    (a linear weight, [out, in]); returns y [M, R] float32 (float32 accumulation either way). One
-    pass over W serves all M rows, so it is meant for a few rows (decode steps); raises ValueError
-    naming a wrong input."""
+    """``F.linear(x, W)`` for a few rows: x [M, C] float32 (or bfloat16 with a bfloat16 W), W [R, C]
+    float32 or bfloat16, contiguous (a linear weight, [out, in]); returns y [M, R] float32 (float32
+    accumulation in every case). One pass over W serves all M rows, so it is meant for a few rows
+    (decode steps). bf16 times bf16 runs the AVX512_BF16 kernel where it is built
+    (:func:`bf16_dot_available`), else x is widened: the products are exact either way, only the
+    order of the float32 additions differs. Raises ValueError naming a wrong input."""
     lib = _loaded("matvec")
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2:
-        raise ValueError(f"x: expected a 2-D float32 CPU tensor, found {x.dtype} on {x.device}, shape {tuple(x.shape)}")
     if W.dtype not in (torch.float32, torch.bfloat16) or W.device.type != "cpu" or W.dim() != 2:
         raise ValueError(f"W: expected a 2-D float32 or bfloat16 CPU tensor, found {W.dtype} on {W.device}, "
                          f"shape {tuple(W.shape)}")
+    x_types = (torch.float32, torch.bfloat16) if W.dtype == torch.bfloat16 else (torch.float32,)
+    if x.dtype not in x_types or x.device.type != "cpu" or x.dim() != 2:
+        wanted = "float32 or bfloat16" if W.dtype == torch.bfloat16 else "float32"
+        raise ValueError(f"x: expected a 2-D {wanted} CPU tensor for a {W.dtype} W, found {x.dtype} on {x.device}, "
+                         f"shape {tuple(x.shape)}")
     if not W.is_contiguous():
         raise ValueError(f"W: expected a contiguous [out, in] weight, found strides {W.stride()}")
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"x: expected [M, {W.shape[1]}] to match W {tuple(W.shape)}, found {tuple(x.shape)}")
+    if x.dtype == torch.bfloat16 and not lib.matvec_bf16_dot_available():
+        x = x.float()
     x = x.contiguous()
     M, R = x.shape[0], W.shape[0]
     y = torch.empty(M, R, dtype=torch.float32)
     if M and R:
-        kernel = lib.matvec_f32 if W.dtype == torch.float32 else lib.matvec_bf16
+        kernel = (lib.matvec_f32 if W.dtype == torch.float32
+                  else lib.matvec_bf16_dot if x.dtype == torch.bfloat16 else lib.matvec_bf16)
         kernel(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr())
     return y
 
@@ -266,8 +282,8 @@ def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = 
     :data:`LINEAR_FORMS`); returns [rows, out] in x's dtype. ``wxt`` and ``upcast`` return a
     transposed view (strides (1, rows)), which callers read through elementwise ops or reshape;
     ``contiguous`` asks for row-major output, built block by block."""
-    if form == "matvec":
-        return matvec(x.float(), W).to(x.dtype)
+    if form == "matvec":  # a bf16 x stays bf16 for a bf16 W (exact products either way)
+        return matvec(x if x.dtype == W.dtype == torch.bfloat16 else x.float(), W).to(x.dtype)
     if form == "xwt":
         return F.linear(x, W)
     if form not in ("wxt", "upcast"):

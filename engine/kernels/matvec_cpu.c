@@ -13,10 +13,22 @@
  * each machine (engine/kernels/tuning.py), not fixed here.
  * Accumulation is float32 in vector lanes (the compiler's simd reduction), like a float32 GEMM.
  *
- * Layouts (contiguous): W [R, C] float32 or bf16 (uint16), x [M, C] float32, y [M, R] float32.
+ * matvec_bf16_dot is the bf16 model's form, for CPUs with AVX512_BF16: x is bf16 too (the bf16
+ * model's activations are), and one vdpbf16ps multiplies 32 bf16 pairs and adds them into 16
+ * float32 lanes. A product of two bf16 numbers is exact in float32, so it differs from widening
+ * both (matvec_bf16 on x.float()) only in the order of the float32 additions; it does a
+ * quarter of the widening loop's instructions per weight (on an AVX512_BF16 EPYC: the 65536 x 768
+ * head at one vector in 4.2 ms against 5.6). Built only where the compiler targets AVX512_BF16
+ * (-march=native on such a CPU); elsewhere matvec_bf16_dot_available() says 0.
+ *
+ * Layouts (contiguous): W [R, C] float32 or bf16 (uint16), x [M, C] float32 (bf16 for
+ * matvec_bf16_dot), y [M, R] float32.
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #define ROWS 4
 
@@ -95,4 +107,69 @@ int matvec_f32(int64_t R, int64_t C, int64_t M, int threads, const float *restri
 int matvec_bf16(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
                 const float *restrict x, float *restrict y) {
     MATVEC_BODY(uint16_t, LOAD_BF16)
+}
+
+#if defined(__AVX512BF16__)
+/* 32 bf16 numbers from p, the lanes at and past n zero (a row's last, partial chunk). */
+static inline __m512bh load_bf16(const uint16_t *p, int64_t n) {
+    if (n >= 32) return (__m512bh)_mm512_loadu_si512(p);
+    return (__m512bh)_mm512_maskz_loadu_epi16((__mmask32)((1ULL << n) - 1), p);
+}
+
+/* nrows (1-4) rows of W from w times nvec (1-2) vectors of x from xs, into y[m * R + r]. */
+static inline void dot_block(const uint16_t *restrict w, const uint16_t *restrict xs, float *restrict y,
+                             int64_t R, int64_t C, int nrows, int nvec) {
+    __m512 acc[2][4];
+    for (int m = 0; m < 2; m++)
+        for (int r = 0; r < 4; r++) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < C; c += 32) {
+        const int64_t n = C - c;
+        __m512bh u[4];
+        for (int r = 0; r < 4; r++)
+            u[r] = r < nrows ? load_bf16(w + r * C + c, n) : (__m512bh)_mm512_setzero_si512();
+        for (int m = 0; m < 2; m++) {
+            if (m >= nvec) break;
+            const __m512bh v = load_bf16(xs + m * C + c, n);
+            for (int r = 0; r < 4; r++)
+                if (r < nrows) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], u[r], v);
+        }
+    }
+    for (int m = 0; m < nvec; m++)
+        for (int r = 0; r < nrows; r++) y[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
+}
+#endif
+
+int matvec_bf16_dot_available(void) {
+#if defined(__AVX512BF16__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* y = x W^T with W and x bf16: four rows of W at a time, the vectors two at a time (eight
+ * accumulators), as the loops above. Returns -1 where the CPU code has no AVX512_BF16. */
+int matvec_bf16_dot(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
+                    const uint16_t *restrict x, float *restrict y) {
+#if defined(__AVX512BF16__)
+    const int64_t blocks = (R + ROWS - 1) / ROWS;
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = blk * ROWS;
+        const int nrows = (int)(R - r0 < ROWS ? R - r0 : ROWS);
+        for (int64_t m = 0; m < M; m += 2) {
+            const int nvec = M - m >= 2 ? 2 : 1;
+            const uint16_t *w = W + r0 * C, *xm = x + m * C;
+            float *ym = y + m * R + r0;
+            /* the common blocks with constant counts, so the compiler unrolls them branch-free */
+            if (nrows == ROWS && nvec == 2) dot_block(w, xm, ym, R, C, ROWS, 2);
+            else if (nrows == ROWS) dot_block(w, xm, ym, R, C, ROWS, 1);
+            else dot_block(w, xm, ym, R, C, nrows, nvec);
+        }
+    }
+    return 0;
+#else
+    (void)R, (void)C, (void)M, (void)threads, (void)W, (void)x, (void)y;
+    return -1;
+#endif
 }

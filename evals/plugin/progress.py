@@ -59,7 +59,9 @@ class Snapshot:
         return self.done * self.documents / self.total if self.total else 0.0
 
     def eta(self) -> float | None:
-        if self.done >= self.total or self.elapsed <= 0:
+        if self.done >= self.total:
+            return 0.0  # finished: the last line says ETA 0m00s, not "-"
+        if self.elapsed <= 0:
             return None
         if self.tokens_left is not None and self.generated_tokens > 0:
             # generation: the token budget left over the generation rate, an upper bound that
