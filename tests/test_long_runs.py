@@ -326,3 +326,20 @@ def test_generation_eta_comes_from_the_token_budget_left():
     snapshot = progress.snapshot()
     assert snapshot.tokens_left == 40 - 10 - (8 - 2) and snapshot.eta() == pytest.approx(24 / 4)
     assert snapshot.line().endswith("ETA 0m06s")
+
+
+def test_generation_eta_leaves_out_the_prefill_before_the_first_token():
+    """Minutes of prompt prefill before the first token must not make the ETA hours long: the
+    rate is counted from the first generated token (the prefill's tokens come with it)."""
+    from evals.plugin.progress import CaseProgress
+
+    now = [0.0]
+    progress = CaseProgress(None, clock=lambda: now[0], interval=1e9)
+    progress.start("mmlu_pro/math generate", 2, 2, budgets=[100, 100])
+    now[0] = 100.0  # 100 s of prefill
+    progress.on_tokens(5000, 2)  # the prefill, and the first token of each sequence
+    now[0] = 110.0
+    progress.on_tokens(0, 20)  # 20 tokens in the 10 s since: 2 tokens/s
+    snapshot = progress.snapshot()
+    assert snapshot.generating == pytest.approx(10.0) and snapshot.tokens_left == 200 - 22
+    assert snapshot.eta() == pytest.approx(178 * 10.0 / 22)  # not 178 * 110 / 22

@@ -12,7 +12,8 @@ progress moves inside one long backend call. :class:`CaseProgress` turns those e
 - in an xdist worker, also written as ``<run>/.progress/<worker>.json``, which the controller's
   :class:`WorkerTotals` reads to print the total across workers every ``plain_interval``.
 
-The ETA is the requests left over the rate so far; it converges as the call goes on.
+The ETA is the requests left over the rate so far; for generation, the token budget left over
+the generation rate since the first token. It converges as the call goes on.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ class Snapshot:
     generated_tokens: int
     elapsed: float
     tokens_left: int | None = None  # generation: at most this many tokens still to generate
+    generating: float | None = None  # generation: seconds since the first token was generated
 
     @property
     def documents_done(self) -> float:
@@ -66,8 +68,10 @@ class Snapshot:
         if self.tokens_left is not None and self.generated_tokens > 0:
             # generation: the token budget left over the generation rate, an upper bound that
             # tightens as sequences finish (requests alone would say nothing while a batch of
-            # sequences that all run to their budget is decoding)
-            return self.tokens_left * self.elapsed / self.generated_tokens
+            # sequences that all run to their budget is decoding); the rate since the first token,
+            # so minutes of prompt prefill before it do not make the first ETAs hours long
+            seconds = self.generating if self.generating else self.elapsed
+            return self.tokens_left * seconds / self.generated_tokens
         if self.done <= 0:
             return None
         return (self.total - self.done) * self.elapsed / self.done
@@ -110,6 +114,7 @@ class CaseProgress(Listener):
     budgets: list[int] | None = field(default=None, repr=False)
     _budget_left: int = field(default=0, repr=False)
     _finished_generated: int = field(default=0, repr=False)
+    _first_generated: float | None = field(default=None, repr=False)  # when this call's first token came
 
     def start(self, label: str, total: int, documents: int, budgets: Sequence[int] | None = None) -> None:
         """A new backend call of ``total`` requests serving ``documents`` documents; ``budgets``:
@@ -119,6 +124,7 @@ class CaseProgress(Listener):
         self.budgets = list(budgets) if budgets is not None else None
         self._budget_left = sum(self.budgets) if self.budgets is not None else 0
         self._finished_generated = 0
+        self._first_generated = None
         self.started = self._last_log = self._last_plain = self.clock()
         self._emit(force=True)
 
@@ -137,6 +143,8 @@ class CaseProgress(Listener):
         self._emit(force=False)
 
     def on_tokens(self, prompt: int, generated: int) -> None:
+        if generated and self._first_generated is None:
+            self._first_generated = self.clock()
         self.prompt_tokens += prompt
         self.generated_tokens += generated
         self._dirty = True
@@ -147,8 +155,10 @@ class CaseProgress(Listener):
         if self.budgets is not None:  # the unfinished sequences' budgets less what they generated so far
             in_flight = max(0, self.generated_tokens - self._finished_generated)  # low when answers came from the cache
             tokens_left = max(0, self._budget_left - in_flight)
+        now = self.clock()
+        generating = now - self._first_generated if self._first_generated is not None else None
         return Snapshot(self.label, self.done, self.total, self.documents, self.prompt_tokens,
-                        self.generated_tokens, self.clock() - self.started, tokens_left)
+                        self.generated_tokens, now - self.started, tokens_left, generating)
 
     def _emit(self, force: bool) -> None:
         now = self.clock()
