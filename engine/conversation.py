@@ -167,9 +167,9 @@ class Conversation:
                              f"this rwkveval reads version {VERSION} (save it again with this version)")
         saved, here = _field(data, "model_identity", dict, path), self.identity()
         if saved != here:
-            what = next(k for k in here if saved.get(k) != here[k])
+            what = next(k for k in [*here, *saved] if saved.get(k) != here.get(k))  # a key only one has too
             raise InputError(f"{path}: saved with another model ({what}: saved {str(saved.get(what))[:80]}, this "
-                             f"model {str(here[what])[:80]}); its state means nothing to this model")
+                             f"model {str(here.get(what))[:80]}); its state means nothing to this model")
         system = data.get("system")
         if system is not None and not isinstance(system, str):
             raise InputError(f"{path}: 'system' should be a string or None, found {type(system).__name__}")

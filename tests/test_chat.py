@@ -183,3 +183,15 @@ def test_a_damaged_saved_conversation_is_an_input_error_naming_the_file(tmp_path
     torch.save(data, tmp_path / "old.pt")
     with pytest.raises(engine.InputError, match="old.pt: a conversation saved in version 1"):
         Conversation(tiny).load(tmp_path / "old.pt")
+
+
+def test_a_saved_identity_with_a_field_this_model_lacks_is_refused_by_name(tmp_path, tiny):
+    a = Conversation(tiny, temperature=0.0, max_tokens=3)
+    a.say("hi")
+    a.save(tmp_path / "chat.pt")
+    data = torch.load(tmp_path / "chat.pt", weights_only=True)
+    data["model_identity"]["dtype"] = "float16"  # written by another rwkveval, or edited
+    torch.save(data, tmp_path / "chat.pt")
+    with pytest.raises(engine.InputError, match=r"chat.pt: saved with another model \(dtype: saved float16, "
+                                                r"this model None\)"):
+        Conversation(tiny).load(tmp_path / "chat.pt")

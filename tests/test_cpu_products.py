@@ -340,6 +340,20 @@ def test_a_damaged_or_unwritable_cache_costs_a_measurement_and_says_so(tmp_path,
     assert "not cached" in plan.source and len(counted) == 2
 
 
+def test_a_lock_that_cannot_be_taken_costs_no_more_than_an_unlocked_cache(tmp_path, weights, counted, kernel,
+                                                                          monkeypatch):
+    # flock fails on some network file systems (ENOLCK): the plan is still chosen, and says why unlocked
+    import errno
+
+    def refuse(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(tuning.fcntl, "flock", refuse)
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert plan.source.startswith("measured") and "not locked" in plan.source and "No locks available" in plan.source
+    assert len(counted) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # the model: one switch between the fast path and the plain torch path
 

@@ -260,6 +260,21 @@ def test_tokenizer_endpoints_as_lm_eval_uses_them(server):
     assert server.post("/tokenize", json={"prompt": info["eos_token"]}).json()["tokens"] == [0]
 
 
+def test_tokenize_counts_a_chat_longer_than_a_prompt_may_be_as_it_counts_a_text(model):
+    # /tokenize is how a client learns a prompt is too long (to cut it): it counts, the
+    # completion endpoints refuse
+    config = ServerConfig(model_name="tiny", max_prompt_tokens=8)
+    messages = [{"role": "user", "content": "a message of more than eight tokens"}]
+    with torch_threads(1), serve_in_thread(create_app(model, config)) as url:
+        text = httpx.post(f"{url}/tokenize", json={"prompt": "a text of more than eight tokens"}, timeout=60)
+        chat = httpx.post(f"{url}/tokenize", json={"messages": messages}, timeout=60)
+        refused = httpx.post(f"{url}/v1/chat/completions", json={"messages": messages}, timeout=60)
+    assert text.status_code == 200 and text.json()["count"] > 8
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["tokens"] == render_tokens([("user", messages[0]["content"])], model.tokenizer.encode)
+    assert refused.status_code == 400 and "the server's limit is 8" in refused.json()["error"]["message"]
+
+
 # ---------------------------------------------------------------------- errors and limits
 
 

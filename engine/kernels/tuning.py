@@ -210,8 +210,13 @@ def _locked(path: Path) -> Iterator[str | None]:
         yield f"not locked: {error}"
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        except OSError as error:  # e.g. ENOLCK on a network file system without locks
+            problem: str | None = f"not locked: {error}"
+        else:
+            problem = None
+        yield problem
 
 
 def forget(directory: Path | None = None) -> bool:

@@ -238,9 +238,11 @@ def check_token_ids(ids: list[int], vocab_size: int, param: str) -> list[int]:
     return ids
 
 
-def chat_prompt_tokens(messages: list[tuple[str, str]], tokenizer, config: ServerConfig) -> list[int]:
+def chat_prompt_tokens(messages: list[tuple[str, str]], tokenizer, config: ServerConfig, *,
+                       limit: bool = True) -> list[int]:
     """The chat prompt of ``messages`` as token ids (:func:`engine.server.chat.render_tokens`, as
-    ``rwkveval chat`` feeds them), checked against the server's limits."""
+    ``rwkveval chat`` feeds them), checked against the server's limits (without ``limit``, only the
+    bound on characters: ``/tokenize`` counts a prompt too long to run, as it does a text)."""
     from .chat import render_tokens
 
     chars = sum(len(content) for _, content in messages)
@@ -248,7 +250,7 @@ def chat_prompt_tokens(messages: list[tuple[str, str]], tokenizer, config: Serve
         raise ApiError(f"the messages hold {chars} characters, far more than the limit of "
                        f"{config.max_prompt_tokens} tokens can hold", param="messages")
     ids = render_tokens(messages, tokenizer.encode)
-    if len(ids) > config.max_prompt_tokens:
+    if limit and len(ids) > config.max_prompt_tokens:
         raise ApiError(f"the chat prompt has {len(ids)} tokens; the server's limit is {config.max_prompt_tokens}",
                        param="messages")
     return ids

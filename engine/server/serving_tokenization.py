@@ -31,7 +31,8 @@ async def tokenize(server: Server, request: Request) -> JSONResponse:
     if (body.prompt is None) == (body.messages is None):
         raise ApiError("send exactly one of 'prompt' (text) and 'messages' (a chat)", param="prompt")
     if body.messages is not None:  # the chat prompt, as /v1/chat/completions runs it (token 0 first)
-        tokens = chat_prompt_tokens([(m.role, m.text()) for m in body.messages], server.tokenizer, config)
+        tokens = chat_prompt_tokens([(m.role, m.text()) for m in body.messages], server.tokenizer, config,
+                                    limit=False)
         return JSONResponse({"tokens": tokens, "count": len(tokens), "max_model_len": config.max_model_len})
     text = body.prompt
     if len(text) > CHARS_PER_TOKEN_BOUND * config.max_prompt_tokens:
