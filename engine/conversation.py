@@ -19,6 +19,7 @@ made it, so a file records the model's identity (checkpoint sha256, adapters, in
 """
 from __future__ import annotations
 
+import hashlib
 import pickle
 import struct
 from collections.abc import Callable
@@ -130,14 +131,15 @@ class Conversation:
 
     def identity(self) -> dict[str, Any]:
         """What a saved state depends on: the checkpoint's sha256, each adapter (sha256, kind,
-        scale, PiSSA init) and whether sequences start from zeros or a tuned state (paths left
-        out: the same files elsewhere are the same model)."""
+        scale, PiSSA init) and whether sequences start from zeros or a tuned state, by a digest of
+        its values (paths left out: the same files elsewhere are the same model)."""
         info = self.model.info()
         adapters = [{"sha256": a.get("sha256"), "kind": a.get("kind"), "scale": a.get("scale"),
                      "init": (a.get("init") or {}).get("sha256")} for a in info.get("adapters", [])]
-        initial = str(info.get("initial_state", "zeros"))
-        return {"sha256": info.get("sha256"), "adapters": adapters,
-                "initial_state": "zeros" if initial == "zeros" else "tuned"}
+        tuned = getattr(self.model, "initial_wkv", None)
+        initial = "zeros" if tuned is None else "tuned " + hashlib.sha256(
+            tuned.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return {"sha256": info.get("sha256"), "adapters": adapters, "initial_state": initial}
 
     def save(self, path: str | Path) -> None:
         def point(p: _Point) -> dict[str, Any]:
@@ -189,7 +191,14 @@ class Conversation:
         if not isinstance(d, dict):
             raise InputError(f"{path}: a saved point should be a dict, found {type(d).__name__}")
         tokens = _field(d, "tokens", list, path, "point.")
+        vocab = self.model.config.vocab_size
+        bad = next((t for t in tokens if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InputError(f"{path}: point.tokens should be token ids in [0, {vocab}), found {bad!r}")
         logits = _field(d, "logits", (torch.Tensor, type(None)), path, "point.")
+        if logits is not None and (tuple(logits.shape) != (vocab,) or not logits.is_floating_point()):
+            raise InputError(f"{path}: point.logits should be a float tensor of shape ({vocab},), found "
+                             f"{logits.dtype} of shape {tuple(logits.shape)}")
         raw = _field(d, "state", (dict, type(None)), path, "point.")
         state = None
         if raw is not None:

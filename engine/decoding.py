@@ -278,7 +278,7 @@ class Decoder:
             if row.settings.max_new_tokens == 0:
                 if "length" in row.settings.keep_state:
                     row.state = states[j] if batch is None else batch[0].select([j])
-                    row.logits = logits[j]
+                    row.logits = logits[j].detach().to("cpu", torch.float32)  # as Row.logits promises
                 self._finish(row, "length", None, None)
             else:
                 keep.append(j)

@@ -195,3 +195,38 @@ def test_a_saved_identity_with_a_field_this_model_lacks_is_refused_by_name(tmp_p
     with pytest.raises(engine.InputError, match=r"chat.pt: saved with another model \(dtype: saved float16, "
                                                 r"this model None\)"):
         Conversation(tiny).load(tmp_path / "chat.pt")
+
+
+def test_two_tuned_states_given_in_the_weights_are_two_models(tmp_path, tiny_model_path):
+    """A tuned state merged into the weights (no adapter file to name it) is identified by its
+    values: a conversation saved over one state does not load over another."""
+    sd = torch.load(tiny_model_path, map_location="cpu", weights_only=True)
+    g = torch.Generator().manual_seed(1)
+
+    def with_state() -> engine.RWKV7:
+        states = {f"blocks.{i}.att.time_state": torch.randn(1, 64, 64, generator=g) * 0.1 for i in range(12)}
+        return engine.from_state_dict({**sd, **states})
+
+    first, second = with_state(), with_state()
+    a = Conversation(first, temperature=0.0, max_tokens=3)
+    a.say("hi")
+    a.save(tmp_path / "first.pt")
+    Conversation(first).load(tmp_path / "first.pt")  # the same state: loads
+    with pytest.raises(engine.InputError, match=r"first.pt: saved with another model \(initial_state"):
+        Conversation(second).load(tmp_path / "first.pt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("tokens", [1, "two"], r"point.tokens should be token ids in \[0, 256\), found 'two'"),
+    ("tokens", [1, 10**9], r"point.tokens should be token ids in \[0, 256\), found 1000000000"),
+    ("logits", torch.zeros(3), r"point.logits should be a float tensor of shape \(256,\), found torch.float32 of shape \(3,\)"),
+])
+def test_a_saved_point_with_impossible_tokens_or_logits_is_an_input_error(tmp_path, tiny, field, value, message):
+    a = Conversation(tiny, temperature=0.0, max_tokens=3)
+    a.say("hi")
+    a.save(tmp_path / "chat.pt")
+    data = torch.load(tmp_path / "chat.pt", weights_only=True)
+    data["point"][field] = value
+    torch.save(data, tmp_path / "chat.pt")
+    with pytest.raises(engine.InputError, match=message):
+        Conversation(tiny).load(tmp_path / "chat.pt")

@@ -211,7 +211,8 @@ def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     accumulation in every case). One pass over W serves all M rows, so it is meant for a few rows
     (decode steps). bf16 times bf16 runs the AVX512_BF16 kernel where it is built
     (:func:`bf16_dot_available`), else x is widened: the products are exact either way, only the
-    order of the float32 additions differs. Raises ValueError naming a wrong input."""
+    order of the float32 additions differs (and the AVX512_BF16 kernel takes denormals as zero).
+    Raises ValueError naming a wrong input."""
     lib = _loaded("matvec")
     if W.dtype not in (torch.float32, torch.bfloat16) or W.device.type != "cpu" or W.dim() != 2:
         raise ValueError(f"W: expected a 2-D float32 or bfloat16 CPU tensor, found {W.dtype} on {W.device}, "
