@@ -2,7 +2,7 @@
 rows are fixed in the test (no data, no model):
 
 - one bad case fails its test or the session with its reason, never an INTERNALERROR that loses
-  the run: rows that are not JSON, a samples file that cannot be written, a result the controller
+  the run: rows that are not JSON, numpy scores under xdist, a samples file that cannot be written, a result the controller
   cannot record;
 - a failing gate on one record of a test keeps the test's later records (MMLU: subject, then group);
 - ``-k`` selecting nothing writes no report and leaves ``latest`` alone; ``--clear-cache`` deletes
