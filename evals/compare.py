@@ -241,9 +241,15 @@ def overall_rows(a: Run, b: Run) -> list[dict[str, Any]]:
             continue
         rows_a = {(k[1], d): row for k in keys for d, row in a.cases[k].rows.items()}
         rows_b = {(k[1], d): row for k in keys for d, row in b.cases[k].rows.items()}
-        spec, other = shared_spec(a.cases[keys[0]].spec, b.cases[keys[0]].spec)
-        spec = {m: pair for m, pair in spec.items()
-                if all(b.cases[k].spec.get(m) == pair and a.cases[k].spec.get(m) == pair for k in keys)}
+        shared, other = shared_spec(a.cases[keys[0]].spec, b.cases[keys[0]].spec)
+        spec = {}
+        for m, pair in shared.items():  # pooled only when every case scores it alike; else listed
+            odd = next((k for k in keys if a.cases[k].spec.get(m) != pair or b.cases[k].spec.get(m) != pair), None)
+            if odd is None:
+                spec[m] = pair
+            else:
+                other[m] = {"aggregation": pair[0], "score": pair[1], "differs": {
+                    side: list(run.cases[odd].spec.get(m) or ("", "nothing")) for side, run in (("a", a), ("b", b))}}
         stats = compare_rows(rows_a, rows_b, spec, documents=False)
         stats["metrics"].update(other)
         only = {"only_a": len(stats.pop("only_a")), "only_b": len(stats.pop("only_b"))}

@@ -202,3 +202,15 @@ def test_a_metric_only_one_run_reports_is_listed_not_compared(two_runs, tmp_path
     printed = capsys.readouterr().out
     assert "only in run B" in printed and "not compared" in printed
     assert (out / "comparison.xlsx").is_file() and (out / "comparison.html").is_file()
+
+
+def test_a_metric_scored_alike_in_one_case_but_not_another_is_listed_in_the_overall_row(two_case_runs):
+    """The pooled row compares a metric only when every case scores it alike; one that does not is
+    listed as not compared, never dropped."""
+    b = two_case_runs[1]
+    results = json.loads((b / "results.json").read_text())
+    results["benchmarks"]["toy"]["cases"]["main"]["spec"]["ppl"] = ["perplexity", "other_logprob"]
+    (b / "results.json").write_text(json.dumps(results))
+    [overall] = compare_runs(load_run(two_case_runs[0]), load_run(b))["overall"]
+    assert overall["metrics"]["acc"]["test"] == "mcnemar_exact"
+    assert "differs" in overall["metrics"]["ppl"] and "paired" not in overall["metrics"]["ppl"]

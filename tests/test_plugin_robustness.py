@@ -2,7 +2,7 @@
 rows are fixed in the test (no data, no model):
 
 - one bad case fails its test or the session with its reason, never an INTERNALERROR that loses
-  the run: rows that are not JSON, a samples file that cannot be written, a result the controller
+  the run: rows that are not JSON, numpy scores under xdist, a samples file that cannot be written, a result the controller
   cannot record;
 - a failing gate on one record of a test keeps the test's later records (MMLU: subject, then group);
 - ``-k`` selecting nothing writes no report and leaves ``latest`` alone; ``--clear-cache`` deletes
@@ -54,6 +54,10 @@ def test_toy(case, evaluation):
             rows[0]["target"] = "\\ud800"
         elif MODE == "surrogate_prompt":
             rows[0]["prompt"] = "\\ud800"
+    if MODE == "numpy":  # a JSON number of another type: json takes it, xdist's channel does not
+        import numpy
+        for row in rows:
+            row["scores"]["acc"] = numpy.float64(row["scores"]["acc"])
     if MODE == "load":
         evaluation.loglikelihood([])
     evaluation.record(BENCHMARK, case, rows, METRICS, {"name": "toy"})
@@ -99,6 +103,15 @@ def test_rows_that_are_not_json_fail_their_test_not_the_session(toy):
     result.stdout.fnmatch_lines(["*toy/alpha: the rows are not plain JSON values*set*"])
     report = results(suite)
     assert report["status"] == "failed" and list(report["benchmarks"]["toy"]["cases"]) == ["beta"]
+
+
+def test_numpy_scores_reach_the_controller_under_xdist(toy):
+    suite = toy("numpy")
+    result = run(suite, "-n", "2", "--shards", "1")
+    assert result.ret == 0, output(result)
+    assert "INTERNALERROR" not in output(result)
+    cases = results(suite)["benchmarks"]["toy"]["cases"]
+    assert cases["alpha"]["metrics"]["acc"]["value"] == pytest.approx(0.3) and cases["beta"]["n"] == 11
 
 
 def test_a_samples_file_that_cannot_be_written_is_named_and_the_run_goes_on(toy):
