@@ -194,7 +194,8 @@ def fetch_file(entry: ManifestEntry, dest_root: Path, revision: str | None = Non
             part.unlink()
             raise _refusal(entry, found, planned, "the source served")
         os.replace(part, target)
-        for stale in target.parent.glob(f"{target.name}.*.part"):  # parts begun from other sources
+        # parts begun from other sources, and one named as before parts were named by source
+        for stale in [*target.parent.glob(f"{target.name}.*.part"), target.with_name(f"{target.name}.part")]:
             stale.unlink(missing_ok=True)
     record = {"hub_commit": planned.hub_commit, "url": planned.url}
     if known is None or known.accepted:
@@ -335,6 +336,17 @@ def _manifest_name(path: Path, entries: dict[str, ManifestEntry]) -> tuple[str, 
                     "give the path of a copy, e.g. DIR/ceval/ceval-exam.zip")
 
 
+def _copy_into(path: Path, target: Path) -> Path:
+    """``path`` copied to ``target`` (atomically; nothing to do when they are one file)."""
+    if target != path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
+        handle.close()
+        shutil.copyfile(path, handle.name)
+        os.replace(handle.name, target)
+    return target
+
+
 def accept(file: Path, dest: Path | None = None, log: Callable[[str], None] = print) -> DataFile:
     """``python -m benchmarkdata accept FILE [--dest DIR]``: vouch for a local copy of a file the
     manifest pins no sha256 for (C-Eval's zip downloaded by hand), recording its sha256 in its data
@@ -347,22 +359,21 @@ def accept(file: Path, dest: Path | None = None, log: Callable[[str], None] = pr
     name, root = _manifest_name(path, entries)
     entry = entries[name]
     sha256 = file_sha256(path)
-    present = identify(entry.known(), name, sha256, root) if root is not None else None
-    if present is not None and dest is None:
-        log(f"ok       {name} (revision {present.id}, already known in {root})")
+    # a revision the manifest knows needs no record wherever the copy sits; an accepted one is
+    # known only in its own root's revisions.json
+    present = (identify(entry.known(), name, sha256, root) if root is not None
+               else next((r for r in entry.known() if r.sha256 == sha256), None))
+    if present is not None and (dest is None or not present.accepted):
+        if dest is not None:
+            path = _copy_into(path, Path(dest).expanduser().resolve() / name)
+        log(f"ok       {name} (revision {present.id}, already known{f' in {root}' if present.accepted else ''}"
+            f"{f'; copied to {path}' if dest is not None else ''})")
         return DataFile(name, path, sha256, present)
     if entry.sha256 is not None:
         return record_accepted(entry, path, root or path.parent, sha256)  # refused, naming the way to fetch it
     if dest is not None:
         root = Path(dest).expanduser().resolve()
-        target = root / name
-        if target != path:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False)
-            handle.close()
-            shutil.copyfile(path, handle.name)
-            os.replace(handle.name, target)
-        path = target
+        path = _copy_into(path, root / name)
     elif root is None:
         raise DataError(f"{path} does not sit at DATA_ROOT/{name}; pass --dest DIR to copy it into DIR/{name} "
                         "and record it there")

@@ -321,6 +321,7 @@ def test_a_part_from_another_revision_is_never_resumed(hub, toy):
         ensure([QUESTIONS], endpoint=hub.url, progress=silent)
     [stale] = (cache / "toy").iterdir()
     assert stale.name.startswith("questions.jsonl.") and stale.name.endswith(".part") and stale.stat().st_size == 10
+    (cache / "toy" / "questions.jsonl.part").write_bytes(V1[:5])  # a part named as before parts had a source
     new = b'{"Q": "uno"}\n{"Q": "2"}\n{"Q": "three!"}\n'  # differs within the stale part's bytes
     assert len(new) > 10
     hub.put("Org/Toy", "data/questions.jsonl", new, "dataset", lfs=False)
@@ -367,3 +368,15 @@ def test_a_local_copy_of_an_unpinned_file_is_accepted_and_then_read(hub, toy, tm
     altered.write_bytes(V3)
     assert fetch_module.main(["accept", str(altered)]) == 1
     assert "is pinned in the manifest" in capsys.readouterr().err and read_record(tmp_path / "pinned") == {}
+
+
+def test_a_copy_of_a_known_revision_is_copied_with_dest_and_needs_no_record(toy, tmp_path, capsys):
+    """`accept --dest` on a pinned file's copy that is a revision the manifest knows copies it and
+    says so (it was refused as if it were an unknown copy)."""
+    loose = tmp_path / "questions.jsonl"
+    loose.write_bytes(V2)  # the manifest's v2
+    assert fetch_module.main(["accept", str(loose), "--dest", str(tmp_path / "root")]) == 0
+    out = capsys.readouterr().out
+    assert "revision v2, already known; copied to" in out
+    assert (tmp_path / "root" / QUESTIONS).read_bytes() == V2 and read_record(tmp_path / "root") == {}
+    assert find(QUESTIONS, tmp_path / "root").revision.id == "v2"

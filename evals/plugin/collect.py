@@ -140,10 +140,15 @@ class RunCollector:
         try:
             self._add(result, nodeid)
         except Exception as error:  # noqa: BLE001 - one case's problem must not lose the others
-            self.judged.pop(key, None)
             message = f"{key[0]}/{key[1]}: its result could not be recorded ({type(error).__name__}: {error})"
             self.unrecorded.append(message)
             self.failures.append(message)
+            if self.judged.pop(key, None) is not None:  # written in part: the folder goes back to the others
+                try:
+                    (self.folder.path / samples_file(*key)).unlink(missing_ok=True)
+                    self._write_results()
+                except Exception:  # noqa: BLE001 - the session's end writes results.json again
+                    pass
 
     def _add(self, result: CaseResult, nodeid: str) -> None:
         key = (result.benchmark, result.case)
