@@ -40,6 +40,7 @@ fails with the reason, and is never retried, scored or cached.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import threading
 import time
@@ -251,6 +252,7 @@ class RemoteBackend:
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="rwkveval-remote-http", daemon=True)
         self._loop_thread.start()
+        self._closed = threading.Event()  # close() began: no request starts, none is waited for
         self._lock = threading.Lock()
         self._token_cache: OrderedDict[str, list[int]] = OrderedDict()
         self.model: str | None = None
@@ -339,9 +341,20 @@ class RemoteBackend:
         return info
 
     def close(self) -> None:
+        """End the HTTP client. Exchanges still running (a Ctrl-C left them in flight) are
+        cancelled; their threads get :class:`RequestFailed` at once."""
         if self._loop.is_closed():
             return
-        asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
+        self._closed.set()
+
+        async def shutdown() -> None:
+            running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            await self._client.aclose()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(10)
         self._loop.close()
@@ -359,7 +372,24 @@ class RemoteBackend:
             except asyncio.TimeoutError:
                 raise DeadlineExceeded(f"no complete answer within {total:g} s") from None
 
-        return asyncio.run_coroutine_threadsafe(exchange(), self._loop).result()
+        closed = RequestFailed("the remote backend was closed (Ctrl-C or the end of the run) before this "
+                               "request was answered")
+        if self._closed.is_set():
+            raise closed
+        coroutine = exchange()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:  # the loop closed between the check and here
+            coroutine.close()
+            raise closed from None
+        while True:  # waits in short slices, so a request caught by close() never blocks its thread
+            try:
+                return future.result(0.5)
+            except concurrent.futures.TimeoutError:
+                if self._closed.is_set():
+                    raise closed from None
+            except concurrent.futures.CancelledError:  # cancelled by close()
+                raise closed from None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Exponential backoff with equal jitter: half the delay fixed, half random."""

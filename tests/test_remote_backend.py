@@ -534,3 +534,19 @@ def test_ctrl_c_does_not_wait_for_the_queued_requests():
         backend.close()
     # the first answer, and at most the one request in flight when Ctrl-C came; not the 18 queued
     assert app.state.posts <= 2
+
+
+def test_a_closed_backend_fails_requests_at_once_instead_of_waiting():
+    """After close() (Ctrl-C's cleanup) nothing is sent and no thread waits on the stopped loop."""
+    import time
+
+    from evals.remote import RemoteFailures
+
+    app = counting_app(lambda prompt: "x")
+    with serve_in_thread(app) as url:
+        backend = remote(url, concurrency=2)
+        backend.close()
+        started = time.monotonic()
+        with pytest.raises(RemoteFailures, match="the remote backend was closed"):
+            backend.generate([GenerateRequest("p", (), 2, bos=False)])
+        assert time.monotonic() - started < 2.0 and app.state.posts == 0
