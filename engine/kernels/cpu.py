@@ -49,6 +49,7 @@ UNAVAILABLE_REASON: str | None = None
 _lib = None
 _lib_key: str | None = None
 _tried = False
+_bf16_dot = False  # the loaded library has the AVX512_BF16 matvec (asked once, at load)
 # /proc/cpuinfo fields naming an ARM core (per processor): ARM kernels often print no "model name"
 # (or a generic one), so the core is told by its implementer, variant, part and revision
 _ARM_FIELDS = ("CPU implementer", "CPU variant", "CPU part", "CPU revision")
@@ -129,7 +130,7 @@ def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None)
 
 def load():
     """The compiled kernels' library, or None (with :data:`UNAVAILABLE_REASON` set) if it cannot be built."""
-    global _lib, _lib_key, _tried, UNAVAILABLE_REASON
+    global _lib, _lib_key, _tried, _bf16_dot, UNAVAILABLE_REASON
     if not _tried:
         _tried = True
         if os.environ.get("RWKVEVAL_CPU_KERNEL", "1") == "0":
@@ -150,6 +151,7 @@ def load():
             fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
         lib.matvec_bf16_dot_available.restype = ctypes.c_int
         lib.matvec_bf16_dot_available.argtypes = []
+        _bf16_dot = bool(lib.matvec_bf16_dot_available())
         _lib, _lib_key = lib, path.stem.rsplit("-", 1)[-1]
     return _lib
 
@@ -201,8 +203,7 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
 
 def bf16_dot_available() -> bool:
     """Whether the compiled kernels multiply bf16 by bf16 in hardware (AVX512_BF16's vdpbf16ps)."""
-    lib = load()
-    return lib is not None and bool(lib.matvec_bf16_dot_available())
+    return load() is not None and _bf16_dot
 
 
 def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -226,7 +227,7 @@ def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"W: expected a contiguous [out, in] weight, found strides {W.stride()}")
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"x: expected [M, {W.shape[1]}] to match W {tuple(W.shape)}, found {tuple(x.shape)}")
-    if x.dtype == torch.bfloat16 and not lib.matvec_bf16_dot_available():
+    if x.dtype == torch.bfloat16 and not _bf16_dot:
         x = x.float()
     x = x.contiguous()
     M, R = x.shape[0], W.shape[0]
