@@ -179,8 +179,10 @@ def test_limit_goes_to_the_cases_left_after_k(suite):
 
 # ---------------------------------------------------------------- progress
 
-def test_progress_log_has_rates_and_an_eta(suite, monkeypatch):
-    suite.makeconftest(PLUGIN_CONFTEST + '''
+def slow_conftest(sleep: float, tokens: int) -> str:
+    """A conftest whose fake backend answers one request every ``sleep`` seconds, reporting
+    ``tokens`` prompt tokens for each (so progress lines have something to count)."""
+    return PLUGIN_CONFTEST + f'''
 import time
 from evals.backend import SILENT
 
@@ -188,15 +190,19 @@ class Slow(FakeBackend):
     def loglikelihood(self, requests, listener=SILENT):
         answers = super().loglikelihood(requests)
         for i, answer in enumerate(answers):
-            time.sleep(0.02)
-            listener.on_tokens(12, 0)
+            time.sleep({sleep})
+            listener.on_tokens({tokens}, 0)
             listener.on_result(i, answer)
         return answers
 
 @pytest.fixture(scope="session")
 def eval_backend():
     return Slow()
-''')
+'''
+
+
+def test_progress_log_has_rates_and_an_eta(suite, monkeypatch):
+    suite.makeconftest(slow_conftest(sleep=0.02, tokens=12))
     (suite.path / "fake.pth").write_bytes(b"not loaded")
     result = suite.runpytest("-p", "no:cacheprovider", "--model", "fake.pth", "-k", "lambada", "--limit", "60",
                              "--progress-interval", "0.1", "--no-cache")
@@ -276,23 +282,7 @@ def test_xdist_workers_write_whole_lines_and_the_controller_the_total(suite, tmp
     import subprocess
     import sys
 
-    suite.makeconftest(PLUGIN_CONFTEST + '''
-import time
-from evals.backend import SILENT
-
-class Slow(FakeBackend):
-    def loglikelihood(self, requests, listener=SILENT):
-        answers = super().loglikelihood(requests)
-        for i, answer in enumerate(answers):
-            time.sleep(0.03)
-            listener.on_tokens(7, 0)
-            listener.on_result(i, answer)
-        return answers
-
-@pytest.fixture(scope="session")
-def eval_backend():
-    return Slow()
-''')
+    suite.makeconftest(slow_conftest(sleep=0.03, tokens=7))
     (suite.path / "fake.pth").write_bytes(b"not loaded")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
