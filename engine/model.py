@@ -123,6 +123,7 @@ class TorchPath:
         return (act(h) if act is not None else h) @ B  # (..., out)
 
     wkv = staticmethod(wkv7_reference)
+    wkv_output = None  # no fused form: RWKV7._wkv_output runs its lines one by one
 
 
 class RWKV7:
@@ -213,7 +214,11 @@ class RWKV7:
             wkv, self.wkv_impl = cpu.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
         first = self.layers[0]
         plan = tuning.plan_for(first.ffn_key, first.W_r, first.w1, first.w2, kernel)
-        return cpu.CPUPath(plan, wkv, self.wkv_impl)
+        # the fused time-mix output reads float32 or bf16 (a float16 model runs its torch lines)
+        fused = wkv is not wkv7_reference and self.dtype in (torch.float32, torch.bfloat16)
+        if fused:
+            self.wkv_impl += ", fused with the time mix's output"
+        return cpu.CPUPath(plan, wkv, self.wkv_impl, fused=fused)
 
     # ------------------------------------------------------------------ public API
 
@@ -321,21 +326,31 @@ class RWKV7:
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
                   wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place."""
-        B, T, C = x.shape
-        H, N = self.config.n_head, self.config.head_size
+        C = x.shape[-1]
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
         mixed = x + (shifted - x) * p.mix.view(6, 1, 1, C)  # xr xw xk xv xa xg, (6, B, T, C)
         r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
+        return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk), p.W_o), v_first
+
+    def _wkv_output(self, p: LayerWeights, wkv: torch.Tensor, r, w, k, v, a, g, kk) -> torch.Tensor:
+        """From the projections (each (B, T, C); w before w0 and the sigmoid) to the output
+        product's input (B, T, C): the decay, the WKV recurrence (``wkv`` updated in place), the
+        per-head group norm, the current token's bonus and the gate. The CPU kernels run these
+        lines as one call (``kernels.wkv_output``: engine/kernels/wkv7_cpu.c, in float32)."""
+        if self.kernels.wkv_output is not None:
+            return self.kernels.wkv_output(wkv, r, w, k, v, a, g, kk, p.w0, p.r_k, p.ln_x_w, p.ln_x_b, _LN_X_EPS)
+        B, T, C = r.shape
+        H, N = self.config.n_head, self.config.head_size
         decay = torch.exp(-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float()))  # (B, T, C) float32 in (0.545, 1)
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.float().view(B, T, H, N)
 
         y = self.kernels.wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
-        y = F.group_norm(y.reshape(B * T, C).to(x.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
+        y = F.group_norm(y.reshape(B * T, C).to(r.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
         bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
         y = y + bonus.view(B, T, C)
-        return self.kernels.linear(y * g, p.W_o), v_first
+        return y * g
 
     def _projections(self, layer: int, p: LayerWeights, mixed, v_first: torch.Tensor | None):
         """From the six token-shift mixes xr xw xk xv xa xg (each (B, T, C)) to r, w (the decay's

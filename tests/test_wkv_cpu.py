@@ -1,6 +1,8 @@
 """The compiled CPU WKV kernel against the torch reference, and its input checks."""
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 
@@ -111,6 +113,49 @@ def test_matvec_matches_linear(M, R, C, wdtype, xdtype):
     ref = torch.nn.functional.linear(x.double(), W.double()).float()
     assert y.shape == (M, R) and y.dtype == torch.float32
     assert (y - ref).abs().max().item() <= 2e-6 * C ** 0.5 * max(1.0, ref.abs().max().item())
+    # asked for bf16, the kernel rounds the same sums as torch's .to(torch.bfloat16) does, bit for bit
+    y16 = cpu.matvec(x, W, torch.bfloat16)
+    assert y16.dtype == torch.bfloat16 and torch.equal(y16.view(torch.int16), y.to(torch.bfloat16).view(torch.int16))
+
+
+def test_matvec_rounds_to_bf16_as_torch_does_at_ties_and_infinities():
+    """One weight row per value, x = 1: y is each value itself (float32 sums from +0), rounded by the
+    kernel on the way out: ties to even, overflow to infinity, as torch rounds; NaN stays NaN (torch's
+    own NaN bits differ between its scalar and vector paths)."""
+    bits = torch.tensor([0x3F808000, 0x3F818000, 0x3F807FFF, 0x7F7FFFFF, 0x7F800000, 0xFF800000, 0x00000001,
+                         0xBF808000, 0x7FC00001], dtype=torch.int64).to(torch.int32)
+    W, x = bits.view(torch.float32).view(-1, 1).contiguous(), torch.ones(1, 1)
+    y, y16 = cpu.matvec(x, W), cpu.matvec(x, W, torch.bfloat16)
+    assert torch.equal(y.view(torch.int32), bits.view(1, -1))
+    assert torch.equal(y16[:, :-1].view(torch.int16), y[:, :-1].to(torch.bfloat16).view(torch.int16))
+    assert [hex(b & 0xFFFF) for b in y16.view(torch.int16)[0, :4].tolist()] == ["0x3f80", "0x3f82", "0x3f80", "0x7f80"]
+    assert torch.isnan(y16[0, -1])
+
+
+def test_the_portable_matvec_loop_matches_linear(tmp_path, monkeypatch):
+    """Without AVX-512 (an AVX2 CPU) the kernels are the portable simd loop, not the intrinsics
+    with prefetch: built here with AVX-512 switched off, it equals F.linear too, and says it has
+    no bf16 dot kernel."""
+    import ctypes
+
+    monkeypatch.setattr(cpu, "FLAGS", [*cpu.FLAGS, "-mno-avx512f"])
+    try:
+        lib = ctypes.CDLL(str(cpu.build(cpu.SOURCES[1:], tmp_path)))
+    except RuntimeError as error:
+        pytest.fail(f"the portable matvec did not build: {error}")
+    assert lib.matvec_bf16_dot_available() == 0
+    g = torch.Generator().manual_seed(5)
+    for name, wdtype in (("matvec_f32", torch.float32), ("matvec_bf16", torch.bfloat16)):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
+        for M, R, C in ((1, 13, 7), (3, 65, 300), (2, 768, 768)):
+            W, x = torch.randn(R, C, generator=g).to(wdtype), torch.randn(M, C, generator=g)
+            y, y16 = torch.empty(M, R), torch.empty(M, R, dtype=torch.bfloat16)
+            assert fn(R, C, M, 2, W.data_ptr(), x.data_ptr(), y.data_ptr(), 0) == 0
+            assert fn(R, C, M, 2, W.data_ptr(), x.data_ptr(), y16.data_ptr(), 1) == 0
+            ref = torch.nn.functional.linear(x.double(), W.double()).float()
+            assert (y - ref).abs().max().item() <= 2e-6 * C ** 0.5 * max(1.0, ref.abs().max().item()), (name, M, R, C)
+            assert torch.equal(y16.view(torch.int16), y.to(torch.bfloat16).view(torch.int16))
 
 
 def test_the_bf16_dot_kernel_is_built_where_the_cpu_has_avx512_bf16():
@@ -141,6 +186,8 @@ def test_matvec_input_checks():
         cpu.matvec(x, W.unsqueeze(-1))
     with pytest.raises(ValueError, match="W: expected a 2-D float32 or bfloat16 CPU tensor, found torch.float16"):
         cpu.matvec(x, W.half())
+    with pytest.raises(ValueError, match="out_dtype: expected torch.float32 or torch.bfloat16, found torch.float16"):
+        cpu.matvec(x, W, torch.float16)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -171,3 +218,82 @@ def test_model_products_equal_linear_for_any_row_count(dtype):
     y = linear(x, big, contiguous=True)
     assert y.is_contiguous() and y.shape == (64, 1, big.shape[0])
     assert (y.float() - ref).abs().max().item() <= tol * ref.abs().max().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused time-mix output (wkv7_output in engine/kernels/wkv7_cpu.c) against the torch lines
+
+
+def _projections(B, T, H, N, dtype, seed, w_scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    C = H * N
+    r, k, v, g_ = (torch.randn(B, T, C, generator=g) for _ in range(4))
+    w = torch.randn(B, T, C, generator=g) * w_scale  # the decay's LoRA output: sigmoid saturates at large scales
+    a = torch.rand(B, T, C, generator=g)
+    kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1).view(B, T, C)
+    vecs = (torch.randn(C, generator=g) * 0.5 - 2, 0.5 + 0.5 * torch.rand(C, generator=g),
+            1 + 0.1 * torch.randn(C, generator=g), 0.1 * torch.randn(C, generator=g))  # w0 r_k ln_x_w ln_x_b
+    state = torch.randn(B, H, N, N, generator=g) * 0.1
+    cast = lambda t: t.to(dtype)
+    return state, [cast(t) for t in (r, w, k, v, a, g_, kk)], [cast(t) for t in vecs]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("B,T,H,N", [(1, 1, 12, 64), (3, 1, 2, 32), (2, 7, 3, 64), (1, 40, 2, 16), (2, 3, 1, 128)])
+def test_the_fused_output_equals_the_torch_lines(B, T, H, N, dtype):
+    """kernels.wkv_output equals RWKV7._wkv_output run op by op (the torch reference path) on the
+    same numbers in float32: to float32 rounding for a float32 model, and within bf16's rounding of
+    the result for a bf16 model (whose inputs widen to float32 exactly)."""
+    import engine
+    from engine.model import RWKV7, TorchPath, _LN_X_EPS
+
+    state, xs, vecs = _projections(B, T, H, N, dtype, seed=B * 1000 + T * 10 + N, w_scale=4.0)
+    model = RWKV7.__new__(RWKV7)
+    model.config = engine.ModelConfig(n_layer=1, n_embd=H * N, n_head=H, head_size=N, vocab_size=256,
+                                      ffn_size=4 * H * N, rank_w=8, rank_a=8, rank_v=8, rank_g=8)
+    model.kernels = TorchPath()
+    w0, r_k, ln_w, ln_b = (t.float() for t in vecs)
+    p = type("P", (), dict(w0=w0, r_k=r_k, ln_x_w=ln_w, ln_x_b=ln_b))()
+    s_ref = state.clone()
+    ref = model._wkv_output(p, s_ref, *(t.float() for t in xs))
+    s32 = state.clone()
+    out = cpu.wkv7_output(s32, *xs, *vecs, _LN_X_EPS)
+    assert out.shape == (B, T, H * N) and out.dtype == dtype
+    scale = ref.abs().max().item()
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -8
+    assert (out.float() - ref).abs().max().item() <= tol * max(1.0, scale)
+    assert (s32 - s_ref).abs().max().item() <= 1e-5 * max(1.0, s_ref.abs().max().item())
+
+
+def test_the_fused_exp_is_float32_exact_to_an_ulp_or_two():
+    """The kernel's own e^x (vectorisable, unlike libm's) over the decay's whole range: the decay
+    exp(-exp(-0.5) * sigmoid(x)) for x from -90 to 90 equals torch's within 2 float32 ulps."""
+    from engine.model import _DECAY_SCALE, _LN_X_EPS
+
+    C = 4096
+    x = torch.linspace(-90, 90, C).view(1, 1, C)
+    ones, zeros = torch.ones(1, 1, C), torch.zeros(1, 1, C)
+    state = torch.zeros(1, C // 64, 64, 64)
+    # with k = 0 and v = 0 the state stays zero; r = 0, the bonus is zero: the output is ln_x_b * g,
+    # so instead read the decay through the state: S = S0 * w for one step, S0 = 1, r = e_j
+    state.fill_(1.0)
+    r = torch.zeros(1, 1, C)
+    out = cpu.wkv7_output(state, r, x, zeros, zeros, zeros, ones, zeros, torch.zeros(C), torch.zeros(C),
+                          torch.ones(C), torch.zeros(C), _LN_X_EPS)
+    assert torch.equal(out, torch.zeros(1, 1, C))  # y = S r = 0: normalised to 0, no bonus
+    decay = state[0, :, 0, :].reshape(C)  # row 0 of each head's S: w[j] for key j
+    ref = torch.exp(-_DECAY_SCALE * torch.sigmoid(x.view(C).double()))
+    ulp = torch.finfo(torch.float32).eps * ref
+    assert ((decay.double() - ref).abs() <= 2 * ulp).all()
+
+
+def test_the_fused_output_checks_its_inputs():
+    state, xs, vecs = _projections(1, 2, 2, 16, torch.float32, seed=0)
+    with pytest.raises(ValueError, match=r"k: expected a torch.float32 CPU tensor \[B=1, T=2, C=32\], found torch.float32 on cpu, shape \(1, 2, 31\)"):
+        cpu.wkv7_output(state, xs[0], xs[1], xs[2][..., :31], *xs[3:], *vecs, 64e-5)
+    with pytest.raises(ValueError, match="g: expected a torch.float32 CPU tensor .* found torch.bfloat16"):
+        cpu.wkv7_output(state, *xs[:5], xs[5].bfloat16(), xs[6], *vecs, 64e-5)
+    with pytest.raises(ValueError, match="r_k: expected a torch.float32 CPU tensor of 32 numbers, found .* shape \\(16,\\)"):
+        cpu.wkv7_output(state, *xs, vecs[0], vecs[1][:16], *vecs[2:], 64e-5)
+    with pytest.raises(ValueError, match="state: expected a contiguous float32 CPU tensor"):
+        cpu.wkv7_output(state.double(), *xs, *vecs, 64e-5)

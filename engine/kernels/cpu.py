@@ -5,8 +5,11 @@ Kernels (``wkv7_cpu.c``, ``matvec_cpu.c``) are compiled on first use and called 
 readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one torch
 call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
 kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
-reference machine). The matvec kernel runs a decode step's products over a few rows in one pass
-over each weight, float32 or bf16 (half the bytes), accumulating in float32 (:func:`matvec`).
+reference machine), and :func:`wkv7_output` runs it together with the elementwise math around it
+(the decay, the group norm, the bonus and the gate: ~20 torch calls per layer). The matvec kernel
+runs a decode step's products over a few rows in one pass over each weight, float32 or bf16 (half
+the bytes), accumulating in float32, prefetching the rows ahead, and writing bf16 results where
+the model is bf16 (:func:`matvec`); it also runs the LoRA pairs of a decode step.
 Both are built with the system C compiler (``$CC`` or ``cc``) into one library in a cache folder
 keyed by the sources, the flags and the CPU (:func:`cpu_signature`: the architecture, the CPU's
 model, or on ARM its implementer and part, and its feature flags), so a shared home folder across
@@ -44,6 +47,7 @@ import torch.nn.functional as F
 SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
 CPUINFO = Path("/proc/cpuinfo")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+LIBS = ["-lm"]  # after the sources: linkers that drop unneeded libraries read left to right
 MAX_N = 128
 UNAVAILABLE_REASON: str | None = None
 _lib = None
@@ -97,7 +101,7 @@ def cpu_signature() -> dict[str, str]:
 def library_key(sources: Sequence[Path] = SOURCES, cc: str = "") -> str:
     """The compiled library's key: a digest of the sources, the compiler and flags, and the CPU."""
     text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in sources)
-    setup = json.dumps({"cc": cc, "flags": FLAGS, "cpu": cpu_signature()}, sort_keys=True)
+    setup = json.dumps({"cc": cc, "flags": FLAGS, "libs": LIBS, "cpu": cpu_signature()}, sort_keys=True)
     return hashlib.sha256(text + setup.encode()).hexdigest()[:16]
 
 
@@ -120,7 +124,8 @@ def build(sources: Path | Sequence[Path] = SOURCES, out_dir: Path | None = None)
         return lib
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         tmp_lib = Path(tmp) / lib.name
-        proc = subprocess.run([cc, *FLAGS, *map(str, sources), "-o", str(tmp_lib)], capture_output=True, text=True)
+        proc = subprocess.run([cc, *FLAGS, *map(str, sources), *LIBS, "-o", str(tmp_lib)], capture_output=True,
+                              text=True)
         if proc.returncode != 0:
             names = ", ".join(s.name for s in sources)
             raise RuntimeError(f"compiling {names} with {cc} failed:\n{proc.stderr.strip()}")
@@ -145,10 +150,13 @@ def load():
         fn = lib.wkv7_forward_f32
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
+        fn = lib.wkv7_output
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 13
         for name in ("matvec_f32", "matvec_bf16", "matvec_bf16_dot"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3
+            fn.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
         lib.matvec_bf16_dot_available.restype = ctypes.c_int
         lib.matvec_bf16_dot_available.argtypes = []
         _bf16_dot = bool(lib.matvec_bf16_dot_available())
@@ -201,20 +209,66 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
     return y
 
 
+def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                a: torch.Tensor, g: torch.Tensor, kk: torch.Tensor, w0: torch.Tensor, r_k: torch.Tensor,
+                ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float) -> torch.Tensor:
+    """A layer's time mix from its projections to the output product's input, in one pass
+    (``wkv7_output`` in wkv7_cpu.c; :meth:`engine.model.RWKV7._wkv_output` is the same math in
+    torch): state [B, H, N, N] float32, updated in place; r w k v a g kk [B, T, C] and w0 r_k
+    ln_x_w ln_x_b [C] in one dtype (float32 or bfloat16), with w the decay's LoRA output before w0.
+    Returns [B, T, C] in that dtype (computed in float32, rounded once). Raises ValueError naming a
+    wrong input."""
+    lib = _loaded("WKV")
+    if state.dtype != torch.float32 or state.device.type != "cpu" or not state.is_contiguous() or state.dim() != 4:
+        raise ValueError(f"state: expected a contiguous float32 CPU tensor [B, H, N, N], found "
+                         f"{state.dtype} on {state.device}, shape {tuple(state.shape)}, contiguous={state.is_contiguous()}")
+    B, H, N, _ = state.shape
+    if state.shape[3] != N or N > MAX_N:
+        raise ValueError(f"state: expected [B, H, N, N] with N <= {MAX_N}, found {tuple(state.shape)}")
+    C, dtype = H * N, r.dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"r: expected float32 or bfloat16, found {dtype}")
+    xs = []
+    for name, x in zip("r w k v a g kk".split(), (r, w, k, v, a, g, kk)):
+        if x.dtype != dtype or x.device.type != "cpu" or x.dim() != 3 or x.shape[0] != B or x.shape[2] != C \
+                or x.shape[1] != r.shape[1]:
+            raise ValueError(f"{name}: expected a {dtype} CPU tensor [B={B}, T={r.shape[1]}, C={C}], "
+                             f"found {x.dtype} on {x.device}, shape {tuple(x.shape)}")
+        xs.append(x.contiguous())
+    vecs = []
+    for name, x in zip(("w0", "r_k", "ln_x_w", "ln_x_b"), (w0, r_k, ln_x_w, ln_x_b)):
+        if x.dtype != dtype or x.device.type != "cpu" or x.numel() != C:
+            raise ValueError(f"{name}: expected a {dtype} CPU tensor of {C} numbers, found {x.dtype} on {x.device}, "
+                             f"shape {tuple(x.shape)}")
+        vecs.append(x.contiguous())
+    out = torch.empty(B, r.shape[1], C, dtype=dtype)
+    bf16 = dtype == torch.bfloat16
+    rc = lib.wkv7_output(B, r.shape[1], H, N, torch.get_num_threads(), bf16, bf16, eps, state.data_ptr(),
+                         *[x.data_ptr() for x in xs], *[x.data_ptr() for x in vecs], out.data_ptr())
+    if rc == 2:
+        raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {r.shape[1]} x {C} numbers)")
+    if rc != 0:
+        raise ValueError(f"wkv7_output: head size {N} exceeds the kernel's limit {MAX_N}")
+    return out
+
+
 def bf16_dot_available() -> bool:
     """Whether the compiled kernels multiply bf16 by bf16 in hardware (AVX512_BF16's vdpbf16ps)."""
     return load() is not None and _bf16_dot
 
 
-def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+def matvec(x: torch.Tensor, W: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``F.linear(x, W)`` for a few rows: x [M, C] float32 (or bfloat16 with a bfloat16 W), W [R, C]
-    float32 or bfloat16, contiguous (a linear weight, [out, in]); returns y [M, R] float32 (float32
+    float32 or bfloat16, contiguous (a linear weight, [out, in]); returns y [M, R] in ``out_dtype``
+    (float32, or bfloat16 rounded to nearest even like ``.to(torch.bfloat16)``; float32
     accumulation in every case). One pass over W serves all M rows, so it is meant for a few rows
     (decode steps). bf16 times bf16 runs the AVX512_BF16 kernel where it is built
     (:func:`bf16_dot_available`), else x is widened: the products are exact either way, only the
     order of the float32 additions differs (and the AVX512_BF16 kernel takes denormals as zero).
     Raises ValueError naming a wrong input."""
     lib = _loaded("matvec")
+    if out_dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"out_dtype: expected torch.float32 or torch.bfloat16, found {out_dtype}")
     if W.dtype not in (torch.float32, torch.bfloat16) or W.device.type != "cpu" or W.dim() != 2:
         raise ValueError(f"W: expected a 2-D float32 or bfloat16 CPU tensor, found {W.dtype} on {W.device}, "
                          f"shape {tuple(W.shape)}")
@@ -231,11 +285,12 @@ def matvec(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
         x = x.float()
     x = x.contiguous()
     M, R = x.shape[0], W.shape[0]
-    y = torch.empty(M, R, dtype=torch.float32)
+    y = torch.empty(M, R, dtype=out_dtype)
     if M and R:
         kernel = (lib.matvec_f32 if W.dtype == torch.float32
                   else lib.matvec_bf16_dot if x.dtype == torch.bfloat16 else lib.matvec_bf16)
-        kernel(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr())
+        kernel(R, W.shape[1], M, torch.get_num_threads(), W.data_ptr(), x.data_ptr(), y.data_ptr(),
+               out_dtype == torch.bfloat16)
     return y
 
 
@@ -254,7 +309,8 @@ LINEAR_FORMS = {
     "xwt": "x @ W^T in the weight's dtype (F.linear)",
     "upcast": "W @ x^T in float32, the half-precision weight widened (float32 accumulation)",
 }
-LORA_FORMS = {"native": "x @ A, then @ B, in the weight's dtype", "upcast": "both products in float32"}
+LORA_FORMS = {"native": "x @ A, then @ B, in the weight's dtype", "upcast": "both products in float32",
+              "matvec": "both products by the matvec kernel, over A and B transposed ([out, in], kept once)"}
 # the head's logits come back row-major, built in blocks of W's rows whose float32 result (block x
 # rows) stays in L2: a transposing copy of 64 x 65536 logits alone took ~24 ms
 _BLOCK_FLOATS = 2**18
@@ -275,8 +331,14 @@ def linear_candidates(dtype: torch.dtype, rows: int, kernel: bool) -> list[str]:
     return forms
 
 
-def lora_candidates(dtype: torch.dtype) -> list[str]:
-    return ["native"] if dtype == torch.float32 else ["native", "upcast"]
+def lora_candidates(dtype: torch.dtype, rows: int, kernel: bool) -> list[str]:
+    """The forms that can compute a LoRA pair of this dtype over ``rows`` rows here. A LoRA's
+    matrices are small (768 x 64 on the 0.1B shape), so a GEMM call's fixed cost dominates a decode
+    step's pair (a bf16 ``x @ A`` over one row took ~18 us on an AVX-512 EPYC, the matvec kernel ~3)."""
+    forms = ["native"] if dtype == torch.float32 else ["native", "upcast"]
+    if kernel and dtype in (torch.float32, torch.bfloat16) and rows <= MATVEC_MAX_ROWS:
+        forms.append("matvec")
+    return forms
 
 
 def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
@@ -285,7 +347,9 @@ def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = 
     transposed view (strides (1, rows)), which callers read through elementwise ops or reshape;
     ``contiguous`` asks for row-major output, built block by block."""
     if form == "matvec":  # a bf16 x stays bf16 for a bf16 W (exact products either way)
-        return matvec(x if x.dtype == W.dtype == torch.bfloat16 else x.float(), W).to(x.dtype)
+        if x.dtype == torch.bfloat16:  # the kernel rounds to bf16 as it writes
+            return matvec(x if W.dtype == torch.bfloat16 else x.float(), W, torch.bfloat16)
+        return matvec(x.float(), W).to(x.dtype)
     if form == "xwt":
         return F.linear(x, W)
     if form not in ("wxt", "upcast"):
@@ -307,9 +371,17 @@ def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = 
 
 
 def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-              act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+              act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              transposed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``act(x @ A) @ B`` for x [..., in], A [in, rank], B [rank, out] (LoRA matrices are stored
-    [in, out]), computed in ``form`` (one of :data:`LORA_FORMS`); returns [..., out] in x's dtype."""
+    [in, out]), computed in ``form`` (one of :data:`LORA_FORMS`); returns [..., out] in x's dtype.
+    ``transposed``: (A^T, B^T) contiguous, for the matvec form (made here when not given)."""
+    if form == "matvec":
+        At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())
+        x2 = x.reshape(-1, x.shape[-1])  # (rows, in)
+        h = linear_form("matvec", x2, At)  # (rows, rank)
+        y = linear_form("matvec", act(h) if act is not None else h, Bt)  # (rows, out)
+        return y.view(*x.shape[:-1], Bt.shape[0])
     if form == "upcast":
         h = x.float() @ A.float()  # (..., rank)
         return ((act(h) if act is not None else h) @ B.float()).to(x.dtype)
@@ -348,10 +420,15 @@ class CPUPath:
     """The fast CPU path of the model: ``linear``, ``lora`` and ``wkv`` (the same contracts as
     :class:`engine.model.TorchPath`), each product in the form the plan measured fastest."""
 
-    def __init__(self, plan: Plan, wkv: Callable[..., torch.Tensor], wkv_name: str):
+    def __init__(self, plan: Plan, wkv: Callable[..., torch.Tensor], wkv_name: str, fused: bool = False):
         self.plan = plan
         self.wkv = wkv
+        # the time mix from its projections to the output product in one kernel (:func:`wkv7_output`)
+        self.wkv_output = wkv7_output if fused else None
         self.name = f"CPU kernels (products: {plan.source}; WKV: {wkv_name})"
+        # LoRA pairs transposed for the matvec form, made at first use: id(A) -> (A, B, A^T, B^T);
+        # A and B are held, so an id is never reused while its entry lives
+        self._transposed: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def linear(self, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
         """``F.linear(x, W)``: x [..., in], W [out, in] -> [..., out] in x's dtype; a transposed
@@ -365,4 +442,11 @@ class CPUPath:
              act: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``act(x @ A) @ B``: x [..., in], A [in, rank], B [rank, out] -> [..., out]."""
         rows = x.numel() // x.shape[-1]
-        return lora_form(self.plan.lora[point_index(rows)], x, A, B, act)
+        form = self.plan.lora[point_index(rows)]
+        transposed = None
+        if form == "matvec":
+            entry = self._transposed.get(id(A))
+            if entry is None or entry[1] is not B:
+                entry = self._transposed[id(A)] = (A, B, A.t().contiguous(), B.t().contiguous())
+            transposed = entry[2:]
+        return lora_form(form, x, A, B, act, transposed)

@@ -22,12 +22,20 @@
  * head at one vector in 4.2 ms against 5.6). Built only where the compiler targets AVX512_BF16
  * (-march=native on such a CPU); elsewhere matvec_bf16_dot_available() says 0.
  *
+ * Prefetch. One core keeps only a few cache-line misses in flight, so a loop that waits for each
+ * block's rows to arrive reads ~22 GB/s on the 2-core AVX-512 EPYC where a plain streaming sum
+ * reads ~29-32. Where the compiler targets AVX-512, the kernels are written with intrinsics and
+ * ask for the rows two blocks ahead (PREFETCH_BLOCKS) into L2 while multiplying the current
+ * ones: 768 x 768 bf16 in 37 us against 56 (32 GB/s), the 65536 x 768 head in 3.0 ms against 4.5,
+ * float32 ~31-35 GB/s against ~27. Elsewhere (AVX2, ARM) the portable loop below runs, and the
+ * hardware prefetcher is left to do the work.
+ *
  * Layouts (contiguous): W [R, C] float32 or bf16 (uint16), x [M, C] float32 (bf16 for
- * matvec_bf16_dot), y [M, R] float32.
+ * matvec_bf16_dot), y [M, R] float32, or bf16 where y_bf16 is set.
  */
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -38,6 +46,19 @@ static inline float bf16_to_f32(uint16_t h) {
     float f;
     memcpy(&f, &bits, sizeof f); /* the compiler turns this into a register move */
     return f;
+}
+
+/* y's element i, float32 or (y_bf16) bf16 rounded to nearest even, as torch's .to(torch.bfloat16)
+ * rounds (NaN becomes 0x7FC0): a bf16 model's products come back in its dtype without another
+ * pass, or another torch call, per product. */
+static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
+    if (!y_bf16) {
+        ((float *)y)[i] = v;
+        return;
+    }
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    ((uint16_t *)y)[i] = v != v ? (uint16_t)0x7FC0 : (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
 /* One definition for both weight types: WT is the stored type, LOAD(p) widens one element.
@@ -65,9 +86,10 @@ static inline float bf16_to_f32(uint16_t h) {
                     a0 += u0 * va, a1 += u1 * va, a2 += u2 * va, a3 += u3 * va;                     \
                     b0 += u0 * vb, b1 += u1 * vb, b2 += u2 * vb, b3 += u3 * vb;                     \
                 }                                                                                   \
-                float *restrict ya = y + m * R + r0, *restrict yb = ya + R;                         \
-                ya[0] = a0, ya[1] = a1, ya[2] = a2, ya[3] = a3;                                     \
-                yb[0] = b0, yb[1] = b1, yb[2] = b2, yb[3] = b3;                                     \
+                const int64_t ia = m * R + r0, ib = ia + R;                                         \
+                put(y, y_bf16, ia, a0), put(y, y_bf16, ia + 1, a1), put(y, y_bf16, ia + 2, a2);     \
+                put(y, y_bf16, ia + 3, a3), put(y, y_bf16, ib, b0), put(y, y_bf16, ib + 1, b1);     \
+                put(y, y_bf16, ib + 2, b2), put(y, y_bf16, ib + 3, b3);                             \
             }                                                                                       \
             if (m < M) { /* an odd vector left */                                                   \
                 const float *restrict xm = x + m * C;                                               \
@@ -80,8 +102,9 @@ static inline float bf16_to_f32(uint16_t h) {
                     a2 += LOAD(w2[c]) * xv;                                                         \
                     a3 += LOAD(w3[c]) * xv;                                                         \
                 }                                                                                   \
-                float *restrict ym = y + m * R + r0;                                                \
-                ym[0] = a0, ym[1] = a1, ym[2] = a2, ym[3] = a3;                                     \
+                const int64_t im = m * R + r0;                                                      \
+                put(y, y_bf16, im, a0), put(y, y_bf16, im + 1, a1);                                 \
+                put(y, y_bf16, im + 2, a2), put(y, y_bf16, im + 3, a3);                             \
             }                                                                                       \
         } else { /* the last R % 4 rows */                                                          \
             for (int64_t m = 0; m < M; m++)                                                         \
@@ -91,24 +114,121 @@ static inline float bf16_to_f32(uint16_t h) {
                     float acc = 0.0f;                                                               \
                     _Pragma("omp simd reduction(+ : acc)")                                          \
                     for (int64_t c = 0; c < C; c++) acc += LOAD(wr[c]) * xm[c];                     \
-                    y[m * R + r] = acc;                                                             \
+                    put(y, y_bf16, m * R + r, acc);                                                 \
                 }                                                                                   \
         }                                                                                           \
     }                                                                                               \
     return 0;
 
+
 #define LOAD_F32(v) (v)
 #define LOAD_BF16(v) bf16_to_f32(v)
 
+#if defined(__AVX512F__)
+#define PREFETCH_BLOCKS 2
+
+/* The four sums of a0..a3 in one vector: each 512-bit accumulator is folded to 256 bits, then two
+ * rounds of horizontal adds bring the four to one lane each. */
+static inline __m128 sum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m256 b0 = _mm256_add_ps(_mm512_castps512_ps256(a0), _mm512_extractf32x8_ps(a0, 1));
+    const __m256 b1 = _mm256_add_ps(_mm512_castps512_ps256(a1), _mm512_extractf32x8_ps(a1, 1));
+    const __m256 b2 = _mm256_add_ps(_mm512_castps512_ps256(a2), _mm512_extractf32x8_ps(a2, 1));
+    const __m256 b3 = _mm256_add_ps(_mm512_castps512_ps256(a3), _mm512_extractf32x8_ps(a3, 1));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(b0, b1), _mm256_hadd_ps(b2, b3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* One chunk of a row as a vector: n elements are left in the row, so lanes at and past n are zero. */
+static inline __m512 load_f32(const float *p, int64_t n) {
+    if (n >= 16) return _mm512_loadu_ps(p);
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16, widened */
+    const __m256i h = n >= 16 ? _mm256_loadu_si256((const __m256i *)p)
+                              : _mm256_maskz_loadu_epi16((__mmask16)((1u << n) - 1), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+#define FMA_F32(acc, w, x) _mm512_fmadd_ps(w, x, acc)
+
+/* BLOCK_FN(name, WT, XT, VT, STEP, LOADW, LOADX, FMA): nrows (1-4) rows of W from w times nvec (1-2)
+ * vectors of x from xs, into y[y0 + m * R + r]; STEP elements of a row per vector; pf, where not NULL,
+ * is the block PREFETCH_BLOCKS ahead, asked for into L2 a chunk at a time. */
+#define BLOCK_FN(NAME, WT, XT, VT, STEP, LOADW, LOADX, FMA)                                           \
+    static inline void NAME(const WT *restrict w, const XT *restrict xs, void *restrict y,           \
+                            int y_bf16, int64_t y0, int64_t R, int64_t C, int nrows, int nvec,       \
+                            const WT *pf) {                                                          \
+        __m512 acc[2][4];                                                                            \
+        for (int m = 0; m < 2; m++)                                                                  \
+            for (int r = 0; r < 4; r++) acc[m][r] = _mm512_setzero_ps();                             \
+        for (int64_t c = 0; c < C; c += STEP) {                                                      \
+            const int64_t n = C - c;                                                                 \
+            if (pf)                                                                                  \
+                for (int r = 0; r < 4; r++)                                                          \
+                    if (r < nrows) _mm_prefetch((const char *)(pf + r * C + c), _MM_HINT_T1);        \
+            VT u[4];                                                                                 \
+            for (int r = 0; r < 4; r++)                                                              \
+                u[r] = r < nrows ? LOADW(w + r * C + c, n) : (VT)_mm512_setzero_si512();             \
+            for (int m = 0; m < 2; m++) {                                                            \
+                if (m >= nvec) break;                                                                \
+                const VT v = LOADX(xs + m * C + c, n);                                               \
+                for (int r = 0; r < 4; r++)                                                          \
+                    if (r < nrows) acc[m][r] = FMA(acc[m][r], u[r], v);                              \
+            }                                                                                        \
+        }                                                                                            \
+        for (int m = 0; m < nvec; m++) {                                                             \
+            float sums[4];                                                                           \
+            if (nrows == 4) _mm_storeu_ps(sums, sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));    \
+            else for (int r = 0; r < nrows; r++) sums[r] = _mm512_reduce_add_ps(acc[m][r]);           \
+            for (int r = 0; r < nrows; r++) put(y, y_bf16, y0 + m * R + r, sums[r]);                 \
+        }                                                                                            \
+    }
+
+/* The product over all blocks of four rows (split between threads in contiguous halves), the
+ * vectors two at a time; only the first pass over a block (vectors 0 and 1) prefetches, later
+ * passes find the rows in cache. The common blocks get constant counts, so the compiler unrolls
+ * them branch-free. */
+#define PRODUCT_BODY(BLOCK, WT)                                                                      \
+    const int64_t blocks = (R + ROWS - 1) / ROWS;                                                    \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")            \
+    for (int64_t blk = 0; blk < blocks; blk++) {                                                     \
+        const int64_t r0 = blk * ROWS;                                                               \
+        const int nrows = (int)(R - r0 < ROWS ? R - r0 : ROWS);                                      \
+        const WT *w = W + r0 * C;                                                                    \
+        const WT *pf = blk + PREFETCH_BLOCKS < blocks ? w + PREFETCH_BLOCKS * ROWS * C : NULL;       \
+        for (int64_t m = 0; m < M; m += 2) {                                                         \
+            const int nvec = M - m >= 2 ? 2 : 1;                                                     \
+            const int64_t y0 = m * R + r0;                                                           \
+            const WT *p = m == 0 ? pf : NULL;                                                        \
+            if (nrows == ROWS && nvec == 2) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 2, p);    \
+            else if (nrows == ROWS) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 1, p);            \
+            else BLOCK(w, x + m * C, y, y_bf16, y0, R, C, nrows, nvec, p);                           \
+        }                                                                                            \
+    }                                                                                                \
+    return 0;
+
+BLOCK_FN(block_f32, float, float, __m512, 16, load_f32, load_f32, FMA_F32)
+BLOCK_FN(block_bf16, uint16_t, float, __m512, 16, load_bf16_as_f32, load_f32, FMA_F32)
+
 int matvec_f32(int64_t R, int64_t C, int64_t M, int threads, const float *restrict W,
-               const float *restrict x, float *restrict y) {
+               const float *restrict x, void *restrict y, int y_bf16) {
+    PRODUCT_BODY(block_f32, float)
+}
+
+int matvec_bf16(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
+                const float *restrict x, void *restrict y, int y_bf16) {
+    PRODUCT_BODY(block_bf16, uint16_t)
+}
+#else /* the portable loop: the compiler vectorises the simd reductions for the target it has */
+int matvec_f32(int64_t R, int64_t C, int64_t M, int threads, const float *restrict W,
+               const float *restrict x, void *restrict y, int y_bf16) {
     MATVEC_BODY(float, LOAD_F32)
 }
 
 int matvec_bf16(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
-                const float *restrict x, float *restrict y) {
+                const float *restrict x, void *restrict y, int y_bf16) {
     MATVEC_BODY(uint16_t, LOAD_BF16)
 }
+#endif
 
 #if defined(__AVX512BF16__)
 /* 32 bf16 numbers from p, the lanes at and past n zero (a row's last, partial chunk). */
@@ -116,28 +236,8 @@ static inline __m512bh load_bf16(const uint16_t *p, int64_t n) {
     if (n >= 32) return (__m512bh)_mm512_loadu_si512(p);
     return (__m512bh)_mm512_maskz_loadu_epi16((__mmask32)((1ULL << n) - 1), p);
 }
-
-/* nrows (1-4) rows of W from w times nvec (1-2) vectors of x from xs, into y[m * R + r]. */
-static inline void dot_block(const uint16_t *restrict w, const uint16_t *restrict xs, float *restrict y,
-                             int64_t R, int64_t C, int nrows, int nvec) {
-    __m512 acc[2][4];
-    for (int m = 0; m < 2; m++)
-        for (int r = 0; r < 4; r++) acc[m][r] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < C; c += 32) {
-        const int64_t n = C - c;
-        __m512bh u[4];
-        for (int r = 0; r < 4; r++)
-            u[r] = r < nrows ? load_bf16(w + r * C + c, n) : (__m512bh)_mm512_setzero_si512();
-        for (int m = 0; m < 2; m++) {
-            if (m >= nvec) break;
-            const __m512bh v = load_bf16(xs + m * C + c, n);
-            for (int r = 0; r < 4; r++)
-                if (r < nrows) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], u[r], v);
-        }
-    }
-    for (int m = 0; m < nvec; m++)
-        for (int r = 0; r < nrows; r++) y[m * R + r] = _mm512_reduce_add_ps(acc[m][r]);
-}
+#define DOT_BF16(acc, w, x) _mm512_dpbf16_ps(acc, w, x)
+BLOCK_FN(block_dot, uint16_t, uint16_t, __m512bh, 32, load_bf16, load_bf16, DOT_BF16)
 #endif
 
 int matvec_bf16_dot_available(void) {
@@ -151,26 +251,11 @@ int matvec_bf16_dot_available(void) {
 /* y = x W^T with W and x bf16: four rows of W at a time, the vectors two at a time (eight
  * accumulators), as the loops above. Returns -1 where the CPU code has no AVX512_BF16. */
 int matvec_bf16_dot(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
-                    const uint16_t *restrict x, float *restrict y) {
+                    const uint16_t *restrict x, void *restrict y, int y_bf16) {
 #if defined(__AVX512BF16__)
-    const int64_t blocks = (R + ROWS - 1) / ROWS;
-    _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        const int64_t r0 = blk * ROWS;
-        const int nrows = (int)(R - r0 < ROWS ? R - r0 : ROWS);
-        for (int64_t m = 0; m < M; m += 2) {
-            const int nvec = M - m >= 2 ? 2 : 1;
-            const uint16_t *w = W + r0 * C, *xm = x + m * C;
-            float *ym = y + m * R + r0;
-            /* the common blocks with constant counts, so the compiler unrolls them branch-free */
-            if (nrows == ROWS && nvec == 2) dot_block(w, xm, ym, R, C, ROWS, 2);
-            else if (nrows == ROWS) dot_block(w, xm, ym, R, C, ROWS, 1);
-            else dot_block(w, xm, ym, R, C, nrows, nvec);
-        }
-    }
-    return 0;
+    PRODUCT_BODY(block_dot, uint16_t)
 #else
-    (void)R, (void)C, (void)M, (void)threads, (void)W, (void)x, (void)y;
+    (void)R, (void)C, (void)M, (void)threads, (void)W, (void)x, (void)y, (void)y_bf16;
     return -1;
 #endif
 }

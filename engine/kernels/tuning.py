@@ -119,7 +119,7 @@ def _probe(W: torch.Tensor, rows: int) -> torch.Tensor:
 def candidates(dtype: torch.dtype, kernel: bool) -> dict[str, list[list[str]]]:
     """The forms :func:`measure` times at each of :data:`POINTS`, linear and LoRA."""
     return {"linear": [_shortcut(dtype, rows, linear_candidates(dtype, rows, kernel)) for rows in POINTS],
-            "lora": [lora_candidates(dtype) for _ in POINTS]}
+            "lora": [lora_candidates(dtype, rows, kernel) for rows in POINTS]}
 
 
 def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
@@ -131,6 +131,7 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
     gen = torch.Generator().manual_seed(0)
     linear, lora, timings = [], [], {}
     timed = candidates(dtype, kernel)
+    transposed = (lora_a.t().contiguous(), lora_b.t().contiguous())  # kept by the model's path, as here
     for point, rows in enumerate(POINTS):
         W = _probe(ffn_key if rows <= POINTS[2] else att, rows)
         x = torch.randn(rows, W.shape[1], generator=gen).to(dtype)
@@ -140,8 +141,8 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
         timings[f"linear@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
         xl = torch.randn(rows, lora_a.shape[0], generator=gen).to(dtype)
         forms = timed["lora"][point]
-        best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh)) if len(forms) > 1 \
-            else {forms[0]: 0.0}
+        best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh, transposed)) \
+            if len(forms) > 1 else {forms[0]: 0.0}
         lora.append(min(best, key=best.get))
         if len(forms) > 1:
             timings[f"lora@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}

@@ -15,7 +15,10 @@
  *   r w k v a b [B, T, H, N]   w is the decay in (0, 1)
  *   y           [B, T, H, N]   written
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define MAX_N 128
 #define TRANSPOSE_MIN_T 4 /* from here on the transposed form wins (measured on the reference CPU) */
@@ -103,5 +106,127 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
         run_head(T, stride, N, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
                  b + base, y + base);
     }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * wkv7_output: a layer's time mix from its projections to the input of the output product, in one
+ * call. engine.model.RWKV7._wkv_output is the readable form of the same lines:
+ *
+ *     w = exp(-exp(-0.5) sigmoid(w0 + w))          the decay, in (0.545, 1)
+ *     y = WKV(state; r, w, k, v, -kk, kk * a)       the recurrence above (wkv7_forward_f32)
+ *     y = group_norm(y) per head (eps), * ln_x_w + ln_x_b
+ *     y = (y + sum_head(r * k * r_k) * v) * g       the bonus of the current token, the gate
+ *
+ * In the torch form these are ~20 elementwise calls per layer: each a pass over [B, T, C] in
+ * prefill, each a few microseconds of dispatch in a decode step. Here they are two passes around
+ * the recurrence, in float32 throughout (a bf16 model's tensors are widened as they are read, and
+ * the result is rounded once, to nearest even). On the 0.1B shape on the 2-core AVX-512 EPYC, in
+ * one process turn and turn about with the torch lines: a bf16 decode step 14.5 ms against 15.1,
+ * a 512-token prefill 634 ms against 652 in float32 and 349 against 384 in bf16.
+ *
+ * Layouts (contiguous): r w k v a g kk [B, T, H * N] in float32 or bf16 (in_bf16), w0 r_k ln_x_w
+ * ln_x_b [H * N] in the same dtype, state [B, H, N, N] float32 (updated in place), out
+ * [B, T, H * N] float32 or bf16 (out_bf16). Returns 0, 1 if N > MAX_N, 2 if scratch memory
+ * could not be had.
+ */
+static inline float load_elem(const void *p, int64_t i, int bf16) {
+    if (!bf16) return ((const float *)p)[i];
+    const uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline void store_elem(void *p, int64_t i, float v, int bf16) {
+    if (!bf16) {
+        ((float *)p)[i] = v;
+        return;
+    }
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    ((uint16_t *)p)[i] = v != v ? (uint16_t)0x7FC0 : (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* e^x in float32 to ~1 ulp, in a form the compiler vectorises (libm's expf is a call per number
+ * here, which made the fused pass slower than torch's vectorised sigmoid and exp): x = n ln2 + f
+ * with |f| <= ln2 / 2, e^f by its degree-7 Taylor polynomial (error < 2e-9 there), times 2^n. */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    const float n = rintf(x * 1.44269504088896341f);
+    float f = fmaf(n, -0.693145751953125f, x); /* ln 2 in two parts: the first exact in float */
+    f = fmaf(n, -1.428606765330187e-06f, f);
+    float p = 1.0f / 5040.0f;
+    p = fmaf(p, f, 1.0f / 720.0f);
+    p = fmaf(p, f, 1.0f / 120.0f);
+    p = fmaf(p, f, 1.0f / 24.0f);
+    p = fmaf(p, f, 1.0f / 6.0f);
+    p = fmaf(p, f, 0.5f);
+    p = fmaf(p, f, 1.0f);
+    p = fmaf(p, f, 1.0f);
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_bf16, int out_bf16,
+                float eps, float *state, const void *r, const void *w, const void *k, const void *v,
+                const void *a, const void *g, const void *kk, const void *w0, const void *r_k,
+                const void *ln_w, const void *ln_b, void *out) {
+    if (N > MAX_N) return 1;
+    const int64_t C = H * N, n = B * T * C, rows = B * T;
+    /* scratch: the decay, -kk, kk * a and y; a bf16 model's r, k, v widened too */
+    float *buf = malloc((size_t)n * (in_bf16 ? 7 : 4) * sizeof(float));
+    if (!buf) return 2;
+    float *wf = buf, *af = wf + n, *bf = af + n, *y = bf + n;
+    const float *rf = r, *kf = k, *vf = v;
+    if (in_bf16) {
+        float *widened = y + n;
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
+        for (int64_t i = 0; i < n; i++) {
+            widened[i] = load_elem(r, i, 1);
+            widened[n + i] = load_elem(k, i, 1);
+            widened[2 * n + i] = load_elem(v, i, 1);
+        }
+        rf = widened, kf = widened + n, vf = widened + 2 * n;
+    }
+    const float decay_scale = 0.60653065971263342f; /* exp(-0.5) */
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
+    for (int64_t row = 0; row < rows; row++) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t i = row * C + c;
+            const float wl = load_elem(w0, c, in_bf16) + load_elem(w, i, in_bf16);
+            const float kki = load_elem(kk, i, in_bf16);
+            wf[i] = exp_f32(-decay_scale / (1.0f + exp_f32(-wl)));
+            af[i] = -kki;
+            bf[i] = kki * load_elem(a, i, in_bf16);
+        }
+    }
+    const int rc = wkv7_forward_f32(B, T, H, N, threads, state, rf, wf, kf, vf, af, bf, y);
+    if (rc != 0) {
+        free(buf);
+        return rc;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
+    for (int64_t rh = 0; rh < rows * H; rh++) {
+        const int64_t o = rh * N, h = rh % H;
+        double mean = 0.0, var = 0.0, bonus = 0.0;
+        for (int64_t j = 0; j < N; j++) mean += y[o + j];
+        mean /= (double)N;
+        for (int64_t j = 0; j < N; j++) {
+            const double d = y[o + j] - mean;
+            var += d * d;
+            bonus += (double)rf[o + j] * kf[o + j] * load_elem(r_k, h * N + j, in_bf16);
+        }
+        const float inv = (float)(1.0 / sqrt(var / (double)N + (double)eps));
+        for (int64_t j = 0; j < N; j++) {
+            const int64_t c = h * N + j;
+            const float normed = ((float)(y[o + j] - mean)) * inv * load_elem(ln_w, c, in_bf16) + load_elem(ln_b, c, in_bf16);
+            store_elem(out, o + j, (normed + (float)bonus * vf[o + j]) * load_elem(g, o + j, in_bf16), out_bf16);
+        }
+    }
+    free(buf);
     return 0;
 }
