@@ -123,7 +123,8 @@ class TorchPath:
         return (act(h) if act is not None else h) @ B  # (..., out)
 
     wkv = staticmethod(wkv7_reference)
-    wkv_output = None  # no fused form: RWKV7._wkv_output runs its lines one by one
+    wkv_output = None  # no fused forms: RWKV7._wkv_output and _token_shift run their lines one by one
+    token_shift = None
 
 
 class RWKV7:
@@ -326,19 +327,32 @@ class RWKV7:
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
                   wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place."""
-        C = x.shape[-1]
+        mixed = self._token_shift(x, x_prev, p.mix)  # xr xw xk xv xa xg, (6, B, T, C)
+        if self.kernels.wkv_output is None:
+            r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
+            return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk), p.W_o), v_first
+        # the CPU kernels: the lines of _mix_products and _wkv_output in one call (wkv7_cpu.c)
+        r, w, k, v, a, g, v_gate = self._products(layer, p, mixed)
+        v_first = v if layer == 0 else v_first
+        y = self.kernels.wkv_output(wkv, r, w, k, v, a, g, v_first, v_gate, p.w0, p.r_k, p.k_k, p.k_a, p.v0,
+                                    p.ln_x_w, p.ln_x_b, _LN_X_EPS)
+        return self.kernels.linear(y, p.W_o), v_first
+
+    def _token_shift(self, x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C), x_prev (B, C) float32 (the token before x[:, 0]), mix (J, C) -> (J, B, T, C):
+        each mix j interpolates every token with the one before it. The CPU kernels run it as one
+        call (``kernels.token_shift``)."""
+        if self.kernels.token_shift is not None:
+            return self.kernels.token_shift(x, x_prev, mix)
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
-        mixed = x + (shifted - x) * p.mix.view(6, 1, 1, C)  # xr xw xk xv xa xg, (6, B, T, C)
-        r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
-        return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk), p.W_o), v_first
+        return x + (shifted - x) * mix.view(-1, 1, 1, x.shape[-1])
 
     def _wkv_output(self, p: LayerWeights, wkv: torch.Tensor, r, w, k, v, a, g, kk) -> torch.Tensor:
         """From the projections (each (B, T, C); w before w0 and the sigmoid) to the output
         product's input (B, T, C): the decay, the WKV recurrence (``wkv`` updated in place), the
         per-head group norm, the current token's bonus and the gate. The CPU kernels run these
-        lines as one call (``kernels.wkv_output``: engine/kernels/wkv7_cpu.c, in float32)."""
-        if self.kernels.wkv_output is not None:
-            return self.kernels.wkv_output(wkv, r, w, k, v, a, g, kk, p.w0, p.r_k, p.ln_x_w, p.ln_x_b, _LN_X_EPS)
+        lines and _mix_products' as one call (``kernels.wkv_output``: engine/kernels/wkv7_cpu.c,
+        in float32)."""
         B, T, C = r.shape
         H, N = self.config.n_head, self.config.head_size
         decay = torch.exp(-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float()))  # (B, T, C) float32 in (0.545, 1)
@@ -356,9 +370,17 @@ class RWKV7:
         """From the six token-shift mixes xr xw xk xv xa xg (each (B, T, C)) to r, w (the decay's
         LoRA output, before w0 and the sigmoid), k, v, a, g, kk and v_first, each (B, T, C).
         Shared by the reference and the GPU path, which swaps in kernels only around it."""
+        r, w, k, v, a, g, v_gate = self._products(layer, p, mixed)
+        if layer == 0:
+            v_first = v
+        k, v, kk = self._mix_products(p, k, v, a, v_first, v_gate)
+        return r, w, k, v, a, g, kk, v_first
+
+    def _products(self, layer: int, p: LayerWeights, mixed):
+        """The products of the six mixes: r, w, k, v (before the value residual), a, g, and in
+        layers after the first the value residual's gate (its LoRA output, before v0 and the
+        sigmoid; None in layer 0), each (B, T, C)."""
         xr, xw, xk, xv, xa, xg = mixed
-        B, T, C = xr.shape
-        H, N = self.config.n_head, self.config.head_size
         linear, lora = self.kernels.linear, self.kernels.lora
         r = linear(xr, p.W_r)  # (B, T, C)
         w = lora(xw, p.w1, p.w2, torch.tanh)  # (B, T, C)
@@ -366,19 +388,23 @@ class RWKV7:
         v = linear(xv, p.W_v)
         a = torch.sigmoid(p.a0 + lora(xa, p.a1, p.a2))  # in-context learning rate
         g = lora(xg, p.g1, p.g2, torch.sigmoid)  # output gate
+        v_gate = lora(xv, p.v1, p.v2) if layer > 0 else None
+        return r, w, k, v, a, g, v_gate
 
+    def _mix_products(self, p: LayerWeights, k, v, a, v_first, v_gate):
+        """kk (the normalised key that removes old values from the state), the key scaled by the
+        in-context learning rate, and the value pulled towards layer 0's (``v_gate`` None: layer 0)."""
+        B, T, C = k.shape
+        H, N = self.config.n_head, self.config.head_size
         kk = F.normalize((k * p.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
         k = k * (1 + (a - 1) * p.k_a)
-        if layer == 0:
-            v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(p.v0 + lora(xv, p.v1, p.v2))
-        return r, w, k, v, a, g, kk, v_first
+        if v_gate is not None:
+            v = v + (v_first - v) * torch.sigmoid(p.v0 + v_gate)
+        return k, v, kk
 
     def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
-        shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
-        k = x + (shifted - x) * p.ffn_x_k
+        k = self._token_shift(x, x_prev, p.ffn_x_k.view(1, -1))[0]  # (B, T, C)
         k = torch.relu(self.kernels.linear(k, p.ffn_key)) ** 2  # (B, T, F)
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
 

@@ -70,20 +70,23 @@ def test_every_lora_form_equals_float64(kernel, dtype, rows):
     A = (torch.randn(128, 16, generator=g) / 128 ** 0.5).to(dtype)
     B = (torch.randn(16, 120, generator=g) / 4).to(dtype)
     x = torch.randn(2, rows, 128, generator=g).to(dtype)
-    ref = torch.tanh(x.double() @ A.double()) @ B.double()
     forms = lora_candidates(dtype, 2 * rows, kernel)
     assert ("matvec" in forms) == (kernel and dtype != torch.float16 and 2 * rows <= cpu.MATVEC_MAX_ROWS)
     path = CPUPath(Plan(("xwt",) * 5, ("matvec",) * 5), engine.wkv7_reference, "torch reference")
-    for form in forms:
-        runs = [lora_form(form, x, A, B, torch.tanh)]
-        if form == "matvec":  # the model's path keeps the transposed pair and reuses it
-            runs += [path.lora(x, A, B, torch.tanh) for _ in range(2)]
-            assert len(path._transposed) == 1
-        for y in runs:
-            assert y.shape == (2, rows, 120) and y.dtype == dtype
-            # half precision rounds the rank-16 intermediate too: one more rounding, propagated
-            rel = 1e-5 if dtype == torch.float32 else (3e-2 if dtype == torch.bfloat16 else 4e-3)
-            assert (y.double() - ref).abs().max().item() <= rel * ref.abs().max().item(), form
+    # tanh and sigmoid run inside the matvec form's kernel (lora_rows); relu between two products
+    for act in (torch.tanh, torch.sigmoid, None, torch.relu):
+        h = x.double() @ A.double()
+        ref = (act(h) if act is not None else h) @ B.double()
+        for form in forms:
+            runs = [lora_form(form, x, A, B, act)]
+            if form == "matvec":  # the model's path keeps the transposed pair and reuses it
+                runs += [path.lora(x, A, B, act) for _ in range(2)]
+                assert len(path._transposed) == 1
+            for y in runs:
+                assert y.shape == (2, rows, 120) and y.dtype == dtype
+                # half precision rounds the rank-16 intermediate too: one more rounding, propagated
+                rel = 1e-5 if dtype == torch.float32 else (3e-2 if dtype == torch.bfloat16 else 4e-3)
+                assert (y.double() - ref).abs().max().item() <= rel * ref.abs().max().item(), (form, act)
 
 
 def test_a_head_sized_product_comes_back_row_major(kernel):
@@ -367,16 +370,27 @@ def test_a_lock_that_cannot_be_taken_costs_no_more_than_an_unlocked_cache(tmp_pa
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fast_path_equals_plain_path(dtype):
+    """The fast path (kernels, fused elementwise math in float32) against the plain torch path in
+    the same dtype; in bf16, where the two round in different places, each is also measured against
+    the float32 model: the fast path is no farther from it than the plain one (plus a little)."""
     sd = engine.random_state_dict(SHAPES["3x96-h3n32"], seed=4)
     fast, plain = engine.from_state_dict(sd, dtype=dtype), engine.from_state_dict(sd, dtype=dtype, fast=False)
+    exact = engine.from_state_dict(sd, fast=False)
     assert plain.kernels.name == "torch reference" and plain.info()["wkv"] == "torch reference"
     assert "cpu_products" in fast.info() and "cpu_products" not in plain.info()
     json.dumps(fast.info())
-    tol = 1e-4 if dtype == "float32" else 3e-2
+    tol = 1e-4 if dtype == "float32" else 5e-2
+
+    def rel(x, y):
+        return ((x - y).norm() / y.norm()).item()
+
     g = torch.Generator().manual_seed(0)
     for B, T in [(1, 1), (3, 1), (2, 9), (1, 40), (20, 2)]:
         toks = torch.randint(0, 65536, (B, T), generator=g)
         a, sa = fast.forward(toks)
         b, sb = plain.forward(toks)
-        assert ((a - b).norm() / b.norm()).item() <= tol, (B, T)
-        assert ((sa.wkv - sb.wkv).norm() / sb.wkv.norm()).item() <= tol
+        assert rel(a, b) <= tol, (B, T)
+        assert rel(sa.wkv, sb.wkv) <= tol
+        if dtype == "bfloat16":
+            want, _ = exact.forward(toks)
+            assert rel(a, want) <= 1.25 * rel(b, want) + 5e-3, (B, T)

@@ -224,40 +224,55 @@ def test_model_products_equal_linear_for_any_row_count(dtype):
 # the fused time-mix output (wkv7_output in engine/kernels/wkv7_cpu.c) against the torch lines
 
 
-def _projections(B, T, H, N, dtype, seed, w_scale=1.0):
+VECTORS = ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")
+
+
+def _products(B, T, H, N, dtype, seed, layer0=False, w_scale=1.0):
+    """A layer's products as the fused kernel takes them: rows r w k v a g v_first v_gate (the last
+    two None in layer 0) and the layer's vectors (VECTORS; v0 None in layer 0), in ``dtype``."""
     g = torch.Generator().manual_seed(seed)
     C = H * N
-    r, k, v, g_ = (torch.randn(B, T, C, generator=g) for _ in range(4))
+    r, k, v, g_, v_first, v_gate = (torch.randn(B, T, C, generator=g) for _ in range(6))
     w = torch.randn(B, T, C, generator=g) * w_scale  # the decay's LoRA output: sigmoid saturates at large scales
     a = torch.rand(B, T, C, generator=g)
-    kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1).view(B, T, C)
-    vecs = (torch.randn(C, generator=g) * 0.5 - 2, 0.5 + 0.5 * torch.rand(C, generator=g),
-            1 + 0.1 * torch.randn(C, generator=g), 0.1 * torch.randn(C, generator=g))  # w0 r_k ln_x_w ln_x_b
+    vecs = dict(w0=torch.randn(C, generator=g) * 0.5 - 2, r_k=0.5 + 0.5 * torch.rand(C, generator=g),
+                k_k=0.5 + 0.5 * torch.rand(C, generator=g), k_a=0.5 + 0.5 * torch.rand(C, generator=g),
+                v0=torch.randn(C, generator=g) * 0.5, ln_x_w=1 + 0.1 * torch.randn(C, generator=g),
+                ln_x_b=0.1 * torch.randn(C, generator=g))
     state = torch.randn(B, H, N, N, generator=g) * 0.1
-    cast = lambda t: t.to(dtype)
-    return state, [cast(t) for t in (r, w, k, v, a, g_, kk)], [cast(t) for t in vecs]
+    rows = [t.to(dtype) for t in (r, w, k, v, a, g_, v_first, v_gate)]
+    vecs = {n: t.to(dtype) for n, t in vecs.items()}
+    if layer0:
+        rows[6:], vecs["v0"] = [None, None], None
+    return state, rows, vecs
 
 
+def _call(state, rows, vecs, eps=64e-5):
+    return cpu.wkv7_output(state, *rows, *(vecs[n] for n in VECTORS), eps)
+
+
+@pytest.mark.parametrize("layer0", [False, True], ids=["layer", "layer0"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("B,T,H,N", [(1, 1, 12, 64), (3, 1, 2, 32), (2, 7, 3, 64), (1, 40, 2, 16), (2, 3, 1, 128)])
-def test_the_fused_output_equals_the_torch_lines(B, T, H, N, dtype):
-    """kernels.wkv_output equals RWKV7._wkv_output run op by op (the torch reference path) on the
-    same numbers in float32: to float32 rounding for a float32 model, and within bf16's rounding of
-    the result for a bf16 model (whose inputs widen to float32 exactly)."""
+def test_the_fused_output_equals_the_torch_lines(B, T, H, N, dtype, layer0):
+    """kernels.wkv_output equals RWKV7._mix_products then _wkv_output run op by op (the torch
+    reference path) on the same numbers in float32: to float32 rounding for a float32 model, and
+    within bf16's rounding of the result for a bf16 model (whose inputs widen to float32 exactly)."""
     import engine
     from engine.model import RWKV7, TorchPath, _LN_X_EPS
 
-    state, xs, vecs = _projections(B, T, H, N, dtype, seed=B * 1000 + T * 10 + N, w_scale=4.0)
+    state, rows, vecs = _products(B, T, H, N, dtype, seed=B * 1000 + T * 10 + N, layer0=layer0, w_scale=4.0)
     model = RWKV7.__new__(RWKV7)
     model.config = engine.ModelConfig(n_layer=1, n_embd=H * N, n_head=H, head_size=N, vocab_size=256,
                                       ffn_size=4 * H * N, rank_w=8, rank_a=8, rank_v=8, rank_g=8)
     model.kernels = TorchPath()
-    w0, r_k, ln_w, ln_b = (t.float() for t in vecs)
-    p = type("P", (), dict(w0=w0, r_k=r_k, ln_x_w=ln_w, ln_x_b=ln_b))()
+    p = type("P", (), {n: (t.float() if t is not None else None) for n, t in vecs.items()})()
+    r, w, k, v, a, g, v_first, v_gate = (t.float() if t is not None else None for t in rows)
     s_ref = state.clone()
-    ref = model._wkv_output(p, s_ref, *(t.float() for t in xs))
+    k2, v2, kk = model._mix_products(p, k, v, a, v_first, v_gate)
+    ref = model._wkv_output(p, s_ref, r, w, k2, v2, a, g, kk)
     s32 = state.clone()
-    out = cpu.wkv7_output(s32, *xs, *vecs, _LN_X_EPS)
+    out = _call(s32, rows, vecs, _LN_X_EPS)
     assert out.shape == (B, T, H * N) and out.dtype == dtype
     scale = ref.abs().max().item()
     tol = 1e-5 if dtype == torch.float32 else 2 ** -8
@@ -267,19 +282,17 @@ def test_the_fused_output_equals_the_torch_lines(B, T, H, N, dtype):
 
 def test_the_fused_exp_is_float32_exact_to_an_ulp_or_two():
     """The kernel's own e^x (vectorisable, unlike libm's) over the decay's whole range: the decay
-    exp(-exp(-0.5) * sigmoid(x)) for x from -90 to 90 equals torch's within 2 float32 ulps."""
-    from engine.model import _DECAY_SCALE, _LN_X_EPS
+    exp(-exp(-0.5) * sigmoid(x)) for x from -90 to 90 equals torch's within 2 float32 ulps, read
+    back through the state (S = 1, a = kk = 0, v = 0: one step leaves S[i, j] = w[j])."""
+    from engine.model import _DECAY_SCALE
 
     C = 4096
     x = torch.linspace(-90, 90, C).view(1, 1, C)
     ones, zeros = torch.ones(1, 1, C), torch.zeros(1, 1, C)
-    state = torch.zeros(1, C // 64, 64, 64)
-    # with k = 0 and v = 0 the state stays zero; r = 0, the bonus is zero: the output is ln_x_b * g,
-    # so instead read the decay through the state: S = S0 * w for one step, S0 = 1, r = e_j
-    state.fill_(1.0)
-    r = torch.zeros(1, 1, C)
-    out = cpu.wkv7_output(state, r, x, zeros, zeros, zeros, ones, zeros, torch.zeros(C), torch.zeros(C),
-                          torch.ones(C), torch.zeros(C), _LN_X_EPS)
+    state = torch.ones(1, C // 64, 64, 64)
+    vecs = {n: torch.zeros(C) for n in VECTORS}
+    vecs.update(ln_x_w=torch.ones(C), v0=None)
+    out = _call(state, [zeros, x, zeros, zeros, zeros, ones, None, None], vecs)
     assert torch.equal(out, torch.zeros(1, 1, C))  # y = S r = 0: normalised to 0, no bonus
     decay = state[0, :, 0, :].reshape(C)  # row 0 of each head's S: w[j] for key j
     ref = torch.exp(-_DECAY_SCALE * torch.sigmoid(x.view(C).double()))
@@ -288,12 +301,53 @@ def test_the_fused_exp_is_float32_exact_to_an_ulp_or_two():
 
 
 def test_the_fused_output_checks_its_inputs():
-    state, xs, vecs = _projections(1, 2, 2, 16, torch.float32, seed=0)
+    state, rows, vecs = _products(1, 2, 2, 16, torch.float32, seed=0)
+    bad = list(rows)
+    bad[2] = rows[2][..., :31]
     with pytest.raises(ValueError, match=r"k: expected a torch.float32 CPU tensor \[B=1, T=2, C=32\], found torch.float32 on cpu, shape \(1, 2, 31\)"):
-        cpu.wkv7_output(state, xs[0], xs[1], xs[2][..., :31], *xs[3:], *vecs, 64e-5)
+        _call(state, bad, vecs)
+    bad = list(rows)
+    bad[5] = rows[5].bfloat16()
     with pytest.raises(ValueError, match="g: expected a torch.float32 CPU tensor .* found torch.bfloat16"):
-        cpu.wkv7_output(state, *xs[:5], xs[5].bfloat16(), xs[6], *vecs, 64e-5)
+        _call(state, bad, vecs)
     with pytest.raises(ValueError, match="r_k: expected a torch.float32 CPU tensor of 32 numbers, found .* shape \\(16,\\)"):
-        cpu.wkv7_output(state, *xs, vecs[0], vecs[1][:16], *vecs[2:], 64e-5)
+        _call(state, rows, {**vecs, "r_k": vecs["r_k"][:16]})
+    with pytest.raises(ValueError, match="v_gate, v0 and v_first: expected all three"):
+        _call(state, rows, {**vecs, "v0": None})
     with pytest.raises(ValueError, match="state: expected a contiguous float32 CPU tensor"):
-        cpu.wkv7_output(state.double(), *xs, *vecs, 64e-5)
+        _call(state.double(), rows, vecs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("B,T,J", [(1, 1, 6), (3, 1, 6), (2, 7, 6), (2, 5, 1), (1, 300, 6)])
+def test_the_token_shift_kernel_equals_the_torch_lines(B, T, J, dtype):
+    """kernels.token_shift equals RWKV7._token_shift run in torch (in float32 on the same numbers):
+    exactly up to float32 rounding, and within one bf16 rounding for a bf16 model."""
+    from engine.model import RWKV7, TorchPath
+
+    g = torch.Generator().manual_seed(B * 100 + T + J)
+    C = 96
+    x, x_prev, mix = torch.randn(B, T, C, generator=g).to(dtype), torch.randn(B, C, generator=g), \
+        torch.rand(J, C, generator=g).to(dtype)
+    model = RWKV7.__new__(RWKV7)
+    model.kernels = TorchPath()
+    ref = model._token_shift(x.float(), x_prev, mix.float())
+    out = cpu.token_shift_mix(x, x_prev, mix)
+    assert out.shape == (J, B, T, C) and out.dtype == dtype
+    # float32: one rounding of each term (the kernel may fuse the multiply-add); bf16: one more, of the result
+    prev = torch.cat((x_prev.unsqueeze(1), x[:, :-1].float()), 1)
+    terms = (x.float().abs() + prev.abs()).unsqueeze(0)
+    bound = 2e-7 * terms + (0 if dtype == torch.float32 else 2 ** -8 * ref.abs())
+    assert ((out.float() - ref).abs() <= bound).all()
+    # the first token mixes with x_prev, the others with the token before them
+    assert torch.allclose(ref[:, :, 0], x[:, 0].float() + (x_prev - x[:, 0].float()) * mix.float().view(J, 1, C))
+
+
+def test_the_token_shift_kernel_checks_its_inputs():
+    x, x_prev, mix = torch.zeros(2, 3, 8), torch.zeros(2, 8), torch.zeros(6, 8)
+    with pytest.raises(ValueError, match=r"x_prev: expected a float32 CPU tensor \[B=2, C=8\], found torch.float32 on cpu, shape \(1, 8\)"):
+        cpu.token_shift_mix(x, x_prev[:1], mix)
+    with pytest.raises(ValueError, match="mix: expected a torch.float32 CPU tensor \\[J, C=8\\], found torch.bfloat16"):
+        cpu.token_shift_mix(x, x_prev, mix.bfloat16())
+    with pytest.raises(ValueError, match="x: expected a float32 or bfloat16 CPU tensor \\[B, T, C\\], found torch.float64"):
+        cpu.token_shift_mix(x.double(), x_prev, mix)

@@ -152,7 +152,13 @@ def load():
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
         fn = lib.wkv7_output
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 13
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 17
+        fn = lib.token_shift_mix
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4
+        fn = lib.lora_rows
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
         for name in ("matvec_f32", "matvec_bf16", "matvec_bf16_dot"):
             fn = getattr(lib, name)
             fn.restype = ctypes.c_int
@@ -210,45 +216,86 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
 
 
 def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                a: torch.Tensor, g: torch.Tensor, kk: torch.Tensor, w0: torch.Tensor, r_k: torch.Tensor,
+                a: torch.Tensor, g: torch.Tensor, v_first: torch.Tensor | None, v_gate: torch.Tensor | None,
+                w0: torch.Tensor, r_k: torch.Tensor, k_k: torch.Tensor, k_a: torch.Tensor, v0: torch.Tensor | None,
                 ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float) -> torch.Tensor:
-    """A layer's time mix from its projections to the output product's input, in one pass
-    (``wkv7_output`` in wkv7_cpu.c; :meth:`engine.model.RWKV7._wkv_output` is the same math in
-    torch): state [B, H, N, N] float32, updated in place; r w k v a g kk [B, T, C] and w0 r_k
-    ln_x_w ln_x_b [C] in one dtype (float32 or bfloat16), with w the decay's LoRA output before w0.
-    Returns [B, T, C] in that dtype (computed in float32, rounded once). Raises ValueError naming a
-    wrong input."""
+    """A layer's time mix from its products to the output product's input, in one pass
+    (``wkv7_output`` in wkv7_cpu.c; :meth:`engine.model.RWKV7._mix_products` and
+    :meth:`~engine.model.RWKV7._wkv_output` are the same math in torch): state [B, H, N, N]
+    float32, updated in place; r w k v a g (and in layers after the first v_first, v_gate) [B, T, C]
+    and w0 r_k k_k k_a ln_x_w ln_x_b (and v0) [C] in one dtype (float32 or bfloat16); w is the
+    decay's LoRA output before w0, k and v the products before their mixing, a after its sigmoid,
+    v_gate the value residual's LoRA output (v_gate, v0 None in layer 0). Returns [B, T, C] in that
+    dtype (computed in float32, rounded once). Raises ValueError naming a wrong input."""
     lib = _loaded("WKV")
-    if state.dtype != torch.float32 or state.device.type != "cpu" or not state.is_contiguous() or state.dim() != 4:
+    if state.dtype != torch.float32 or not state.is_cpu or not state.is_contiguous() or state.dim() != 4:
         raise ValueError(f"state: expected a contiguous float32 CPU tensor [B, H, N, N], found "
                          f"{state.dtype} on {state.device}, shape {tuple(state.shape)}, contiguous={state.is_contiguous()}")
     B, H, N, _ = state.shape
     if state.shape[3] != N or N > MAX_N:
         raise ValueError(f"state: expected [B, H, N, N] with N <= {MAX_N}, found {tuple(state.shape)}")
-    C, dtype = H * N, r.dtype
+    C, dtype, T = H * N, r.dtype, r.shape[1] if r.dim() == 3 else -1
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"r: expected float32 or bfloat16, found {dtype}")
+    if (v_gate is None) != (v0 is None) or (v_gate is not None and v_first is None):
+        raise ValueError("v_gate, v0 and v_first: expected all three (layers after the first) or v_gate and v0 "
+                         f"None (layer 0), found v_gate {'given' if v_gate is not None else None}, "
+                         f"v0 {'given' if v0 is not None else None}, v_first {'given' if v_first is not None else None}")
+    rows = {"r": r, "w": w, "k": k, "v": v, "a": a, "g": g}
+    if v_gate is not None:
+        rows.update(v_first=v_first, v_gate=v_gate)
     xs = []
-    for name, x in zip("r w k v a g kk".split(), (r, w, k, v, a, g, kk)):
-        if x.dtype != dtype or x.device.type != "cpu" or x.dim() != 3 or x.shape[0] != B or x.shape[2] != C \
-                or x.shape[1] != r.shape[1]:
-            raise ValueError(f"{name}: expected a {dtype} CPU tensor [B={B}, T={r.shape[1]}, C={C}], "
+    for name, x in rows.items():
+        if x.dtype != dtype or not x.is_cpu or x.dim() != 3 or x.shape[0] != B or x.shape[1] != T or x.shape[2] != C:
+            raise ValueError(f"{name}: expected a {dtype} CPU tensor [B={B}, T={T}, C={C}], "
                              f"found {x.dtype} on {x.device}, shape {tuple(x.shape)}")
         xs.append(x.contiguous())
-    vecs = []
-    for name, x in zip(("w0", "r_k", "ln_x_w", "ln_x_b"), (w0, r_k, ln_x_w, ln_x_b)):
-        if x.dtype != dtype or x.device.type != "cpu" or x.numel() != C:
+    vectors = {"w0": w0, "r_k": r_k, "k_k": k_k, "k_a": k_a, "ln_x_w": ln_x_w, "ln_x_b": ln_x_b}
+    if v0 is not None:
+        vectors["v0"] = v0
+    vecs = {}
+    for name, x in vectors.items():
+        if x.dtype != dtype or not x.is_cpu or x.numel() != C:
             raise ValueError(f"{name}: expected a {dtype} CPU tensor of {C} numbers, found {x.dtype} on {x.device}, "
                              f"shape {tuple(x.shape)}")
-        vecs.append(x.contiguous())
-    out = torch.empty(B, r.shape[1], C, dtype=dtype)
+        vecs[name] = x.contiguous()
+    if v_gate is None:
+        xs += [None, None]
+        vecs["v0"] = None
+    ptr = [x.data_ptr() if x is not None else None for x in xs]  # r w k v a g v_first v_gate
+    out = torch.empty(B, T, C, dtype=dtype)
     bf16 = dtype == torch.bfloat16
-    rc = lib.wkv7_output(B, r.shape[1], H, N, torch.get_num_threads(), bf16, bf16, eps, state.data_ptr(),
-                         *[x.data_ptr() for x in xs], *[x.data_ptr() for x in vecs], out.data_ptr())
+    rc = lib.wkv7_output(B, T, H, N, torch.get_num_threads(), bf16, bf16, eps, state.data_ptr(), *ptr,
+                         *[vecs[n].data_ptr() if vecs[n] is not None else None
+                           for n in ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")], out.data_ptr())
     if rc == 2:
-        raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {r.shape[1]} x {C} numbers)")
-    if rc != 0:
-        raise ValueError(f"wkv7_output: head size {N} exceeds the kernel's limit {MAX_N}")
+        raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {T} x {C} numbers)")
+    if rc != 0:  # 1: N > MAX_N (checked above); 3: in and out dtypes differ (never asked here)
+        raise ValueError(f"wkv7_output: the kernel refused its inputs (code {rc}: head size {N}, limit {MAX_N})")
+    return out
+
+
+def token_shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    """The token shift's mixes in one pass (``token_shift_mix`` in wkv7_cpu.c;
+    :meth:`engine.model.RWKV7._token_shift` is the same math in torch): x [B, T, C] float32 or
+    bfloat16, x_prev [B, C] float32 (the token before x[:, 0]), mix [J, C] in x's dtype; returns
+    [J, B, T, C] in x's dtype, x + (shifted - x) * mix[j] (float32 math, rounded once). Raises
+    ValueError naming a wrong input."""
+    lib = _loaded("token shift")
+    if x.dtype not in (torch.float32, torch.bfloat16) or not x.is_cpu or x.dim() != 3:
+        raise ValueError(f"x: expected a float32 or bfloat16 CPU tensor [B, T, C], found {x.dtype} on {x.device}, "
+                         f"shape {tuple(x.shape)}")
+    B, T, C = x.shape
+    if x_prev.dtype != torch.float32 or not x_prev.is_cpu or tuple(x_prev.shape) != (B, C):
+        raise ValueError(f"x_prev: expected a float32 CPU tensor [B={B}, C={C}], found {x_prev.dtype} on "
+                         f"{x_prev.device}, shape {tuple(x_prev.shape)}")
+    if mix.dtype != x.dtype or not mix.is_cpu or mix.dim() != 2 or mix.shape[1] != C:
+        raise ValueError(f"mix: expected a {x.dtype} CPU tensor [J, C={C}], found {mix.dtype} on {mix.device}, "
+                         f"shape {tuple(mix.shape)}")
+    x, x_prev, mix = x.contiguous(), x_prev.contiguous(), mix.contiguous()
+    out = torch.empty(mix.shape[0], B, T, C, dtype=x.dtype)
+    lib.token_shift_mix(B, T, C, mix.shape[0], torch.get_num_threads(), x.dtype == torch.bfloat16, x.data_ptr(),
+                        x_prev.data_ptr(), mix.data_ptr(), out.data_ptr())
     return out
 
 
@@ -269,11 +316,12 @@ def matvec(x: torch.Tensor, W: torch.Tensor, out_dtype: torch.dtype = torch.floa
     lib = _loaded("matvec")
     if out_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"out_dtype: expected torch.float32 or torch.bfloat16, found {out_dtype}")
-    if W.dtype not in (torch.float32, torch.bfloat16) or W.device.type != "cpu" or W.dim() != 2:
+    # is_cpu, not device.type: this runs for every product of a decode step, and device.type costs more
+    if W.dtype not in (torch.float32, torch.bfloat16) or not W.is_cpu or W.dim() != 2:
         raise ValueError(f"W: expected a 2-D float32 or bfloat16 CPU tensor, found {W.dtype} on {W.device}, "
                          f"shape {tuple(W.shape)}")
     x_types = (torch.float32, torch.bfloat16) if W.dtype == torch.bfloat16 else (torch.float32,)
-    if x.dtype not in x_types or x.device.type != "cpu" or x.dim() != 2:
+    if x.dtype not in x_types or not x.is_cpu or x.dim() != 2:
         wanted = "float32 or bfloat16" if W.dtype == torch.bfloat16 else "float32"
         raise ValueError(f"x: expected a 2-D {wanted} CPU tensor for a {W.dtype} W, found {x.dtype} on {x.device}, "
                          f"shape {tuple(x.shape)}")
@@ -370,6 +418,37 @@ def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = 
     return out
 
 
+# the activations lora_rows applies itself (its act codes)
+_LORA_ACTS: dict = {None: 0, torch.tanh: 1, torch.sigmoid: 2}
+
+
+def _lora_rows(x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, act: int) -> torch.Tensor:
+    """act(x A) B by the kernel: x [M, in] in A's dtype or float32, At [rank, in] and Bt [out, rank]
+    contiguous, float32 or bfloat16 alike; returns [M, out] in x's dtype."""
+    lib = _loaded("matvec")
+    if At.dim() != 2 or Bt.dim() != 2 or x.shape[1] != At.shape[1] or Bt.shape[1] != At.shape[0] \
+            or not At.is_contiguous() or not Bt.is_contiguous():
+        raise ValueError(f"LoRA: expected x [M, in], A^T [rank, in], B^T [out, rank] (contiguous), found "
+                         f"{tuple(x.shape)}, {tuple(At.shape)}, {tuple(Bt.shape)}")
+    out_dtype = x.dtype
+    if At.dtype == torch.float32:
+        kind, x = 0, x.float()
+    elif x.dtype == torch.bfloat16 and _bf16_dot:
+        kind = 2
+    else:
+        kind, x = 1, x.float()
+    x = x.contiguous()
+    M = x.shape[0]
+    y = torch.empty(M, Bt.shape[0], dtype=torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32)
+    rc = lib.lora_rows(At.shape[1], At.shape[0], Bt.shape[0], M, torch.get_num_threads(), kind, act,
+                       At.data_ptr(), Bt.data_ptr(), x.data_ptr(), y.data_ptr(), out_dtype == torch.bfloat16)
+    if rc == -2:
+        raise MemoryError(f"lora_rows: no memory for its {M} x {At.shape[0]} float32 intermediate")
+    if rc != 0:
+        raise RuntimeError(f"lora_rows: kind {kind} is not built into this library")
+    return y if y.dtype == out_dtype else y.to(out_dtype)
+
+
 def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
               act: Callable[[torch.Tensor], torch.Tensor] | None = None,
               transposed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -379,8 +458,12 @@ def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     if form == "matvec":
         At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())
         x2 = x.reshape(-1, x.shape[-1])  # (rows, in)
-        h = linear_form("matvec", x2, At)  # (rows, rank)
-        y = linear_form("matvec", act(h) if act is not None else h, Bt)  # (rows, out)
+        code = _LORA_ACTS.get(act)
+        if code is None or At.dtype not in (torch.float32, torch.bfloat16) or Bt.dtype != At.dtype:
+            h = linear_form("matvec", x2, At)  # (rows, rank)
+            y = linear_form("matvec", act(h) if act is not None else h, Bt)  # (rows, out)
+        else:  # both products and the activation in one call (lora_rows in matvec_cpu.c)
+            y = _lora_rows(x2, At, Bt, code)
         return y.view(*x.shape[:-1], Bt.shape[0])
     if form == "upcast":
         h = x.float() @ A.float()  # (..., rank)
@@ -425,6 +508,7 @@ class CPUPath:
         self.wkv = wkv
         # the time mix from its projections to the output product in one kernel (:func:`wkv7_output`)
         self.wkv_output = wkv7_output if fused else None
+        self.token_shift = token_shift_mix if fused else None  # the token shift's mixes in one kernel
         self.name = f"CPU kernels (products: {plan.source}; WKV: {wkv_name})"
         # LoRA pairs transposed for the matvec form, made at first use: id(A) -> (A, B, A^T, B^T);
         # A and B are held, so an id is never reused while its entry lives

@@ -33,7 +33,9 @@
  * Layouts (contiguous): W [R, C] float32 or bf16 (uint16), x [M, C] float32 (bf16 for
  * matvec_bf16_dot), y [M, R] float32, or bf16 where y_bf16 is set.
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -258,4 +260,28 @@ int matvec_bf16_dot(int64_t R, int64_t C, int64_t M, int threads, const uint16_t
     (void)R, (void)C, (void)M, (void)threads, (void)W, (void)x, (void)y, (void)y_bf16;
     return -1;
 #endif
+}
+
+/* A LoRA pair over a few rows: y = act(x A) B, with A^T [R, C] and B^T [O, R] given as linear
+ * weights ([out, in], contiguous), so both products are the kernels above; h = x A stays float32
+ * between them (the torch form rounds it to the model's dtype twice, around act). One call in
+ * place of two products, an activation and their tensors: a decode step has four pairs per layer.
+ * kind: 0 float32 weights and x, 1 bf16 weights and float32 x, 2 bf16 weights and x
+ * (AVX512_BF16); act: 0 none, 1 tanh, 2 sigmoid. Returns 0, -1 for a kind this build lacks,
+ * -2 without memory for h. */
+int lora_rows(int64_t C, int64_t R, int64_t O, int64_t M, int threads, int kind, int act,
+              const void *At, const void *Bt, const void *x, void *y, int y_bf16) {
+    float *h = malloc((size_t)(M * R > 0 ? M * R : 1) * sizeof(float));
+    if (!h) return -2;
+    int rc = kind == 0   ? matvec_f32(R, C, M, threads, At, x, h, 0)
+             : kind == 1 ? matvec_bf16(R, C, M, threads, At, x, h, 0)
+             : kind == 2 ? matvec_bf16_dot(R, C, M, threads, At, x, h, 0)
+                         : -1;
+    if (rc == 0) {
+        for (int64_t i = 0; i < M * R; i++)
+            h[i] = act == 1 ? tanhf(h[i]) : act == 2 ? 1.0f / (1.0f + expf(-h[i])) : h[i];
+        rc = kind == 0 ? matvec_f32(O, R, M, threads, Bt, h, y, y_bf16) : matvec_bf16(O, R, M, threads, Bt, h, y, y_bf16);
+    }
+    free(h);
+    return rc;
 }

@@ -110,27 +110,37 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 }
 
 /* ---------------------------------------------------------------------------------------------
- * wkv7_output: a layer's time mix from its projections to the input of the output product, in one
- * call. engine.model.RWKV7._wkv_output is the readable form of the same lines:
+ * wkv7_output: a layer's time mix from its products to the input of the output product, in one
+ * call. engine.model.RWKV7._mix_products and _wkv_output are the readable form of the same lines:
  *
+ *     kk = normalize(k * k_k) per head              the key that removes old values from the state
+ *     k = k (1 + (a - 1) k_a)
+ *     v = v + (v_first - v) sigmoid(v0 + v_gate)    layers after the first (v_gate NULL in layer 0)
  *     w = exp(-exp(-0.5) sigmoid(w0 + w))          the decay, in (0.545, 1)
  *     y = WKV(state; r, w, k, v, -kk, kk * a)       the recurrence above (wkv7_forward_f32)
  *     y = group_norm(y) per head (eps), * ln_x_w + ln_x_b
  *     y = (y + sum_head(r * k * r_k) * v) * g       the bonus of the current token, the gate
  *
- * In the torch form these are ~20 elementwise calls per layer: each a pass over [B, T, C] in
+ * In the torch form these are ~35 elementwise calls per layer: each a pass over [B, T, C] in
  * prefill, each a few microseconds of dispatch in a decode step. Here they are two passes around
  * the recurrence, in float32 throughout (a bf16 model's tensors are widened as they are read, and
  * the result is rounded once, to nearest even). On the 0.1B shape on the 2-core AVX-512 EPYC, in
  * one process turn and turn about with the torch lines: a bf16 decode step 14.5 ms against 15.1,
  * a 512-token prefill 634 ms against 652 in float32 and 349 against 384 in bf16.
  *
- * Layouts (contiguous): r w k v a g kk [B, T, H * N] in float32 or bf16 (in_bf16), w0 r_k ln_x_w
- * ln_x_b [H * N] in the same dtype, state [B, H, N, N] float32 (updated in place), out
+ * Layouts (contiguous): r w k v a g v_first v_gate [B, T, H * N] in float32 or bf16 (in_bf16), k and
+ * v the products before the mixing above, a after its sigmoid; w0 r_k k_k k_a v0 ln_x_w ln_x_b
+ * [H * N] in the same dtype; state [B, H, N, N] float32 (updated in place), out
  * [B, T, H * N] float32 or bf16 (out_bf16). Returns 0, 1 if N > MAX_N, 2 if scratch memory
  * could not be had.
  */
-static inline float load_elem(const void *p, int64_t i, int bf16) {
+/* The dtype of a fused kernel's tensors is a run-time flag, but each loop below is written for one
+ * dtype: the kernels call an always-inlined body with a constant bf16 (0 or 1), so every loop is
+ * compiled twice without a branch per element, and vectorised (a branch per element kept them
+ * scalar: ~13 ns per element on the 2-core EPYC, several times torch's elementwise calls). */
+#define SPECIALISED static inline __attribute__((always_inline))
+
+SPECIALISED float load_elem(const void *p, int64_t i, const int bf16) {
     if (!bf16) return ((const float *)p)[i];
     const uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
     float f;
@@ -138,7 +148,8 @@ static inline float load_elem(const void *p, int64_t i, int bf16) {
     return f;
 }
 
-static inline void store_elem(void *p, int64_t i, float v, int bf16) {
+/* float32, or bf16 rounded to nearest even as torch's .to(torch.bfloat16) rounds (NaN: 0x7FC0) */
+SPECIALISED void store_elem(void *p, int64_t i, float v, const int bf16) {
     if (!bf16) {
         ((float *)p)[i] = v;
         return;
@@ -170,63 +181,142 @@ static inline float exp_f32(float x) {
     return p * scale;
 }
 
+/* Before the recurrence, one head of one token (o: its offset, h: the head): kk and the decay into
+ * af (-kk), bf (kk a), wf; the mixed key and value into kf, vf. */
+SPECIALISED void mix_head(const int bf16, int64_t o, int64_t h, int64_t N, const void *w, const void *k,
+                          const void *v, const void *a, const void *v_first, const void *v_gate, const void *w0,
+                          const void *k_k, const void *k_a, const void *v0, float *restrict wf,
+                          float *restrict af, float *restrict bf, float *restrict kf, float *restrict vf) {
+    const float decay_scale = 0.60653065971263342f; /* exp(-0.5) */
+    const int64_t c0 = h * N;
+    float ss = 0.0f; /* kk = normalize(k * k_k) over the head: x / max(|x|, 1e-12), as F.normalize */
+#pragma omp simd reduction(+ : ss)
+    for (int64_t j = 0; j < N; j++) {
+        const float x = load_elem(k, o + j, bf16) * load_elem(k_k, c0 + j, bf16);
+        ss += x * x;
+    }
+    const float norm = sqrtf(ss), inv = 1.0f / (norm > 1e-12f ? norm : 1e-12f);
+#pragma omp simd
+    for (int64_t j = 0; j < N; j++) {
+        const int64_t i = o + j, c = c0 + j;
+        const float ki = load_elem(k, i, bf16), ai = load_elem(a, i, bf16);
+        const float kki = ki * load_elem(k_k, c, bf16) * inv;
+        const float wl = load_elem(w0, c, bf16) + load_elem(w, i, bf16);
+        wf[i] = exp_f32(-decay_scale / (1.0f + exp_f32(-wl)));
+        af[i] = -kki;
+        bf[i] = kki * ai;
+        kf[i] = ki * (1.0f + (ai - 1.0f) * load_elem(k_a, c, bf16));
+        vf[i] = load_elem(v, i, bf16);
+    }
+    if (v_gate) { /* the value residual: towards layer 0's value, by a learnt gate */
+#pragma omp simd
+        for (int64_t j = 0; j < N; j++) {
+            const int64_t i = o + j, c = c0 + j;
+            const float gate = 1.0f / (1.0f + exp_f32(-(load_elem(v0, c, bf16) + load_elem(v_gate, i, bf16))));
+            vf[i] += (load_elem(v_first, i, bf16) - vf[i]) * gate;
+        }
+    }
+}
+
+/* After the recurrence, one head of one token: group norm of y, the bonus, the gate, into out. */
+SPECIALISED void finish_head(const int bf16, int64_t o, int64_t h, int64_t N, float eps, const float *restrict y,
+                             const void *r, const float *restrict kf, const float *restrict vf, const void *g,
+                             const void *r_k, const void *ln_w, const void *ln_b, void *out) {
+    const int64_t c0 = h * N;
+    double mean = 0.0, var = 0.0, bonus = 0.0;
+#pragma omp simd reduction(+ : mean)
+    for (int64_t j = 0; j < N; j++) mean += y[o + j];
+    mean /= (double)N;
+#pragma omp simd reduction(+ : var, bonus)
+    for (int64_t j = 0; j < N; j++) {
+        const double d = y[o + j] - mean;
+        var += d * d;
+        bonus += (double)(load_elem(r, o + j, bf16) * kf[o + j] * load_elem(r_k, c0 + j, bf16));
+    }
+    const float inv = (float)(1.0 / sqrt(var / (double)N + (double)eps)), m = (float)mean, b = (float)bonus;
+#pragma omp simd
+    for (int64_t j = 0; j < N; j++) {
+        const int64_t c = c0 + j;
+        const float normed = (y[o + j] - m) * inv * load_elem(ln_w, c, bf16) + load_elem(ln_b, c, bf16);
+        store_elem(out, o + j, (normed + b * vf[o + j]) * load_elem(g, o + j, bf16), bf16);
+    }
+}
+
 int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_bf16, int out_bf16,
                 float eps, float *state, const void *r, const void *w, const void *k, const void *v,
-                const void *a, const void *g, const void *kk, const void *w0, const void *r_k,
-                const void *ln_w, const void *ln_b, void *out) {
+                const void *a, const void *g, const void *v_first, const void *v_gate, const void *w0,
+                const void *r_k, const void *k_k, const void *k_a, const void *v0, const void *ln_w,
+                const void *ln_b, void *out) {
     if (N > MAX_N) return 1;
-    const int64_t C = H * N, n = B * T * C, rows = B * T;
-    /* scratch: the decay, -kk, kk * a and y; a bf16 model's r, k, v widened too */
-    float *buf = malloc((size_t)n * (in_bf16 ? 7 : 4) * sizeof(float));
+    if (in_bf16 != out_bf16) return 3; /* one dtype in and out (the model's) */
+    const int64_t C = H * N, n = B * T * C, heads = B * T * H;
+    /* scratch: the decay, -kk, kk * a, the mixed key and value, y; a bf16 model's r widened too */
+    float *buf = malloc((size_t)n * (in_bf16 ? 7 : 6) * sizeof(float));
     if (!buf) return 2;
-    float *wf = buf, *af = wf + n, *bf = af + n, *y = bf + n;
-    const float *rf = r, *kf = k, *vf = v;
+    float *wf = buf, *af = wf + n, *bf = af + n, *kf = bf + n, *vf = kf + n, *y = vf + n;
+    const float *rf = r;
+#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
+    for (int64_t rh = 0; rh < heads; rh++) {
+        if (in_bf16)
+            mix_head(1, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
+        else
+            mix_head(0, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
+    }
     if (in_bf16) {
         float *widened = y + n;
-#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
-        for (int64_t i = 0; i < n; i++) {
-            widened[i] = load_elem(r, i, 1);
-            widened[n + i] = load_elem(k, i, 1);
-            widened[2 * n + i] = load_elem(v, i, 1);
-        }
-        rf = widened, kf = widened + n, vf = widened + 2 * n;
-    }
-    const float decay_scale = 0.60653065971263342f; /* exp(-0.5) */
-#pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
-    for (int64_t row = 0; row < rows; row++) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; c++) {
-            const int64_t i = row * C + c;
-            const float wl = load_elem(w0, c, in_bf16) + load_elem(w, i, in_bf16);
-            const float kki = load_elem(kk, i, in_bf16);
-            wf[i] = exp_f32(-decay_scale / (1.0f + exp_f32(-wl)));
-            af[i] = -kki;
-            bf[i] = kki * load_elem(a, i, in_bf16);
-        }
+#pragma omp parallel for simd schedule(static) num_threads(threads) if (n >= 65536)
+        for (int64_t i = 0; i < n; i++) widened[i] = load_elem(r, i, 1);
+        rf = widened;
     }
     const int rc = wkv7_forward_f32(B, T, H, N, threads, state, rf, wf, kf, vf, af, bf, y);
-    if (rc != 0) {
-        free(buf);
-        return rc;
-    }
+    if (rc == 0) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
-    for (int64_t rh = 0; rh < rows * H; rh++) {
-        const int64_t o = rh * N, h = rh % H;
-        double mean = 0.0, var = 0.0, bonus = 0.0;
-        for (int64_t j = 0; j < N; j++) mean += y[o + j];
-        mean /= (double)N;
-        for (int64_t j = 0; j < N; j++) {
-            const double d = y[o + j] - mean;
-            var += d * d;
-            bonus += (double)rf[o + j] * kf[o + j] * load_elem(r_k, h * N + j, in_bf16);
-        }
-        const float inv = (float)(1.0 / sqrt(var / (double)N + (double)eps));
-        for (int64_t j = 0; j < N; j++) {
-            const int64_t c = h * N + j;
-            const float normed = ((float)(y[o + j] - mean)) * inv * load_elem(ln_w, c, in_bf16) + load_elem(ln_b, c, in_bf16);
-            store_elem(out, o + j, (normed + (float)bonus * vf[o + j]) * load_elem(g, o + j, in_bf16), out_bf16);
+        for (int64_t rh = 0; rh < heads; rh++) {
+            if (in_bf16) finish_head(1, rh * N, rh % H, N, eps, y, r, kf, vf, g, r_k, ln_w, ln_b, out);
+            else finish_head(0, rh * N, rh % H, N, eps, y, r, kf, vf, g, r_k, ln_w, ln_b, out);
         }
     }
     free(buf);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * token_shift_mix: the token shift's J mixes in one pass (engine.model.RWKV7._token_shift):
+ *
+ *     out[j, b, t, c] = x[b, t, c] + (prev[b, t, c] - x[b, t, c]) * mix[j, c]
+ *     prev[b, t] = x[b, t - 1], and the layer's last input x_prev[b] (float32, the state) at t = 0
+ *
+ * J = 6 for the time mix (r w k v a g), 1 for the channel mix: in torch a conversion, a cat and
+ * three elementwise calls, each a few microseconds of dispatch in a decode step. Computed in
+ * float32, rounded once to bf16 for a bf16 model. Layouts (contiguous): x [B, T, C] float32 or
+ * bf16, x_prev [B, C] float32, mix [J, C] in x's dtype, out [J, B, T, C] in x's dtype.
+ */
+SPECIALISED void shift_row(const int bf16, int64_t row, int64_t t, int64_t b, int64_t C, int64_t J, int64_t n,
+                           const void *x, const float *x_prev, const void *mix, void *out) {
+    for (int64_t j = 0; j < J; j++) {
+        if (t == 0) {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float xi = load_elem(x, row * C + c, bf16);
+                store_elem(out, j * n + row * C + c, xi + (x_prev[b * C + c] - xi) * load_elem(mix, j * C + c, bf16), bf16);
+            }
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float xi = load_elem(x, row * C + c, bf16), prev = load_elem(x, (row - 1) * C + c, bf16);
+                store_elem(out, j * n + row * C + c, xi + (prev - xi) * load_elem(mix, j * C + c, bf16), bf16);
+            }
+        }
+    }
+}
+
+int token_shift_mix(int64_t B, int64_t T, int64_t C, int64_t J, int threads, int bf16, const void *x,
+                    const float *x_prev, const void *mix, void *out) {
+    const int64_t rows = B * T, n = rows * C;
+#pragma omp parallel for schedule(static) num_threads(threads) if (n * J >= 262144)
+    for (int64_t row = 0; row < rows; row++) {
+        if (bf16) shift_row(1, row, row % T, row / T, C, J, n, x, x_prev, mix, out);
+        else shift_row(0, row, row % T, row / T, C, J, n, x, x_prev, mix, out);
+    }
     return 0;
 }
