@@ -69,6 +69,7 @@ class HostLogits:
         self.config = model.config
         self.tokenizer = model.tokenizer
         self.device = model.device
+        self.padded_rows = bool(getattr(model, "padded_rows", False))
 
     def zero_state(self, batch_size: int) -> State:
         return self.model.zero_state(batch_size)
@@ -76,8 +77,9 @@ class HostLogits:
     def info(self) -> dict:
         return self.model.info()
 
-    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None, lengths=None):
+        pad = {} if lengths is None else {"lengths": lengths}
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows, **pad)
         return (None if out is None else out.cpu()), new
 
 
@@ -143,12 +145,26 @@ def auto_decode_rows(model) -> int:
     return min(MAX_DECODE_ROWS, auto_budget(model).rows)
 
 
-def pack(lengths: Sequence[int], tokens: int, rows: int) -> list[range]:
+# a batch of rows sorted longest first stops where padding them to the longest would waste more
+# than this share of its token slots (rows of one batch run to the longest row's end together)
+MAX_PADDING = 0.1
+
+
+def pack(lengths: Sequence[int], tokens: int, rows: int, max_padding: float = MAX_PADDING) -> list[range]:
     """Cut items sorted longest first (``lengths``) into consecutive batches of at most ``rows``
-    items whose count x first (longest) length is at most ``tokens``; a longer item goes alone."""
+    items whose count x first (longest) length is at most ``tokens``, and whose padding to the
+    longest is at most ``max_padding`` of that (a padded model computes it; a ragged batch runs a
+    segment per distinct length instead); a longer item goes alone."""
     out, i = [], 0
     while i < len(lengths):
-        take = max(1, min(rows, tokens // max(1, lengths[i]), len(lengths) - i))
+        longest = max(1, lengths[i])
+        take = max(1, min(rows, tokens // longest, len(lengths) - i))
+        held = 0
+        for k in range(take):  # stop before the row whose padding would pass the limit
+            held += lengths[i + k]
+            if (k + 1) * longest - held > max_padding * (k + 1) * longest:
+                take = max(1, k)
+                break
         out.append(range(i, i + take))
         i += take
     return out
@@ -167,6 +183,9 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
     reduce them at once (log-probabilities of targets) instead of keeping [n, T, V] around.
     ``on_tokens(count, 0)`` is told the tokens of each forward call as it returns. A forward call
     runs at most ``max_tokens`` tokens (fewer with ``on_logits``: their logits fit LOGIT_BUDGET).
+    Rows run together: a model with ``padded_rows`` takes every running row to the longest one's
+    end (or the budget) in one call, the shorter ones padded (``forward(lengths=...)``); others
+    run segments to the shortest running row's end.
     """
     n = len(seqs)
     if n == 0:
@@ -182,28 +201,35 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
     last = torch.full((n, cfg.vocab_size), float("nan")) if want_last else None
     # want_last alone computes logits for the rows that end in a segment only: [rows, V], not [rows, T, V]
     budget = max_tokens_per_call(cfg.vocab_size, on_logits is not None, max_tokens)
+    # a model that runs right-padded rows (forward's lengths) takes each segment to the longest
+    # row's end, the shorter rows padded: one call where ragged segments took one per length, each
+    # a pass over every weight for a few tokens per row (LAMBADA's 64-context batch: 36 calls)
+    padded = bool(getattr(model, "padded_rows", False))
     pos = 0  # every running row has consumed the same number of tokens
     running = sum(1 for L in lengths if L > 0)
     while running:
         rows = order[:running]
-        remaining = lengths[rows[-1]] - pos  # the shortest running row
+        remaining = lengths[rows[0 if padded else -1]] - pos  # the longest (padded) or shortest running row
         seg = max(1, min(remaining, budget // running))
-        tokens = torch.tensor([list(seqs[i][pos:pos + seg]) for i in rows], dtype=torch.long)
-        ends_here = seg == remaining
-        mode = "all" if on_logits is not None else ("last" if want_last and ends_here else "none")
+        row_len = [min(seg, lengths[i] - pos) for i in rows]  # all seg unless padded
+        tokens = torch.tensor([list(seqs[i][pos:pos + n]) + [0] * (seg - n) for i, n in zip(rows, row_len)],
+                              dtype=torch.long)
+        ending = sum(1 for i in rows if lengths[i] <= pos + seg)  # the last rows of the batch end here
+        mode = "all" if on_logits is not None else ("last" if want_last and ending else "none")
         view = State(work.att_x[:, :running], work.wkv[:, :running], work.ffn_x[:, :running])
-        ending = sum(1 for i in rows if lengths[i] == pos + seg)  # the last rows of the batch end here
+        pad = {"lengths": row_len} if min(row_len) < seg else {}
         if mode == "last" and ending < running:
             # only the rows that end need logits: the head is as big as the rest of a small model
-            logits, _ = model.forward(tokens, view, logits=mode, inplace=True, logit_rows=ending)
+            logits, _ = model.forward(tokens, view, logits=mode, inplace=True, logit_rows=ending, **pad)
         else:
-            logits, _ = model.forward(tokens, view, logits=mode, inplace=True)
+            logits, _ = model.forward(tokens, view, logits=mode, inplace=True, **pad)
         if on_tokens is not None:
-            on_tokens(tokens.numel(), 0)
+            on_tokens(sum(row_len), 0)  # the rows' own tokens, not the padding
         if on_logits is not None:
-            on_logits(rows, [pos] * running, logits)
-        if want_last and ends_here:
-            final = logits[:, -1]  # (running or ending, V): the ending rows are the last ones
+            on_logits(rows, [pos] * running, logits)  # a padded row's logits past its end are never read
+        if want_last and ending:
+            # (running or ending, V), the ending rows last: "last" logits are each row's own last
+            final = logits[:, -1] if mode == "last" else logits[torch.arange(running), torch.tensor(row_len) - 1]
             for j, i in enumerate(rows[running - ending:]):
                 last[i] = final[final.shape[0] - ending + j]
         pos += seg

@@ -239,6 +239,8 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
 class RWKV7CUDA(RWKV7):
     """An RWKV-7 model on a CUDA GPU: the reference math with the kernels of engine/kernels."""
 
+    padded_rows = False  # the CUDA WKV kernel runs every row T steps: ragged batches run as segments
+
     def __init__(self, sd: dict[str, torch.Tensor], cfg: ModelConfig, *, device: str = "cuda",
                  dtype: str = "float32", path: str | None = None, sha256: str | None = None,
                  initial_wkv: torch.Tensor | None = None, state_from: str | None = None,
@@ -276,8 +278,11 @@ class RWKV7CUDA(RWKV7):
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
                 logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
-                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
-        """As :meth:`RWKV7.forward`; [B, 1] steps with ``inplace=True`` replay CUDA graphs."""
+                logit_rows: int | None = None, lengths=None) -> tuple[torch.Tensor | None, State]:
+        """As :meth:`RWKV7.forward`; [B, 1] steps with ``inplace=True`` replay CUDA graphs. Rows of
+        different lengths (``lengths``) are refused here (padded_rows is False)."""
+        if lengths is not None:
+            return super().forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows, lengths=lengths)
         if isinstance(state, State):
             self._check_state_device(state)
         if (self._capturing or not self.use_graphs or logit_rows is not None
@@ -362,9 +367,11 @@ class RWKV7CUDA(RWKV7):
         return TorchPath()
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
-                  wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """As the reference: x (B, T, C) after ln1, x_prev (B, C) float32, wkv (B, H, N, N) float32
-        updated in place. Lines without a kernel are the reference's, line for line."""
+        updated in place (``last`` is always None: padded_rows is False, forward refuses lengths).
+        Lines without a kernel are the reference's, line for line."""
         B, T, C = x.shape
         H, N = self.config.n_head, self.config.head_size
         mixed = ops.token_shift_mix(x, _contiguous(x_prev), p.mix)  # six (B, T, C)

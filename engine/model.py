@@ -239,19 +239,27 @@ class RWKV7:
         generation, batching and the server all start sequences here."""
         return State.start(self.config, batch_size, self.device, self.initial_wkv)
 
+    # forward(lengths=...): rows of different lengths, right-padded, run in one call (engine.batching)
+    padded_rows = True
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
                 logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
-                logit_rows: int | None = None) -> tuple[torch.Tensor | None, State]:
+                logit_rows: int | None = None, lengths: Sequence[int] | None = None
+                ) -> tuple[torch.Tensor | None, State]:
         """Run ``tokens`` [B, T] from ``state`` (zeros if None).
 
         Returns logits float32 [B, T, V] (``logits="last"``: [B, 1, V]; ``"none"``: None, the head
         is skipped) and the new state. ``logit_rows=k``: logits of the last k rows only ([k, ., V];
         a ragged batch's rows that end in this call). The state passed in is left unchanged unless
         ``inplace``, which saves a copy of the whole state per call (decoding, ragged batches).
+        ``lengths``: row b holds ``lengths[b]`` (1..T) tokens and padding after them: its state is
+        the one after its own tokens (padding leaves the recurrence as it is), ``"last"`` logits are
+        those after its last token, and ``"all"`` logits past its end mean nothing.
         """
         tokens = self.check_tokens(tokens)
         B, T = tokens.shape
+        last = self._check_lengths(lengths, B, T)  # (B,) each row's last position, or None: all T
         if logits not in ("all", "last", "none"):
             raise InputError(f"logits must be 'all', 'last' or 'none', found {logits!r}")
         if logit_rows is not None and (not isinstance(logit_rows, int) or not 1 <= logit_rows <= B or logits == "none"):
@@ -271,18 +279,23 @@ class RWKV7:
         x = self.emb[tokens]  # (B, T, C)
         v_first = None
         C = self.config.n_embd
+        rows = torch.arange(B) if last is not None else None
+
+        def final(t: torch.Tensor) -> torch.Tensor:  # (B, C): each row's last token
+            return t[:, -1] if last is None else t[rows, last]
+
         for i, p in enumerate(self.layers):
             xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)  # (B, T, C)
-            out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first)
-            new.att_x[i] = xx[:, -1]
+            out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first, last)
+            new.att_x[i] = final(xx)
             x = x + out
             xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
             x = x + self._channel_mix(p, xx, state.ffn_x[i])
-            new.ffn_x[i] = xx[:, -1]
+            new.ffn_x[i] = final(xx)
         if logits == "none":
             return None, new
         if logits == "last":
-            x = x[:, -1:]
+            x = final(x).unsqueeze(1)  # (B, 1, C)
         if logit_rows is not None:
             x = x[B - logit_rows:]  # (logit_rows, T or 1, C)
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
@@ -307,6 +320,26 @@ class RWKV7:
 
     # ------------------------------------------------------------------ checks
 
+    def _check_lengths(self, lengths, B: int, T: int) -> torch.Tensor | None:
+        """``lengths`` as each row's last position (B,) on the CPU, or None when every row is T long."""
+        if lengths is None:
+            return None
+        if not self.padded_rows:
+            raise InputError(f"lengths: {type(self).__name__} runs rows of one length only; expected None, "
+                             f"found {list(lengths)[:8]}")
+        values = lengths.tolist() if isinstance(lengths, torch.Tensor) and lengths.dim() == 1 else lengths
+        try:
+            values = list(values)
+        except TypeError:
+            values = None
+        if values is None or len(values) != B or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= T for n in values):
+            shown = values[:8] if values is not None else lengths
+            raise InputError(f"lengths: expected {B} ints in [1, T={T}] (one per row), found {shown!r:.120}")
+        if min(values) == T:
+            return None
+        return torch.tensor(values, dtype=torch.long) - 1
+
     def check_tokens(self, tokens) -> torch.Tensor:
         """Validate a [B, T] batch of token ids; return it as a LongTensor on the model's device."""
         if not isinstance(tokens, torch.Tensor):
@@ -325,17 +358,19 @@ class RWKV7:
     # ------------------------------------------------------------------ the math
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
-                  wkv: torch.Tensor, v_first: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place."""
+                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place;
+        last: (B,) each row's last position, padding after it (None: none)."""
         mixed = self._token_shift(x, x_prev, p.mix)  # xr xw xk xv xa xg, (6, B, T, C)
         if self.kernels.wkv_output is None:
             r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
-            return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk), p.W_o), v_first
+            return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk, last), p.W_o), v_first
         # the CPU kernels: the lines of _mix_products and _wkv_output in one call (wkv7_cpu.c)
         r, w, k, v, a, g, v_gate = self._products(layer, p, mixed)
         v_first = v if layer == 0 else v_first
         y = self.kernels.wkv_output(wkv, r, w, k, v, a, g, v_first, v_gate, p.w0, p.r_k, p.k_k, p.k_a, p.v0,
-                                    p.ln_x_w, p.ln_x_b, _LN_X_EPS)
+                                    p.ln_x_w, p.ln_x_b, _LN_X_EPS, last)
         return self.kernels.linear(y, p.W_o), v_first
 
     def _token_shift(self, x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
@@ -347,7 +382,8 @@ class RWKV7:
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
         return x + (shifted - x) * mix.view(-1, 1, 1, x.shape[-1])
 
-    def _wkv_output(self, p: LayerWeights, wkv: torch.Tensor, r, w, k, v, a, g, kk) -> torch.Tensor:
+    def _wkv_output(self, p: LayerWeights, wkv: torch.Tensor, r, w, k, v, a, g, kk,
+                    last: torch.Tensor | None = None) -> torch.Tensor:
         """From the projections (each (B, T, C); w before w0 and the sigmoid) to the output
         product's input (B, T, C): the decay, the WKV recurrence (``wkv`` updated in place), the
         per-head group norm, the current token's bonus and the gate. The CPU kernels run these
@@ -356,11 +392,16 @@ class RWKV7:
         B, T, C = r.shape
         H, N = self.config.n_head, self.config.head_size
         decay = torch.exp(-_DECAY_SCALE * torch.sigmoid((p.w0 + w).float()))  # (B, T, C) float32 in (0.545, 1)
+        k_state = k
+        if last is not None:  # padding leaves the state as it is: S diag(1) + (S 0) 0^T + v 0^T = S
+            real = (torch.arange(T) <= last.unsqueeze(1)).unsqueeze(-1)  # (B, T, 1)
+            decay, kk, k_state = decay.masked_fill(~real, 1.0), kk * real, k * real
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.float().view(B, T, H, N)
 
-        y = self.kernels.wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k), heads(v), heads(-kk), heads(kk * a))
+        y = self.kernels.wkv(wkv, heads(r), decay.view(B, T, H, N), heads(k_state), heads(v), heads(-kk),
+                             heads(kk * a))
         y = F.group_norm(y.reshape(B * T, C).to(r.dtype), H, p.ln_x_w, p.ln_x_b, eps=_LN_X_EPS).view(B, T, C)
         bonus = (r * k * p.r_k).view(B, T, H, N).sum(-1, keepdim=True) * v.view(B, T, H, N)  # (B, T, H, N)
         y = y + bonus.view(B, T, C)

@@ -94,6 +94,7 @@ class AcceleratorStandIn:
     def __init__(self, model):
         self.model, self.config, self.tokenizer = model, model.config, model.tokenizer
         self.device = torch.device("meta")
+        self.padded_rows = model.padded_rows  # batches the same way as the model it poses for
 
     def info(self) -> dict:
         return {**self.model.info(), "device": "meta"}
@@ -101,6 +102,6 @@ class AcceleratorStandIn:
     def zero_state(self, batch_size: int):
         return self.model.zero_state(batch_size)
 
-    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None):
-        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows)
+    def forward(self, tokens, state=None, logits="all", *, inplace=False, logit_rows=None, lengths=None):
+        out, new = self.model.forward(tokens, state, logits, inplace=inplace, logit_rows=logit_rows, lengths=lengths)
         return (None if out is None else out.as_subclass(OnDevice)), new

@@ -78,10 +78,17 @@ def test_shards_bound_the_prefix_states_held_at_once():
 
 def test_pack_keeps_tokens_and_rows_within_the_budget():
     lengths = [100, 90, 90, 50, 40, 40, 40, 10, 3]
-    parts = pack(lengths, tokens=200, rows=3)
+    parts = pack(lengths, tokens=200, rows=3, max_padding=1.0)  # padding not limited
     assert [list(p) for p in parts] == [[0, 1], [2, 3], [4, 5, 6], [7, 8]]
     for p in parts:
         assert len(p) <= 3 and (len(p) == 1 or len(p) * lengths[p.start] <= 200)
+    # padding limited to 10% of a batch's token slots (the default): 90 beside 100 wastes 5%, 50
+    # beside 90 would waste 22%, 40 beside 50 10% (the limit), 10 beside 40, 40 37%, 3 beside 10 35%
+    parts = pack(lengths, tokens=200, rows=3)
+    assert [list(p) for p in parts] == [[0, 1], [2], [3, 4], [5, 6], [7], [8]]
+    for p in parts:
+        longest = lengths[p.start]
+        assert len(p) == 1 or len(p) * longest - sum(lengths[i] for i in p) <= 0.1 * len(p) * longest
     assert pack([500, 2], tokens=100, rows=8) == [range(0, 1), range(1, 2)]  # too long: alone
     assert pack([], 10, 10) == []
 
@@ -112,26 +119,65 @@ def test_logit_rows_runs_the_head_for_the_last_rows_only(small):
             small.forward(toks, logits=mode, logit_rows=bad)
 
 
-def test_ragged_batches_get_each_rows_last_logits(small):
+@pytest.mark.parametrize("padded", [True, False], ids=["padded", "segments"])
+def test_ragged_batches_get_each_rows_last_logits(small, padded, monkeypatch):
     g = torch.Generator().manual_seed(2)
     seqs = [torch.randint(0, SMALL.vocab_size, (n,), generator=g).tolist() for n in (7, 3, 3, 1, 5)]
     calls = []
     real = small.forward
 
     def spy(tokens, *args, **kwargs):
-        calls.append((tuple(tokens.shape), kwargs.get("logit_rows"), kwargs.get("logits")))
+        calls.append((tuple(tokens.shape), kwargs.get("logit_rows"), kwargs.get("logits"), kwargs.get("lengths")))
         return real(tokens, *args, **kwargs)
 
-    small.forward = spy
-    try:
-        _, last = advance(small, seqs, want_last=True)
-    finally:
-        del small.forward
+    monkeypatch.setattr(small, "forward", spy)
+    monkeypatch.setattr(small, "padded_rows", padded)
+    _, last = advance(small, seqs, want_last=True)
+    monkeypatch.undo()
     for seq, row in zip(seqs, last):
         want, _ = small.forward(torch.tensor([seq]), logits="last")
         assert torch.allclose(row, want[0, 0], atol=1e-5)
-    # rows end at 1, 3 and 5: the head runs for the ending rows, never for the ones going on
-    assert calls == [((5, 1), 1, "last"), ((4, 2), 2, "last"), ((2, 2), 1, "last"), ((1, 2), None, "last")]
+    if padded:  # one call: every row to the longest one's end, the others padded, each row's own last logits
+        assert calls == [((5, 7), None, "last", [7, 5, 3, 3, 1])]
+    else:  # rows end at 1, 3 and 5: the head runs for the ending rows, never for the ones going on
+        assert calls == [((5, 1), 1, "last", None), ((4, 2), 2, "last", None), ((2, 2), 1, "last", None),
+                         ((1, 2), None, "last", None)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("fast", [True, False], ids=["kernels", "torch"])
+def test_padded_rows_equal_each_row_run_alone(dtype, fast):
+    """forward(lengths=...): each row's state and "last" logits are those of its own tokens run
+    alone, padding after them changes nothing (on the kernels' path and the plain torch path)."""
+    sd = engine.random_state_dict(SMALL, seed=9)
+    model = engine.from_state_dict(sd, dtype=dtype, fast=fast)
+    g = torch.Generator().manual_seed(3)
+    lengths = [6, 2, 6, 1, 4]
+    toks = torch.randint(0, SMALL.vocab_size, (5, 6), generator=g)
+    start = model.forward(torch.randint(0, SMALL.vocab_size, (5, 3), generator=g))[1]  # not from zeros
+    logits, state = model.forward(toks, start, logits="last", lengths=lengths)
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    for b, n in enumerate(lengths):
+        want, alone = model.forward(toks[b:b + 1, :n], start.select([b]), logits="last")
+        assert (logits[b, 0] - want[0, 0]).abs().max().item() <= tol * max(1.0, want.abs().max().item()), b
+        for got, ref in ((state.wkv[:, b], alone.wkv[:, 0]), (state.att_x[:, b], alone.att_x[:, 0]),
+                         (state.ffn_x[:, b], alone.ffn_x[:, 0])):
+            assert (got - ref).abs().max().item() <= tol * max(1.0, ref.abs().max().item()), b
+    every, _ = model.forward(toks, start, lengths=lengths)  # "all": each row's positions up to its end
+    for b, n in enumerate(lengths):
+        want, _ = model.forward(toks[b:b + 1, :n], start.select([b]))
+        assert (every[b, :n] - want[0]).abs().max().item() <= tol * max(1.0, want.abs().max().item()), b
+
+
+def test_lengths_are_checked(small, monkeypatch):
+    toks = torch.zeros(2, 3, dtype=torch.long)
+    for bad in ([3], [0, 3], [3, 4], [2.0, 3], "ab", [True, 3]):
+        with pytest.raises(engine.InputError, match=r"lengths: expected 2 ints in \[1, T=3\]"):
+            small.forward(toks, lengths=bad)
+    assert small.forward(toks, lengths=torch.tensor([3, 1]))[0].shape == (2, 3, SMALL.vocab_size)
+    monkeypatch.setattr(small, "padded_rows", False)  # as the CUDA class
+    with pytest.raises(engine.InputError, match="runs rows of one length only"):
+        small.forward(toks, lengths=[3, 1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,14 +222,17 @@ def test_bfloat16_matches_float32_loosely():
 
 
 class _ForwardCounter:
-    """Wraps ``model.forward`` to count the tokens the engine really runs (B * T per call)."""
+    """Wraps ``model.forward`` to count the tokens the engine really runs (B * T per call, less
+    the padding of rows shorter than T), and the padding (``padding``)."""
 
     def __init__(self, model):
-        self.model, self.tokens, self._forward = model, 0, model.forward
+        self.model, self.tokens, self.padding, self._forward = model, 0, 0, model.forward
 
     def __enter__(self):
         def counted(tokens, *args, **kwargs):
-            self.tokens += tokens.numel()
+            real = sum(kwargs["lengths"]) if kwargs.get("lengths") is not None else tokens.numel()
+            self.tokens += real
+            self.padding += tokens.numel() - real
             return self._forward(tokens, *args, **kwargs)
 
         self.model.forward = counted

@@ -232,8 +232,9 @@ from engine.model import RWKV7
 @pytest.fixture(autouse=True, scope="session")
 def count_engine_tokens():
     original, seen = RWKV7.forward, [0]
-    def counted(self, tokens, *args, **kwargs):
-        seen[0] += tokens.numel()
+    def counted(self, tokens, *args, **kwargs):  # a padded row's padding is not its tokens
+        lengths = kwargs.get("lengths")
+        seen[0] += sum(lengths) if lengths is not None else tokens.numel()
         return original(self, tokens, *args, **kwargs)
     RWKV7.forward = counted
     yield

@@ -152,7 +152,7 @@ def load():
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
         fn = lib.wkv7_output
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 17
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 18
         fn = lib.token_shift_mix
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4
@@ -218,14 +218,16 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
 def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 a: torch.Tensor, g: torch.Tensor, v_first: torch.Tensor | None, v_gate: torch.Tensor | None,
                 w0: torch.Tensor, r_k: torch.Tensor, k_k: torch.Tensor, k_a: torch.Tensor, v0: torch.Tensor | None,
-                ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float) -> torch.Tensor:
+                ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float, last: torch.Tensor | None = None
+                ) -> torch.Tensor:
     """A layer's time mix from its products to the output product's input, in one pass
     (``wkv7_output`` in wkv7_cpu.c; :meth:`engine.model.RWKV7._mix_products` and
     :meth:`~engine.model.RWKV7._wkv_output` are the same math in torch): state [B, H, N, N]
     float32, updated in place; r w k v a g (and in layers after the first v_first, v_gate) [B, T, C]
     and w0 r_k k_k k_a ln_x_w ln_x_b (and v0) [C] in one dtype (float32 or bfloat16); w is the
     decay's LoRA output before w0, k and v the products before their mixing, a after its sigmoid,
-    v_gate the value residual's LoRA output (v_gate, v0 None in layer 0). Returns [B, T, C] in that
+    v_gate the value residual's LoRA output (v_gate, v0 None in layer 0); ``last`` [B] int64: each
+    row's last position, padding after it (None: every row T long). Returns [B, T, C] in that
     dtype (computed in float32, rounded once). Raises ValueError naming a wrong input."""
     lib = _loaded("WKV")
     if state.dtype != torch.float32 or not state.is_cpu or not state.is_contiguous() or state.dim() != 4:
@@ -262,12 +264,19 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
     if v_gate is None:
         xs += [None, None]
         vecs["v0"] = None
+    if last is not None:
+        if last.dtype != torch.int64 or not last.is_cpu or tuple(last.shape) != (B,) or bool(
+                ((last < 0) | (last >= T)).any()):
+            raise ValueError(f"last: expected int64 CPU positions [B={B}] in [0, T={T}), found {last.dtype} "
+                             f"on {last.device}, shape {tuple(last.shape)}")
+        last = last.contiguous()
     ptr = [x.data_ptr() if x is not None else None for x in xs]  # r w k v a g v_first v_gate
     out = torch.empty(B, T, C, dtype=dtype)
     bf16 = dtype == torch.bfloat16
     rc = lib.wkv7_output(B, T, H, N, torch.get_num_threads(), bf16, bf16, eps, state.data_ptr(), *ptr,
                          *[vecs[n].data_ptr() if vecs[n] is not None else None
-                           for n in ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")], out.data_ptr())
+                           for n in ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")],
+                         last.data_ptr() if last is not None else None, out.data_ptr())
     if rc == 2:
         raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {T} x {C} numbers)")
     if rc != 0:  # 1: N > MAX_N (checked above); 3: in and out dtypes differ (never asked here)

@@ -131,8 +131,9 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
  * Layouts (contiguous): r w k v a g v_first v_gate [B, T, H * N] in float32 or bf16 (in_bf16), k and
  * v the products before the mixing above, a after its sigmoid; w0 r_k k_k k_a v0 ln_x_w ln_x_b
  * [H * N] in the same dtype; state [B, H, N, N] float32 (updated in place), out
- * [B, T, H * N] float32 or bf16 (out_bf16). Returns 0, 1 if N > MAX_N, 2 if scratch memory
- * could not be had.
+ * [B, T, H * N] float32 or bf16 (out_bf16); last [B] int64, each row's last position (padding after
+ * it leaves the state as it is), or NULL. Returns 0, 1 if N > MAX_N, 2 if scratch memory could not
+ * be had, 3 if in and out dtypes differ.
  */
 /* The dtype of a fused kernel's tensors is a run-time flag, but each loop below is written for one
  * dtype: the kernels call an always-inlined body with a constant bf16 (0 or 1), so every loop is
@@ -185,7 +186,7 @@ static inline float exp_f32(float x) {
  * af (-kk), bf (kk a), wf; the mixed key and value into kf, vf. */
 SPECIALISED void mix_head(const int bf16, int64_t o, int64_t h, int64_t N, const void *w, const void *k,
                           const void *v, const void *a, const void *v_first, const void *v_gate, const void *w0,
-                          const void *k_k, const void *k_a, const void *v0, float *restrict wf,
+                          const void *k_k, const void *k_a, const void *v0, int pad, float *restrict wf,
                           float *restrict af, float *restrict bf, float *restrict kf, float *restrict vf) {
     const float decay_scale = 0.60653065971263342f; /* exp(-0.5) */
     const int64_t c0 = h * N;
@@ -216,6 +217,8 @@ SPECIALISED void mix_head(const int bf16, int64_t o, int64_t h, int64_t N, const
             vf[i] += (load_elem(v_first, i, bf16) - vf[i]) * gate;
         }
     }
+    if (pad) /* padding after a row's end leaves the state as it is: S diag(1) + (S 0) 0^T + v 0^T = S */
+        for (int64_t j = 0; j < N; j++) wf[o + j] = 1.0f, af[o + j] = 0.0f, bf[o + j] = 0.0f, kf[o + j] = 0.0f;
 }
 
 /* After the recurrence, one head of one token: group norm of y, the bonus, the gate, into out. */
@@ -246,7 +249,7 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
                 float eps, float *state, const void *r, const void *w, const void *k, const void *v,
                 const void *a, const void *g, const void *v_first, const void *v_gate, const void *w0,
                 const void *r_k, const void *k_k, const void *k_a, const void *v0, const void *ln_w,
-                const void *ln_b, void *out) {
+                const void *ln_b, const int64_t *last, void *out) {
     if (N > MAX_N) return 1;
     if (in_bf16 != out_bf16) return 3; /* one dtype in and out (the model's) */
     const int64_t C = H * N, n = B * T * C, heads = B * T * H;
@@ -257,10 +260,12 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
     const float *rf = r;
 #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
     for (int64_t rh = 0; rh < heads; rh++) {
+        const int64_t token = rh / H; /* b * T + t */
+        const int pad = last != NULL && token % T > last[token / T];
         if (in_bf16)
-            mix_head(1, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
+            mix_head(1, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, pad, wf, af, bf, kf, vf);
         else
-            mix_head(0, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
+            mix_head(0, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, pad, wf, af, bf, kf, vf);
     }
     if (in_bf16) {
         float *widened = y + n;
