@@ -446,7 +446,7 @@ class RWKV7:
     def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
         """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
         k = self._token_shift(x, x_prev, p.ffn_x_k.view(1, -1))[0]  # (B, T, C)
-        k = torch.relu(self.kernels.linear(k, p.ffn_key)) ** 2  # (B, T, F)
+        k = torch.relu_(self.kernels.linear(k, p.ffn_key)).square_()  # relu(k W)^2 (B, T, F), in place
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
 
 
