@@ -351,3 +351,15 @@ def test_the_token_shift_kernel_checks_its_inputs():
         cpu.token_shift_mix(x, x_prev, mix.bfloat16())
     with pytest.raises(ValueError, match="x: expected a float32 or bfloat16 CPU tensor \\[B, T, C\\], found torch.float64"):
         cpu.token_shift_mix(x.double(), x_prev, mix)
+
+
+def test_the_library_key_follows_the_headers_the_sources_include(tmp_path, monkeypatch):
+    """A changed bf16_cpu.h (included by both sources) is another library: built again, never a stale .so."""
+    import shutil
+
+    header = tmp_path / "bf16_cpu.h"
+    shutil.copy(cpu.HEADERS[0], header)
+    monkeypatch.setattr(cpu, "HEADERS", (header,))
+    before = cpu.library_key()
+    header.write_text(header.read_text() + "\n/* changed */\n")
+    assert cpu.library_key() != before

@@ -6,7 +6,8 @@ readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`)
 call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
 kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
 reference machine), and :func:`wkv7_output` runs it together with the elementwise math around it
-(the decay, the group norm, the bonus and the gate: ~20 torch calls per layer). The matvec kernel
+(the key's normalisation, the value residual, the decay, the group norm, the bonus and the gate:
+~35 torch calls per layer), as :func:`token_shift_mix` runs the token shift. The matvec kernel
 runs a decode step's products over a few rows in one pass over each weight, float32 or bf16 (half
 the bytes), accumulating in float32, prefetching the rows ahead, and writing bf16 results where
 the model is bf16 (:func:`matvec`); it also runs the LoRA pairs of a decode step.
@@ -45,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
+HEADERS = (Path(__file__).with_name("bf16_cpu.h"),)  # included by the sources: part of the library's key
 CPUINFO = Path("/proc/cpuinfo")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 LIBS = ["-lm"]  # after the sources: linkers that drop unneeded libraries read left to right
@@ -99,8 +101,9 @@ def cpu_signature() -> dict[str, str]:
 
 
 def library_key(sources: Sequence[Path] = SOURCES, cc: str = "") -> str:
-    """The compiled library's key: a digest of the sources, the compiler and flags, and the CPU."""
-    text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in sources)
+    """The compiled library's key: a digest of the sources and the headers they include, the
+    compiler and flags, and the CPU."""
+    text = b"".join(s.name.encode() + b"\0" + s.read_bytes() for s in (*sources, *HEADERS))
     setup = json.dumps({"cc": cc, "flags": FLAGS, "libs": LIBS, "cpu": cpu_signature()}, sort_keys=True)
     return hashlib.sha256(text + setup.encode()).hexdigest()[:16]
 

@@ -37,30 +37,19 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "bf16_cpu.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 #define ROWS 4
 
-static inline float bf16_to_f32(uint16_t h) {
-    const uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f); /* the compiler turns this into a register move */
-    return f;
-}
-
-/* y's element i, float32 or (y_bf16) bf16 rounded to nearest even, as torch's .to(torch.bfloat16)
- * rounds (NaN becomes 0x7FC0): a bf16 model's products come back in its dtype without another
- * pass, or another torch call, per product. */
+/* y's element i, float32 or (y_bf16) bf16 rounded to nearest even (bf16_cpu.h): a bf16 model's
+ * products come back in its dtype without another pass, or another torch call, per product. */
 static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
-    if (!y_bf16) {
-        ((float *)y)[i] = v;
-        return;
-    }
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    ((uint16_t *)y)[i] = v != v ? (uint16_t)0x7FC0 : (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    if (y_bf16) ((uint16_t *)y)[i] = f32_to_bf16(v);
+    else ((float *)y)[i] = v;
 }
 
 /* One definition for both weight types: WT is the stored type, LOAD(p) widens one element.
@@ -211,26 +200,22 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
 BLOCK_FN(block_f32, float, float, __m512, 16, load_f32, load_f32, FMA_F32)
 BLOCK_FN(block_bf16, uint16_t, float, __m512, 16, load_bf16_as_f32, load_f32, FMA_F32)
 
-int matvec_f32(int64_t R, int64_t C, int64_t M, int threads, const float *restrict W,
-               const float *restrict x, void *restrict y, int y_bf16) {
-    PRODUCT_BODY(block_f32, float)
-}
-
-int matvec_bf16(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
-                const float *restrict x, void *restrict y, int y_bf16) {
-    PRODUCT_BODY(block_bf16, uint16_t)
-}
+#define F32_BODY PRODUCT_BODY(block_f32, float)
+#define BF16_BODY PRODUCT_BODY(block_bf16, uint16_t)
 #else /* the portable loop: the compiler vectorises the simd reductions for the target it has */
+#define F32_BODY MATVEC_BODY(float, LOAD_F32)
+#define BF16_BODY MATVEC_BODY(uint16_t, LOAD_BF16)
+#endif
+
 int matvec_f32(int64_t R, int64_t C, int64_t M, int threads, const float *restrict W,
                const float *restrict x, void *restrict y, int y_bf16) {
-    MATVEC_BODY(float, LOAD_F32)
+    F32_BODY
 }
 
 int matvec_bf16(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
                 const float *restrict x, void *restrict y, int y_bf16) {
-    MATVEC_BODY(uint16_t, LOAD_BF16)
+    BF16_BODY
 }
-#endif
 
 #if defined(__AVX512BF16__)
 /* 32 bf16 numbers from p, the lanes at and past n zero (a row's last, partial chunk). */

@@ -20,6 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bf16_cpu.h"
+
 #define MAX_N 128
 #define TRANSPOSE_MIN_T 4 /* from here on the transposed form wins (measured on the reference CPU) */
 
@@ -142,22 +144,13 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 #define SPECIALISED static inline __attribute__((always_inline))
 
 SPECIALISED float load_elem(const void *p, int64_t i, const int bf16) {
-    if (!bf16) return ((const float *)p)[i];
-    const uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
-/* float32, or bf16 rounded to nearest even as torch's .to(torch.bfloat16) rounds (NaN: 0x7FC0) */
+/* float32, or bf16 rounded to nearest even as torch rounds (bf16_cpu.h) */
 SPECIALISED void store_elem(void *p, int64_t i, float v, const int bf16) {
-    if (!bf16) {
-        ((float *)p)[i] = v;
-        return;
-    }
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    ((uint16_t *)p)[i] = v != v ? (uint16_t)0x7FC0 : (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    if (bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
+    else ((float *)p)[i] = v;
 }
 
 /* e^x in float32 to ~1 ulp, in a form the compiler vectorises (libm's expf is a call per number
