@@ -155,7 +155,7 @@ def load():
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
         fn = lib.wkv7_output
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_float] + [ctypes.c_void_p] * 18
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 18
         fn = lib.token_shift_mix
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4
@@ -276,14 +276,14 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
     ptr = [x.data_ptr() if x is not None else None for x in xs]  # r w k v a g v_first v_gate
     out = torch.empty(B, T, C, dtype=dtype)
     bf16 = dtype == torch.bfloat16
-    rc = lib.wkv7_output(B, T, H, N, torch.get_num_threads(), bf16, bf16, eps, state.data_ptr(), *ptr,
+    rc = lib.wkv7_output(B, T, H, N, torch.get_num_threads(), bf16, eps, state.data_ptr(), *ptr,
                          *[vecs[n].data_ptr() if vecs[n] is not None else None
                            for n in ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")],
                          last.data_ptr() if last is not None else None, out.data_ptr())
     if rc == 2:
         raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {T} x {C} numbers)")
-    if rc != 0:  # 1: N > MAX_N (checked above); 3: in and out dtypes differ (never asked here)
-        raise ValueError(f"wkv7_output: the kernel refused its inputs (code {rc}: head size {N}, limit {MAX_N})")
+    if rc != 0:
+        raise ValueError(f"wkv7_output: head size {N} exceeds the kernel's limit {MAX_N}")
     return out
 
 

@@ -127,15 +127,15 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
  * prefill, each a few microseconds of dispatch in a decode step. Here they are two passes around
  * the recurrence, in float32 throughout (a bf16 model's tensors are widened as they are read, and
  * the result is rounded once, to nearest even). On the 0.1B shape on the 2-core AVX-512 EPYC, in
- * one process turn and turn about with the torch lines: a bf16 decode step 14.5 ms against 15.1,
- * a 512-token prefill 634 ms against 652 in float32 and 349 against 384 in bf16.
+ * one process turn and turn about with the torch lines: a bf16 decode step 12.5 ms against 14.0,
+ * a 512-token prefill 652 ms against 705 in float32 and 302 against 324 in bf16.
  *
  * Layouts (contiguous): r w k v a g v_first v_gate [B, T, H * N] in float32 or bf16 (in_bf16), k and
  * v the products before the mixing above, a after its sigmoid; w0 r_k k_k k_a v0 ln_x_w ln_x_b
  * [H * N] in the same dtype; state [B, H, N, N] float32 (updated in place), out
- * [B, T, H * N] float32 or bf16 (out_bf16); last [B] int64, each row's last position (padding after
- * it leaves the state as it is), or NULL. Returns 0, 1 if N > MAX_N, 2 if scratch memory could not
- * be had, 3 if in and out dtypes differ.
+ * [B, T, H * N] in that dtype too; last [B] int64, each row's last position (padding after it
+ * leaves the state as it is), or NULL. Returns 0, 1 if N > MAX_N, 2 if scratch memory could not
+ * be had.
  */
 /* The dtype of a fused kernel's tensors is a run-time flag, but each loop below is written for one
  * dtype: the kernels call an always-inlined body with a constant bf16 (0 or 1), so every loop is
@@ -238,13 +238,12 @@ SPECIALISED void finish_head(const int bf16, int64_t o, int64_t h, int64_t N, fl
     }
 }
 
-int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_bf16, int out_bf16,
+int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_bf16,
                 float eps, float *state, const void *r, const void *w, const void *k, const void *v,
                 const void *a, const void *g, const void *v_first, const void *v_gate, const void *w0,
                 const void *r_k, const void *k_k, const void *k_a, const void *v0, const void *ln_w,
                 const void *ln_b, const int64_t *last, void *out) {
     if (N > MAX_N) return 1;
-    if (in_bf16 != out_bf16) return 3; /* one dtype in and out (the model's) */
     const int64_t C = H * N, n = B * T * C, heads = B * T * H;
     /* scratch: the decay, -kk, kk * a, the mixed key and value, y; a bf16 model's r widened too */
     float *buf = malloc((size_t)n * (in_bf16 ? 7 : 6) * sizeof(float));
