@@ -95,14 +95,18 @@ def output(result: pytest.RunResult) -> str:
 
 # ---------------------------------------------------------------- one bad case
 
-def test_rows_that_are_not_json_fail_their_test_not_the_session(toy):
-    suite = toy("set")
+def assert_alpha_alone_failed(suite, line: str) -> None:
+    """The run fails (no INTERNALERROR) with ``line`` for case alpha, and the report keeps beta only."""
     result = run(suite)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     assert "INTERNALERROR" not in output(result)
-    result.stdout.fnmatch_lines(["*toy/alpha: the rows are not plain JSON values*set*"])
+    result.stdout.fnmatch_lines([line])
     report = results(suite)
     assert report["status"] == "failed" and list(report["benchmarks"]["toy"]["cases"]) == ["beta"]
+
+
+def test_rows_that_are_not_json_fail_their_test_not_the_session(toy):
+    assert_alpha_alone_failed(toy("set"), "*toy/alpha: the rows are not plain JSON values*set*")
 
 
 def test_numpy_scores_reach_the_controller_under_xdist(toy):
@@ -123,13 +127,9 @@ def test_a_samples_file_that_cannot_be_written_is_named_and_the_run_goes_on(toy)
 
 
 def test_a_result_the_controller_cannot_record_fails_the_session_with_its_reason(toy):
-    suite = toy("surrogate_prompt")  # its sha256 cannot be taken: the controller's side fails
-    result = run(suite)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
-    assert "INTERNALERROR" not in output(result)
-    result.stdout.fnmatch_lines(["*toy/alpha: its result could not be recorded (UnicodeEncodeError*"])
-    report = results(suite)
-    assert report["status"] == "failed" and list(report["benchmarks"]["toy"]["cases"]) == ["beta"]
+    # its sha256 cannot be taken: the controller's side fails
+    assert_alpha_alone_failed(toy("surrogate_prompt"),
+                              "*toy/alpha: its result could not be recorded (UnicodeEncodeError*")
 
 
 def test_a_failing_gate_keeps_the_tests_later_records(toy):
