@@ -9,6 +9,10 @@
  * The two transposes cost more than they save for a step or two (decoding), so short sequences
  * run row by row instead (run_rows: each row is independent; rows run in parallel).
  * Heads run in parallel (OpenMP); each head runs its whole sequence with no synchronisation.
+ * The transposed form accumulates in float32, as the reference's bmm does, and runs with N = 64 (the
+ * head size of every RWKV-7 release) as a constant, so that a column is four registers and the loops
+ * unroll: on the 2-core Intel Xeon with AMX (2026-12-01), one 0.1B layer over 512 tokens took
+ * 2.2 ms against 5.5 with float64 accumulators and N a variable (3.5 with float64 and N = 64).
  *
  * Layouts (all float32, contiguous):
  *   state       [B, H, N, N]   updated in place
@@ -50,36 +54,35 @@ static void run_row(int64_t T, int64_t stride, int64_t N, int64_t i, float *rest
     for (int64_t j = 0; j < N; j++) s_row[j] = s[j];
 }
 
-static void run_head(int64_t T, int64_t stride, int64_t N, float *restrict S,
+static inline __attribute__((always_inline)) void run_head(int64_t T, int64_t stride, const int64_t N, float *restrict S,
                      const float *restrict r, const float *restrict w, const float *restrict k,
                      const float *restrict v, const float *restrict a, const float *restrict b,
                      float *restrict y) {
     float St[MAX_N * MAX_N]; /* St[j * N + i] = S[i][j] */
-    double sa_acc[MAX_N], acc[MAX_N]; /* double accumulators: sums of 64 products stay exact to float */
-    float sa[MAX_N];
+    float sa[MAX_N], acc[MAX_N]; /* float32 accumulators, as the reference's bmm */
     for (int64_t i = 0; i < N; i++)
         for (int64_t j = 0; j < N; j++) St[j * N + i] = S[i * N + j];
     for (int64_t t = 0; t < T; t++) {
         const int64_t o = t * stride;
         const float *restrict vt = v + o;
-        for (int64_t i = 0; i < N; i++) sa_acc[i] = 0.0, acc[i] = 0.0;
+        for (int64_t i = 0; i < N; i++) sa[i] = 0.0f, acc[i] = 0.0f;
         for (int64_t j = 0; j < N; j++) { /* sa = S a */
-            const double aj = a[o + j];
+            const float aj = a[o + j];
             const float *restrict col = St + j * N;
-            for (int64_t i = 0; i < N; i++) sa_acc[i] += col[i] * aj;
+#pragma omp simd
+            for (int64_t i = 0; i < N; i++) sa[i] += col[i] * aj;
         }
-        for (int64_t i = 0; i < N; i++) sa[i] = (float)sa_acc[i];
         for (int64_t j = 0; j < N; j++) { /* update column j of S, then y += S[:, j] r[j] */
-            const float wj = w[o + j], bj = b[o + j], kj = k[o + j];
-            const double rj = r[o + j];
+            const float wj = w[o + j], bj = b[o + j], kj = k[o + j], rj = r[o + j];
             float *restrict col = St + j * N;
+#pragma omp simd
             for (int64_t i = 0; i < N; i++) {
                 const float x = col[i] * wj + sa[i] * bj + vt[i] * kj;
                 col[i] = x;
                 acc[i] += x * rj;
             }
         }
-        for (int64_t i = 0; i < N; i++) y[o + i] = (float)acc[i];
+        for (int64_t i = 0; i < N; i++) y[o + i] = acc[i];
     }
     for (int64_t i = 0; i < N; i++)
         for (int64_t j = 0; j < N; j++) S[i * N + j] = St[j * N + i];
@@ -105,8 +108,12 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 #pragma omp parallel for schedule(static) num_threads(threads) if (heads > 1 && heads * T * N >= 8192)
     for (int64_t bh = 0; bh < heads; bh++) {
         const int64_t base = ((bh / H) * T * H + bh % H) * N; /* [bb, t=0, h, 0] */
-        run_head(T, stride, N, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
-                 b + base, y + base);
+        if (N == 64) /* the head size of every RWKV-7 release: a constant N unrolls the loops into registers */
+            run_head(T, stride, 64, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
+                     b + base, y + base);
+        else
+            run_head(T, stride, N, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
+                     b + base, y + base);
     }
     return 0;
 }
