@@ -214,7 +214,9 @@ class RWKV7:
         elif self.config.head_size <= cpu.MAX_N:
             wkv, self.wkv_impl = cpu.wkv7_cpu, "C kernel (engine/kernels/wkv7_cpu.c)"
         first = self.layers[0]
-        plan = tuning.plan_for(first.ffn_key, first.W_r, first.w1, first.w2, kernel)
+        # the few-row points are timed on the weights a decode step reads, in its order (from memory)
+        stream = [W for lw in self.layers for W in (lw.W_r, lw.W_k, lw.W_v, lw.W_o, lw.ffn_key)] + [self.head]
+        plan = tuning.plan_for(first.ffn_key, first.W_r, first.w1, first.w2, kernel, stream=stream)
         # the fused time-mix output reads float32 or bf16 (a float16 model runs its torch lines)
         fused = wkv is not wkv7_reference and self.dtype in (torch.float32, torch.bfloat16)
         if fused:

@@ -394,3 +394,34 @@ def test_fast_path_equals_plain_path(dtype):
         if dtype == "bfloat16":
             want, _ = exact.forward(toks)
             assert rel(a, want) <= 1.25 * rel(b, want) + 5e-3, (B, T)
+
+
+def test_the_few_row_points_read_the_models_weights_in_turn(monkeypatch, kernel):
+    """A decode step reads each weight once, from memory: the few-row points time each call on the
+    next slice of the model's weights (``stream``, those of the probe's input size and dtype), so no
+    call finds its weight in the cache the calls before it filled; the many-row points time the
+    attention matrix, and without a stream the probe itself is timed."""
+    g = torch.Generator().manual_seed(0)
+    ffn_key, att = torch.randn(256, 64, generator=g), torch.randn(64, 64, generator=g)
+    lora = torch.randn(64, 8, generator=g), torch.randn(8, 64, generator=g)
+    big = torch.randn(1024, 64, generator=g)
+    # too few rows for a slice, another input size, another dtype: not timed
+    stream = [torch.randn(64, 64, generator=g), ffn_key, torch.randn(256, 32, generator=g), big, big.bfloat16()]
+    reads = []
+    real = tuning.linear_form
+
+    def spy(form, x, W, contiguous=False):
+        reads.append((x.shape[0], W.data_ptr(), tuple(W.shape)))
+        return real(form, x, W, contiguous)
+
+    monkeypatch.setattr(tuning, "linear_form", spy)
+    tuning.measure(ffn_key, att, *lora, kernel, stream)
+    slices = [ffn_key.data_ptr()] + [big[i:i + 256].data_ptr() for i in range(0, 1024, 256)]
+    assert [s.data_ptr() for s in tuning._stream(ffn_key, stream)] == slices
+    few = [(ptr, shape) for rows, ptr, shape in reads if rows <= cpu.POINTS[2]]
+    assert few and all(shape == (256, 64) for _, shape in few)
+    assert [ptr for ptr, _ in few] == [slices[i % len(slices)] for i in range(len(few))]  # in turn, all of them
+    assert {ptr for rows, ptr, _ in reads if rows > cpu.POINTS[2]} == {att.data_ptr()}
+    reads.clear()
+    tuning.measure(ffn_key, att, *lora, kernel)
+    assert {ptr for rows, ptr, _ in reads if rows <= cpu.POINTS[2]} == {ffn_key.data_ptr()}
