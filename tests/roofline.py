@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -29,9 +30,34 @@ def matmul_flops(dtype: torch.dtype, n: int = 1536, repeats: int = 5) -> float:
     return 2 * n**3 / _median_seconds(lambda: a @ b, repeats)
 
 
-def read_bandwidth(nbytes: int = 1 << 28, repeats: int = 5) -> float:
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def last_level_cache_bytes(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int | None:
+    """The largest data cache of CPU 0 as Linux reports it (``index*/size``: "307200K"), or None."""
+    sizes = []
+    for index in sorted(root.glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            text = (index / "size").read_text().strip()
+            sizes.append(int(text[:-1]) * _SIZE_UNITS[text[-1]] if text[-1] in _SIZE_UNITS else int(text))
+        except (OSError, ValueError):
+            continue
+    return max(sizes) if sizes else None
+
+
+def read_buffer_bytes(minimum: int = 1 << 28, cache: int | None = None) -> int:
+    """How much the read-bandwidth probe sums: at least ``minimum``, and twice the last-level cache
+    (one Xeon VM reports a 300 MiB L3, more than a 256 MiB probe)."""
+    cache = last_level_cache_bytes() if cache is None else cache
+    return max(minimum, 2 * (cache or 0))
+
+
+def read_bandwidth(nbytes: int | None = None, repeats: int = 5) -> float:
     """Bytes/s read from memory: a sum over a buffer far larger than any cache (what a decode step
-    over every weight does)."""
+    over every weight does); by default :func:`read_buffer_bytes`."""
+    nbytes = read_buffer_bytes() if nbytes is None else nbytes
     src = torch.ones(nbytes // 4, dtype=torch.float32)
     return nbytes / _median_seconds(lambda: src.sum(), repeats)
 

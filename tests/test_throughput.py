@@ -27,7 +27,7 @@ import engine
 from engine.kernels import tuning
 from helpers import skip_unless_benchmark_only, throughput_config
 from oracle import load_official
-from roofline import copy_bandwidth, machine, matmul_flops, read_bandwidth
+from roofline import copy_bandwidth, machine, matmul_flops, read_bandwidth, read_buffer_bytes
 
 DTYPES = {"float32": ("cpu fp32", torch.float32), "bfloat16": ("cpu bf16", torch.bfloat16)}
 PREFILL = 512
@@ -129,6 +129,7 @@ def _record(benchmark, cfg, dtype, scenario, tokens_per_call, official, roofline
         info["weight_gb_per_s"] = round(weight_bytes * rate / 1e9, 2)
         info["machine_read_gb_per_s"] = round(read / 1e9, 2)
         info["machine_read_gb_per_s_probes"] = [round(b / 1e9, 2) for b in probes]
+        info["machine_read_probe_mib"] = read_buffer_bytes() >> 20  # twice the last-level cache, at least 256
         info["fraction_of_bandwidth_roofline"] = round(weight_bytes * rate / read, 3)
         info["bandwidth_target"] = DECODE_B1_OF_READ_BANDWIDTH
         info["meets_bandwidth_target"] = info["fraction_of_bandwidth_roofline"] >= DECODE_B1_OF_READ_BANDWIDTH
