@@ -54,10 +54,12 @@ static void run_row(int64_t T, int64_t stride, int64_t N, int64_t i, float *rest
     for (int64_t j = 0; j < N; j++) s_row[j] = s[j];
 }
 
-static inline __attribute__((always_inline)) void run_head(int64_t T, int64_t stride, const int64_t N, float *restrict S,
-                     const float *restrict r, const float *restrict w, const float *restrict k,
-                     const float *restrict v, const float *restrict a, const float *restrict b,
-                     float *restrict y) {
+/* Steps 0..T of one head on its transposed state; inlined where called, so that a constant N unrolls. */
+static inline __attribute__((always_inline)) void run_head(int64_t T, int64_t stride, const int64_t N,
+                                                           float *restrict S, const float *restrict r,
+                                                           const float *restrict w, const float *restrict k,
+                                                           const float *restrict v, const float *restrict a,
+                                                           const float *restrict b, float *restrict y) {
     float St[MAX_N * MAX_N]; /* St[j * N + i] = S[i][j] */
     float sa[MAX_N], acc[MAX_N]; /* float32 accumulators, as the reference's bmm */
     for (int64_t i = 0; i < N; i++)
@@ -108,7 +110,7 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 #pragma omp parallel for schedule(static) num_threads(threads) if (heads > 1 && heads * T * N >= 8192)
     for (int64_t bh = 0; bh < heads; bh++) {
         const int64_t base = ((bh / H) * T * H + bh % H) * N; /* [bb, t=0, h, 0] */
-        if (N == 64) /* the head size of every RWKV-7 release: a constant N unrolls the loops into registers */
+        if (N == 64) /* every RWKV-7 release: with N a constant, a column is four registers */
             run_head(T, stride, 64, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
                      b + base, y + base);
         else
