@@ -280,6 +280,28 @@ def test_the_fused_output_equals_the_torch_lines(B, T, H, N, dtype, layer0):
     assert (s32 - s_ref).abs().max().item() <= 1e-5 * max(1.0, s_ref.abs().max().item())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_the_fused_scratch_kept_between_calls_and_past_its_limit_gives_the_same_numbers(dtype):
+    """wkv7_output keeps one scratch buffer per calling thread up to 64 MiB and allocates a larger
+    one per call. Rows are independent, so a batch whose scratch passes the limit (2 x 2000 x 768:
+    6 or 7 x 3.1 M floats, 74-86 MB) equals its rows run one by one (37-43 MB, kept), and a small
+    call after them, reusing the kept buffer, equals the same call run first."""
+    B, T, H, N = 2, 2000, 12, 64
+    state, rows, vecs = _products(B, T, H, N, dtype, seed=7)
+    s_small, small_rows, small_vecs = _products(1, 5, 1, 64, dtype, seed=8)
+    s_first = s_small.clone()
+    first = _call(s_first, small_rows, small_vecs)
+    s_big = state.clone()
+    big = _call(s_big, rows, vecs)
+    for b in range(B):
+        s_row = state[b:b + 1].clone()
+        row = _call(s_row, [t[b:b + 1] for t in rows], vecs)
+        assert torch.equal(row, big[b:b + 1]) and torch.equal(s_row, s_big[b:b + 1])
+    s_again = s_small.clone()
+    again = _call(s_again, small_rows, small_vecs)
+    assert torch.equal(again, first) and torch.equal(s_again, s_first)
+
+
 def test_the_fused_exp_is_float32_exact_to_an_ulp_or_two():
     """The kernel's own e^x (vectorisable, unlike libm's) over the decay's whole range: the decay
     exp(-exp(-0.5) * sigmoid(x)) for x from -90 to 90 equals torch's within 2 float32 ulps, read

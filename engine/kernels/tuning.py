@@ -14,6 +14,10 @@ on the next slice of the model's own weights (``stream``), in turn, so no call f
 the cache the previous calls filled. Timed on one slice again and again, a 16 MiB probe stayed in
 the 300 MiB L3 of one Xeon, where F.linear ran 8% faster than the matvec kernel; from memory the
 kernel read 21.3 GB/s and F.linear 19.6 (the 0.1B shape's float32 weights, 2026-12-01).
+Each form is timed with its result row-major, as the model's next step reads it (the fused time
+mix, the next product): ``W @ x^T`` returns a transposed view, and timed without the copy it
+won at 256 rows on another Xeon with AMX (2026-12-02), where a 512-token bf16 prefill then ran
+~20% slower than with ``x @ W^T`` (2,600 against 3,250 tokens/s).
 Timings taken while other processes load the cores are slower than the machine's own (a thread
 descheduled in a parallel region costs milliseconds), so a choice made then can be worse:
 :func:`forget` (or deleting the file) measures again at the next model.
@@ -55,12 +59,13 @@ try:
 except ImportError:  # not POSIX: the cache is used without a lock
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 3  # 2: entries keyed by the compiled library and the candidate forms too; 3: few-row
-# points timed on the model's weights in turn (from memory), not on one probe (from the cache)
+CACHE_VERSION = 4  # 2: entries keyed by the compiled library and the candidate forms too; 3: few-row
+# points timed on the model's weights in turn (from memory), not on one probe (from the cache);
+# 4: each form timed with its result row-major, as the model's next step reads it
 # a timed call should take about this long: probes are sliced to it on big models, so a whole
 # selection stays within a few tens of milliseconds (0.1B shape) to a few hundred (7B)
 _PROBE_BYTES = 16 << 20  # memory-bound points: bytes of W read per call
-_PROBE_FLOPS = 100e6  # compute-bound points: multiply-adds x 2 per call
+_PROBE_FLOPS = 400e6  # compute-bound points: multiply-adds x 2 per call (the 0.1B shape's whole [C, C])
 _REPEATS = 4
 _KEEP_WITHIN = 2.0  # a form this much slower than the best after two rounds is not timed again
 _HALF = (torch.bfloat16, torch.float16)
@@ -159,8 +164,8 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
         x = torch.randn(rows, W.shape[1], generator=gen).to(dtype)
         forms = timed["linear"][point]
         weights = few_rows if rows <= POINTS[2] else itertools.repeat(W)
-        best = time_forms(forms, lambda form: linear_form(form, x, next(weights))) if len(forms) > 1 \
-            else {forms[0]: 0.0}
+        best = time_forms(forms, lambda form: linear_form(form, x, next(weights)).contiguous()) \
+            if len(forms) > 1 else {forms[0]: 0.0}
         linear.append(min(best, key=best.get))
         timings[f"linear@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
         xl = torch.randn(rows, lora_a.shape[0], generator=gen).to(dtype)
