@@ -20,6 +20,7 @@
  *   y           [B, T, H, N]   written
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,23 +251,33 @@ SPECIALISED void finish_head(const int bf16, int64_t o, int64_t h, int64_t N, fl
 /* The fused kernel's scratch: a fresh malloc of this size is an mmap, and the first write to each of
  * its pages a page fault (~2,700 per layer of a 512-token 0.1B prefill: 0.5 ms of the bf16 call's 3 on
  * a Xeon with AMX, 2026-12-02). So each calling thread keeps one buffer of up to SCRATCH_KEEP bytes
- * and reuses it; a larger request is allocated and freed per call. */
+ * and reuses it (freed when the thread ends); a larger request is allocated and freed per call.
+ * A kept buffer starts with a header holding its size in floats. */
 #define SCRATCH_KEEP ((size_t)64 << 20)
-static _Thread_local float *kept;
-static _Thread_local size_t kept_floats;
+#define SCRATCH_HEADER 64
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static int scratch_keyed;
+
+static void scratch_key_init(void) { scratch_keyed = pthread_key_create(&scratch_key, free) == 0; }
 
 static float *scratch(size_t floats) {
-    if (floats * sizeof(float) > SCRATCH_KEEP) return malloc(floats * sizeof(float));
-    if (floats > kept_floats) {
+    pthread_once(&scratch_once, scratch_key_init);
+    if (floats * sizeof(float) > SCRATCH_KEEP || !scratch_keyed) return malloc(floats * sizeof(float));
+    size_t *kept = pthread_getspecific(scratch_key);
+    if (!kept || kept[0] < floats) {
         free(kept);
-        kept = malloc(floats * sizeof(float));
-        kept_floats = kept ? floats : 0;
+        kept = malloc(SCRATCH_HEADER + floats * sizeof(float));
+        pthread_setspecific(scratch_key, kept);
+        if (!kept) return NULL;
+        kept[0] = floats;
     }
-    return kept;
+    return (float *)((char *)kept + SCRATCH_HEADER);
 }
 
 static void release(float *buf) {
-    if (buf != kept) free(buf);
+    char *kept = scratch_keyed ? pthread_getspecific(scratch_key) : NULL;
+    if (!kept || buf != (float *)(kept + SCRATCH_HEADER)) free(buf);
 }
 
 int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_bf16,
