@@ -178,8 +178,8 @@ def test_eval_throughput(benchmark, name, batch, model, official, documents, sha
     reference = _official_rate(name, official, model.tokenizer, requests)  # right before ours
     # warm-up: a whole round on the same documents. A first round runs slower than the next ones
     # (6.98 s against 5.38 for 64 LAMBADA documents on a 2-core Xeon, 2026-12-02, in a process that
-    # had loaded the official model; with only ours loaded the two rounds read alike): the first
-    # allocations of each batch shape. A real run pays that once over thousands of documents.
+    # had loaded the official model; with only ours loaded the two rounds read alike), most likely
+    # the first allocations of each batch shape. A real run pays that once over thousands of documents.
     run_ours(model, docs, requests, score, batch_size)
     counted = {"tokens": 0}
     real = model.forward
