@@ -48,11 +48,17 @@ import torch.nn.functional as F
 SOURCES = (Path(__file__).with_name("wkv7_cpu.c"), Path(__file__).with_name("matvec_cpu.c"))
 HEADERS = (Path(__file__).with_name("bf16_cpu.h"),)  # included by the sources: part of the library's key
 CPUINFO = Path("/proc/cpuinfo")
+
+
+def is_x86() -> bool:
+    """Whether this machine is x86 (read at each call: tests fake ``platform.machine``)."""
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
 # On x86, 512-bit vectors where -march=native has AVX-512 (gcc prefers 256-bit ones there): the WKV
 # recurrence over 512 tokens of a 0.1B layer took 1.6 ms against 1.9 on a Xeon with AMX (2026-12-02)
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
-FLAGS = ["-O3", "-march=native", *(["-mprefer-vector-width=512"] if _X86 else []), "-ffp-contract=fast",
-         "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", *(["-mprefer-vector-width=512"] if is_x86() else []),
+         "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 LIBS = ["-lm"]  # after the sources: linkers that drop unneeded libraries read left to right
 MAX_N = 128
 UNAVAILABLE_REASON: str | None = None

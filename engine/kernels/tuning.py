@@ -43,7 +43,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,8 +91,7 @@ def _shortcut(dtype: torch.dtype, rows: int, forms: list[str]) -> list[str]:
     """Drop forms that cannot win and would take seconds to time: native half-precision GEMMs over
     many rows on a CPU without AVX-512 (torch then converts element by element; measured ~7x
     slower than float32 on the AVX2 reference machine)."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
-    if x86 and dtype in _HALF and rows >= POINTS[3] and "avx512f" not in cpu_flags() and "upcast" in forms:
+    if cpu.is_x86() and dtype in _HALF and rows >= POINTS[3] and "avx512f" not in cpu_flags() and "upcast" in forms:
         return [f for f in forms if f not in ("wxt", "xwt")]
     return forms
 
