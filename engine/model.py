@@ -221,7 +221,20 @@ class RWKV7:
         fused = wkv is not wkv7_reference and self.dtype in (torch.float32, torch.bfloat16)
         if fused:
             self.wkv_impl += ", fused with the time mix's output"
-        return cpu.CPUPath(plan, wkv, self.wkv_impl, fused=fused)
+        return cpu.CPUPath(plan, wkv, self.wkv_impl, fused=fused, packing=self._packing_fits())
+
+    def _packing_fits(self) -> bool:
+        """Whether the ``packed`` product form may keep a reordered copy of the linear weights: only
+        where they take at most a quarter of the memory free now (else it runs on them as they are)."""
+        from .batching import free_memory
+
+        weights = [self.head] + [W for lw in self.layers
+                                 for W in (lw.W_r, lw.W_k, lw.W_v, lw.W_o, lw.ffn_key, lw.ffn_value)]
+        size = sum(W.numel() * W.element_size() for W in weights)
+        free = free_memory(self.device)
+        self.packing_note = (f"{'allowed' if 4 * size <= free else 'not allowed'}: the linear weights take "
+                             f"{size / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
+        return 4 * size <= free
 
     # ------------------------------------------------------------------ public API
 
@@ -231,7 +244,8 @@ class RWKV7:
             "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
             "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
             "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl, "engine_path": self.kernels.name,
-            **({"cpu_products": self.kernels.plan.describe()} if hasattr(self.kernels, "plan") else {}),
+            **({"cpu_products": {**self.kernels.plan.describe(), "packed_weights": self.packing_note}}
+               if hasattr(self.kernels, "plan") else {}),
             "adapters": [dict(r) for r in self.adapters],
             "initial_state": "zeros" if self.initial_wkv is None else f"tuned ({self.state_from or 'given'})",
         }
@@ -278,7 +292,7 @@ class RWKV7:
         else:
             new = State(torch.empty_like(state.att_x), state.wkv.clone(), torch.empty_like(state.ffn_x))
 
-        x = self.emb[tokens]  # (B, T, C)
+        x = F.embedding(tokens, self.emb)  # (B, T, C); indexing emb[tokens] took ~3x longer (a gather per element)
         v_first = None
         C = self.config.n_embd
         rows = torch.arange(B) if last is not None else None

@@ -16,6 +16,7 @@ same reduction (:class:`TargetScorer` with ``positions``).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -143,6 +144,11 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int | None = None, *
         if on_result is not None:
             on_result(n, value)
 
+    # continuations of more than one token wait, with their context's state, until a batch of them
+    # is ready: run per context batch, LAMBADA's few multi-token words made calls of one or two
+    # rows, each a pass over every weight
+    waiting: list[Continuation] = []
+    ready = min(budget.rows, budget.prefix_states)
     for shard in prefixes.shards(nodes, starts, budget.prefix_states):
         node_states = _run_prefixes(model, nodes, [starts[i][0] for i in shard], budget, on_tokens)
         order = sorted(shard, key=lambda i: -(len(contexts[i]) - starts[i][1]))  # longest left to run first
@@ -151,8 +157,12 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int | None = None, *
             init = _start_states(model, [starts[i][0] for i in rows], node_states)
             ctx_states, ctx_last = advance(model, [contexts[i][starts[i][1]:] for i in rows], init, want_last=True,
                                            on_tokens=on_tokens, max_tokens=budget.tokens)
-            _score_continuations(model, [by_ctx[contexts[i]] for i in rows], checked, ctx_states, ctx_last,
-                                 budget, finish, on_tokens)
+            waiting += _score_first_tokens([by_ctx[contexts[i]] for i in rows], checked, ctx_states, ctx_last, finish)
+            if len(waiting) >= ready:
+                _score_continuations(model, waiting, checked, budget, finish, on_tokens)
+                waiting = []
+    if waiting:
+        _score_continuations(model, waiting, checked, budget, finish, on_tokens)
     return results  # type: ignore[return-value]
 
 
@@ -183,33 +193,55 @@ def _start_states(model, start: Sequence[int | None], states: dict[int, State]) 
     return State.cat([states[node] if node is not None else zero for node in start])
 
 
-def _score_continuations(model, requests: Sequence[list[int]], checked, ctx_states: State, ctx_last: torch.Tensor,
-                         budget: Budget, finish: Callable[[int, tuple[float, bool]], None],
-                         on_tokens: TokensCallback | None) -> None:
-    """Every continuation of a batch of contexts (``requests[j]``: the requests of context row j):
-    the first token from the context's last logits [rows, V], the rest by running
-    continuation[:-1] from the context's state, longest first, packed by the budget."""
+@dataclass
+class Continuation:
+    """A request whose continuation has more than one token, after its first token is scored:
+    row ``row`` of ``states`` is its context's state (the options of a question share one copy),
+    ``first`` the first token's (log p, is greedy)."""
+
+    request: int
+    states: State
+    row: int
+    first: tuple[float, bool]
+
+
+def _score_first_tokens(requests: Sequence[list[int]], checked, ctx_states: State, ctx_last: torch.Tensor,
+                        finish: Callable[[int, tuple[float, bool]], None]) -> list[Continuation]:
+    """The first token of every continuation of a batch of contexts (``requests[j]``: the requests
+    of context row j), from the context's last logits [rows, V]. One-token continuations are
+    finished here; the longer ones are returned, with a copy of the states of their contexts only."""
     last_lp = torch.log_softmax(ctx_last.double(), dim=-1)  # (rows, V); float64: sums stay exact
     last_max = last_lp.max(dim=-1).values
-    first: dict[int, tuple[float, bool]] = {}
-    longer: list[tuple[int, int]] = []  # (context row, request) with more than one token
+    longer: list[tuple[int, int, tuple[float, bool]]] = []  # (request, context row, first token)
     for j, ns in enumerate(requests):
         for n in ns:
             tok = checked[n][1][0]
-            first[n] = (float(last_lp[j, tok]), bool(last_lp[j, tok] >= last_max[j]))
+            first = (float(last_lp[j, tok]), bool(last_lp[j, tok] >= last_max[j]))
             if len(checked[n][1]) > 1:
-                longer.append((j, n))
+                longer.append((n, j, first))
             else:
-                finish(n, first[n])
-    longer.sort(key=lambda job: -len(checked[job[1]][1]))
-    for part in pack([len(checked[n][1]) - 1 for _, n in longer], budget.tokens, budget.rows):
-        jobs = [longer[k] for k in part]
-        scorer = TargetScorer([checked[n][1][1:] for _, n in jobs])
-        advance(model, [checked[n][1][:-1] for _, n in jobs], ctx_states.select([j for j, _ in jobs]),
-                on_logits=scorer, on_tokens=on_tokens, max_tokens=budget.tokens)
-        for row, (_, n) in enumerate(jobs):
-            lp, greedy = first[n]
-            finish(n, (lp + scorer.logprob[row], greedy and scorer.greedy[row]))
+                finish(n, first)
+    if not longer:
+        return []
+    kept = {j: row for row, j in enumerate(sorted({j for _, j, _ in longer}))}  # context row -> row kept
+    states = ctx_states.select(list(kept))
+    return [Continuation(n, states, kept[j], first) for n, j, first in longer]
+
+
+def _score_continuations(model, jobs: list[Continuation], checked, budget: Budget,
+                         finish: Callable[[int, tuple[float, bool]], None], on_tokens: TokensCallback | None) -> None:
+    """The rest of each continuation of ``jobs``: continuation[:-1] run from its context's state,
+    longest first, packed by the budget."""
+    jobs = sorted(jobs, key=lambda job: -len(checked[job.request][1]))
+    for part in pack([len(checked[job.request][1]) - 1 for job in jobs], budget.tokens, budget.rows):
+        batch = [jobs[k] for k in part]
+        scorer = TargetScorer([checked[job.request][1][1:] for job in batch])
+        start = State.cat([job.states.select([job.row]) for job in batch])
+        advance(model, [checked[job.request][1][:-1] for job in batch], start, on_logits=scorer, on_tokens=on_tokens,
+                max_tokens=budget.tokens)
+        for row, job in enumerate(batch):
+            lp, greedy = job.first
+            finish(job.request, (lp + scorer.logprob[row], greedy and scorer.greedy[row]))
 
 
 def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int | None = 0,

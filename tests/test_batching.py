@@ -247,3 +247,41 @@ def test_a_model_on_an_accelerator_is_scored_from_logits_taken_to_the_host(small
     rolling = [t for _, t in pairs[:4]]
     assert scoring.loglikelihood_rolling(there, rolling) == pytest.approx(scoring.loglikelihood_rolling(small, rolling),
                                                                           abs=1e-9)
+
+
+def test_a_cpu_forward_call_runs_at_most_its_token_cap(small, monkeypatch):
+    # on the CPU a call's six token-shift mixes fit CPU_CALL_BYTES; advance splits longer rows
+    cap = 100
+    monkeypatch.setattr(engine.batching, "CPU_CALL_BYTES", 6 * SMALL.n_embd * 4 * cap)
+    assert engine.batching.call_tokens(small) == cap and auto_budget(small).tokens <= cap
+    seqs = [torch.randint(1, SMALL.vocab_size, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+            for n in (250, 40)]
+    shapes = []
+    real = small.forward
+    monkeypatch.setattr(small, "forward",
+                        lambda tokens, *a, **k: shapes.append(tuple(tokens.shape)) or real(tokens, *a, **k))
+    state, last = advance(small, seqs, want_last=True)
+    assert all(b * t <= cap for b, t in shapes) and sum(min(t, 250) for _, t in shapes) >= 250
+    for i, seq in enumerate(seqs):  # the same as each row in one call
+        logits, alone = real(torch.tensor([seq]), logits="last")
+        assert torch.allclose(last[i], logits[0, -1], atol=2e-4)
+        assert torch.allclose(state.select([i]).wkv, alone.wkv, atol=2e-4)
+    monkeypatch.setattr(engine.batching, "CPU_CALL_BYTES", 1)
+    assert engine.batching.call_tokens(small) == 64  # never fewer than 64 tokens a call
+
+
+def test_continuations_of_many_context_batches_run_together(small, monkeypatch):
+    # contexts packed into several batches; their multi-token continuations wait and run in one call
+    g = torch.Generator().manual_seed(8)
+    pairs = [([0] + torch.randint(1, SMALL.vocab_size, (n,), generator=g).tolist(),
+              torch.randint(1, SMALL.vocab_size, (3,), generator=g).tolist()) for n in range(5, 29, 2)]
+    modes = []
+    real = small.forward
+    monkeypatch.setattr(small, "forward",
+                        lambda tokens, *a, **k: modes.append(k.get("logits", "all")) or real(tokens, *a, **k))
+    got = small.loglikelihood(pairs, budget=Budget(40, 64, 64))
+    context_calls = modes.count("last") + modes.count("none")
+    assert context_calls >= 4 and modes.count("all") == 1  # the continuations: one call
+    want = [small.loglikelihood([p], batch_size=1)[0] for p in pairs]
+    for (lp, greedy), (want_lp, want_greedy) in zip(got, want):
+        assert lp == pytest.approx(want_lp, abs=2e-4) and greedy == want_greedy

@@ -19,7 +19,7 @@ from engine.kernels import cpu, tuning
 from engine.kernels.cpu import POINTS, CPUPath, Plan, linear_candidates, linear_form, lora_candidates, lora_form
 from helpers import SHAPES
 
-ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 31, 32, 33, 64, 65, 128, 129, 256, 300)
+ROWS = (1, 2, 3, 4, 5, 8, 9, 16, 31, 32, 33, 64, 65, 128, 129, 256, 300, 513)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -55,6 +55,8 @@ def test_every_linear_form_equals_float64_linear(kernel, dtype, rows):
         ref = F.linear(x.double(), W.double())
         forms = linear_candidates(dtype, rows, kernel)
         assert ("matvec" in forms) == (kernel and dtype != torch.float16 and rows <= cpu.MATVEC_MAX_ROWS)
+        assert ("onednn" in forms) == (dtype != torch.float16 and cpu.onednn_available())
+        assert ("packed" in forms) == (dtype != torch.float16 and rows > cpu.MATVEC_MAX_ROWS and cpu.packing_available())
         for form in forms:
             for contiguous in (False, True):
                 y = linear_form(form, x, W, contiguous)
@@ -72,16 +74,18 @@ def test_every_lora_form_equals_float64(kernel, dtype, rows):
     x = torch.randn(2, rows, 128, generator=g).to(dtype)
     forms = lora_candidates(dtype, 2 * rows, kernel)
     assert ("matvec" in forms) == (kernel and dtype != torch.float16 and 2 * rows <= cpu.MATVEC_MAX_ROWS)
-    path = CPUPath(Plan(("xwt",) * 5, ("matvec",) * 5), engine.wkv7_reference, "torch reference")
+    assert ("onednn" in forms) == (dtype != torch.float16 and cpu.onednn_available())
+    paths = {form: CPUPath(Plan(("xwt",) * len(POINTS), (form,) * len(POINTS)), engine.wkv7_reference,
+                           "torch reference") for form in forms}
     # tanh and sigmoid run inside the matvec form's kernel (lora_rows); relu between two products
     for act in (torch.tanh, torch.sigmoid, None, torch.relu):
         h = x.double() @ A.double()
         ref = (act(h) if act is not None else h) @ B.double()
         for form in forms:
             runs = [lora_form(form, x, A, B, act)]
-            if form == "matvec":  # the model's path keeps the transposed pair and reuses it
-                runs += [path.lora(x, A, B, act) for _ in range(2)]
-                assert len(path._transposed) == 1
+            if form in ("matvec", "onednn", "packed"):  # the model's path keeps the transposed pair and reuses it
+                runs += [paths[form].lora(x, A, B, act) for _ in range(2)]
+                assert len(paths[form]._transposed) == 1
             for y in runs:
                 assert y.shape == (2, rows, 120) and y.dtype == dtype
                 # half precision rounds the rank-16 intermediate too: one more rounding, propagated
@@ -101,27 +105,101 @@ def test_a_head_sized_product_comes_back_row_major(kernel):
         _close(y, ref, torch.float32, 64)
 
 
+def test_onednn_is_offered_only_where_it_runs_and_equals_f_linear(monkeypatch):
+    real = cpu._onednn_op()
+
+    def offered(op) -> bool:
+        monkeypatch.setattr(cpu, "_onednn", None)  # asked again
+        monkeypatch.setattr(cpu, "_onednn_op", lambda: op)
+        return "onednn" in linear_candidates(torch.float32, 256, True) and "onednn" in lora_candidates(
+            torch.float32, 256, True)
+
+    def broken(*args):
+        raise RuntimeError("could not create a primitive")
+
+    assert not offered(None)  # a torch without oneDNN
+    assert not offered(broken)
+    assert not offered(lambda x, W, *rest: F.linear(x, W) * 1.01)  # runs, but not F.linear's numbers
+    assert not offered(lambda x, W, *rest: F.linear(x, W)[:, :-1])  # a wrong shape
+    assert offered(lambda x, W, *rest: F.linear(x, W))
+    if real is not None:
+        assert offered(real)  # this torch's own
+        assert "onednn" not in linear_candidates(torch.float16, 256, True)  # float32 and bf16 only
+
+
+def test_packing_is_offered_only_where_reordered_weights_run_and_equal_f_linear(monkeypatch):
+    def offered(reorder) -> bool:
+        monkeypatch.setattr(cpu, "_packing", None)  # asked again
+        monkeypatch.setattr(cpu, "_reorder_op", lambda: reorder)
+        return "packed" in linear_candidates(torch.float32, 256, True)
+
+    def broken(W, rows):
+        raise RuntimeError("unsupported format")
+
+    real = cpu._reorder_op()
+    assert not offered(None) and not offered(broken)
+    assert not offered(lambda W, rows: W * 1.01)  # runs, but not W's numbers
+    if not cpu.onednn_available():
+        pytest.skip("this torch has no oneDNN linear: the packed form is never offered")
+    assert offered(lambda W, rows: W)  # W itself: oneDNN reads it as it is
+    if real is not None:
+        assert offered(real)
+        assert "packed" not in linear_candidates(torch.float32, cpu.MATVEC_MAX_ROWS, True)  # the few-row points
+        assert "packed" not in linear_candidates(torch.float16, 256, True)
+
+
+def test_the_packed_form_keeps_one_reordered_copy_per_weight_or_none(monkeypatch):
+    if not cpu.packing_available():
+        pytest.skip("this torch cannot reorder weights for oneDNN: the packed form is never offered")
+    g = torch.Generator().manual_seed(3)
+    W, A, B = torch.randn(96, 64, generator=g), torch.randn(64, 8, generator=g), torch.randn(8, 96, generator=g)
+    x = torch.randn(2, 100, 64, generator=g)
+    plan = Plan(("packed",) * len(POINTS), ("packed",) * len(POINTS))
+    for packing in (True, False):
+        path = CPUPath(plan, engine.wkv7_reference, "torch reference", packing=packing)
+        for _ in range(2):
+            assert torch.allclose(path.linear(x, W), F.linear(x, W), atol=1e-4)
+            assert torch.allclose(path.lora(x, A, B, torch.tanh), torch.tanh(x @ A) @ B, atol=1e-4)
+        # allowed: one reordered copy of W, kept and reused; not allowed: none, the onednn form runs
+        assert len(path._packed) == (1 if packing else 0)
+        assert [k[1] for k in path._transposed] == ["packed" if packing else "onednn"]
+        if packing:
+            assert path._packed[id(W)][1].is_mkldnn and all(t.is_mkldnn for t in path._transposed[(id(A), "packed")][2:])
+
+
+def test_the_model_keeps_reordered_weights_only_where_they_fit_the_memory(monkeypatch):
+    from helpers import SMALL
+
+    model = engine.random_model(SMALL, seed=1)
+    assert model.kernels.packing and model.info()["cpu_products"]["packed_weights"].startswith("allowed")
+    monkeypatch.setattr(engine.batching, "free_memory", lambda device: 1 << 20)  # 1 MiB free
+    tight = engine.random_model(SMALL, seed=1)
+    assert not tight.kernels.packing
+    assert tight.info()["cpu_products"]["packed_weights"].startswith("not allowed: the linear weights take")
+
+
 def test_row_counts_map_to_their_points():
-    assert [cpu.point_index(r) for r in (1, 2, 3, 8, 9, 32, 33, 128, 129, 8192)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert len(POINTS) == 5 and all(cpu.point_index(p) == i for i, p in enumerate(POINTS))
+    assert [cpu.point_index(r) for r in (1, 2, 3, 8, 9, 32, 33, 128, 129, 512, 513, 8192)] == \
+        [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert len(POINTS) == 6 and all(cpu.point_index(p) == i for i, p in enumerate(POINTS))
 
 
 def test_the_path_routes_each_row_count_to_its_form(monkeypatch, kernel):
-    forms = ("matvec" if kernel else "wxt", "xwt", "wxt", "xwt", "upcast")
-    plan = Plan(forms, ("native",) * 5)
+    forms = ("matvec" if kernel else "wxt", "xwt", "wxt", "xwt", "upcast", "wxt")
+    plan = Plan(forms, ("native",) * 6)
     used = []
     real = cpu.linear_form
     monkeypatch.setattr(cpu, "linear_form", lambda form, *a: used.append(form) or real(form, *a))
     path = CPUPath(plan, engine.wkv7_reference, "torch reference")
     W = torch.randn(40, 24).bfloat16()
-    for B, T in [(1, 1), (2, 3), (4, 5), (8, 8), (4, 64)]:
+    for B, T in [(1, 1), (2, 3), (4, 5), (8, 8), (4, 64), (3, 200)]:
         x = torch.randn(B, T, 24).bfloat16()
         y = path.linear(x, W)
         assert y.shape == (B, T, 40)
         assert torch.equal(y.reshape(-1), y.contiguous().view(-1))  # reads like a contiguous tensor
     assert used == list(forms)
-    with pytest.raises(ValueError, match="expected 5 linear forms"):
-        Plan(("matvec",), ("native",) * 5)
+    with pytest.raises(ValueError, match="expected 6 linear forms"):
+        Plan(("matvec",), ("native",) * 6)
 
 
 def test_time_forms_keeps_the_fastest_and_stops_timing_the_slow():
@@ -235,7 +313,8 @@ def test_a_plan_is_measured_once_then_read_from_the_cache(tmp_path, weights, cou
     assert (again.linear, again.lora) == (first.linear, first.lora)
     info = again.describe()
     json.dumps(info)
-    assert info["machine"] == tuning.machine_signature() and set(info["linear"]) == {"1-2", "3-8", "9-32", "33-128", ">128"}
+    assert info["machine"] == tuning.machine_signature()
+    assert set(info["linear"]) == {"1-2", "3-8", "9-32", "33-128", "129-512", ">512"}
     assert all(f"linear@{p}" in info["timings_us"] for p in POINTS)
     # another dtype, another thread count: other entries, measured
     tuning.plan_for(*(w.bfloat16() for w in weights), kernel, directory=tmp_path)
@@ -319,7 +398,7 @@ def test_a_write_merges_into_what_the_file_holds_then(tmp_path, weights, kernel,
 
     def measure(*args, **kwargs):  # another process (no lock: an older rwkveval) writes meanwhile
         path.write_text(json.dumps({"version": tuning.CACHE_VERSION, "signature": tuning.machine_signature(),
-                                    "plans": {"other|entry": {"linear": ["xwt"] * 5, "lora": ["native"] * 5}}}))
+                                    "plans": {"other|entry": {"linear": ["xwt"] * 6, "lora": ["native"] * 6}}}))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tuning, "measure", measure)
@@ -414,9 +493,9 @@ def test_each_linear_form_is_timed_with_its_result_row_major(monkeypatch, kernel
             made.append(self.form)
             return self.y.contiguous()
 
-    def spy(form, x, W, contiguous=False):
+    def spy(form, x, W, contiguous=False, packed=None):
         calls.append(form)
-        return Result(form, real(form, x, W, contiguous))
+        return Result(form, real(form, x, W, contiguous, packed))
 
     monkeypatch.setattr(tuning, "linear_form", spy)
     tuning.measure(ffn_key, att, *lora, kernel)
@@ -437,9 +516,9 @@ def test_the_few_row_points_read_the_models_weights_in_turn(monkeypatch, kernel)
     reads = []
     real = tuning.linear_form
 
-    def spy(form, x, W, contiguous=False):
+    def spy(form, x, W, contiguous=False, packed=None):
         reads.append((x.shape[0], W.data_ptr(), tuple(W.shape)))
-        return real(form, x, W, contiguous)
+        return real(form, x, W, contiguous, packed)
 
     monkeypatch.setattr(tuning, "linear_form", spy)
     tuning.measure(ffn_key, att, *lora, kernel, stream)

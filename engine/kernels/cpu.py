@@ -20,10 +20,12 @@ uses the reference; the reason is kept in :data:`UNAVAILABLE_REASON` and reporte
 
 Products: a linear weight W [out, in] (the checkpoint's layout) times activations x [..., in]
 can run as the matvec kernel, as ``W @ x^T`` (BLAS; the result is a transposed view), as
-``x @ W^T`` (``F.linear``) or, for bf16/fp16 weights, as ``W @ x^T`` in float32 (the weight
-widened, which is what a half-precision GEMM computes anyway: half-precision operands, float32
-accumulation). Which form is fastest depends on the CPU (bf16 units or not), the BLAS, the row
-count and the thread count, so :class:`CPUPath` follows a :class:`Plan` measured once per machine
+``x @ W^T`` (``F.linear``), as oneDNN's linear where torch has it (:func:`onednn_linear`: for
+float32 torch's own F.linear calls MKL, which on an AVX-512 EPYC ran 136-174 GFLOP/s where oneDNN
+ran 191-200), or, for bf16/fp16 weights, as ``W @ x^T`` in float32 (the weight widened, which is
+what a half-precision GEMM computes anyway: half-precision operands, float32 accumulation).
+Which form is fastest depends on the CPU (bf16 units or not), the BLAS, the row count and the
+thread count, so :class:`CPUPath` follows a :class:`Plan` measured once per machine
 by :mod:`engine.kernels.tuning`. Every form equals ``F.linear`` within its dtype's rounding
 (tests/test_cpu_products.py).
 """
@@ -368,22 +370,104 @@ def matvec(x: torch.Tensor, W: torch.Tensor, out_dtype: torch.dtype = torch.floa
 # The product forms, and the plan that picks one per row count
 
 # Rows of the products the plan is measured at, and the row counts each one stands for:
-# rows <= 2 use the form measured at 1, <= 8 at 4, <= 32 at 16, <= 128 at 64, more at 256.
-POINTS = (1, 4, 16, 64, 256)
-_BOUNDS = (2, 8, 32, 128)
+# rows <= 2 use the form measured at 1, <= 8 at 4, <= 32 at 16, <= 128 at 64, <= 512 at 256, more
+# at 1024. A prefill chunk or a scoring batch runs hundreds of rows, where the best form can differ
+# from 256 rows': W @ x^T's transposing copy of its result grows past L2 (on a 2-core AVX-512 EPYC,
+# 2026-12-02: W @ x^T with its copy 168 GFLOP/s at 256 rows against F.linear's 164, but 118
+# against 174 at 768 rows).
+POINTS = (1, 4, 16, 64, 256, 1024)
+_BOUNDS = (2, 8, 32, 128, 512)
 # the matvec kernel makes one pass over W per call: a candidate up to the point at 16 rows
 MATVEC_MAX_ROWS = 32
 LINEAR_FORMS = {
     "matvec": "engine/kernels/matvec_cpu.c: one pass over W, float32 accumulation",
     "wxt": "W @ x^T in the weight's dtype (BLAS; the result is a transposed view)",
     "xwt": "x @ W^T in the weight's dtype (F.linear)",
+    "onednn": "x @ W^T in the weight's dtype by oneDNN's linear (torch.ops.mkldnn._linear_pointwise)",
+    "packed": "x @ W^T by oneDNN's linear on W reordered once into oneDNN's own layout (a second copy of W)",
     "upcast": "W @ x^T in float32, the half-precision weight widened (float32 accumulation)",
 }
 LORA_FORMS = {"native": "x @ A, then @ B, in the weight's dtype", "upcast": "both products in float32",
-              "matvec": "both products by the matvec kernel, over A and B transposed ([out, in], kept once)"}
+              "matvec": "both products by the matvec kernel, over A and B transposed ([out, in], kept once)",
+              "onednn": "both products by oneDNN's linear, over A and B transposed ([out, in], kept once)",
+              "packed": "both products by oneDNN's linear, over A and B transposed and reordered (kept once)"}
+# the forms that read LoRA's matrices transposed, as a linear weight [out, in]
+_TRANSPOSED_LORA = ("matvec", "onednn", "packed")
 # the head's logits come back row-major, built in blocks of W's rows whose float32 result (block x
 # rows) stays in L2: a transposing copy of 64 x 65536 logits alone took ~24 ms
 _BLOCK_FLOATS = 2**18
+
+
+_onednn: bool | None = None  # whether oneDNN's linear runs here and equals F.linear (asked once)
+
+
+def _onednn_op():
+    """oneDNN's linear as torch exposes it (``torch.ops.mkldnn._linear_pointwise``, the op torch's
+    own compiler emits for CPU linears), or None where this torch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+
+
+def onednn_available() -> bool:
+    """Whether the ``onednn`` form can run here. The op is not part of torch's public API, so it is
+    asked for, tried once on a small product and compared with F.linear; it is offered only when
+    all of that holds."""
+    global _onednn
+    if _onednn is None:
+        op, _onednn = _onednn_op(), False
+        if op is not None:
+            try:
+                g = torch.Generator().manual_seed(0)
+                x, W = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
+                y = op(x, W, None, "none", [], "")
+                _onednn = tuple(y.shape) == (3, 24) and bool(torch.allclose(y, F.linear(x, W), rtol=1e-4, atol=1e-4))
+            except (RuntimeError, TypeError, NotImplementedError):
+                _onednn = False
+    return _onednn
+
+
+def onednn_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, W)`` by oneDNN: x [rows, in], W [out, in] in one dtype (or W from
+    :func:`pack`) -> [rows, out] row-major."""
+    return _onednn_op()(x.contiguous(), W, None, "none", [], "")
+
+
+# rows the reordered weights are laid out for (oneDNN picks its blocking from it; any row count runs)
+PACK_ROWS = 1024
+_packing: bool | None = None  # whether reordered weights run here and equal F.linear (asked once)
+
+
+def pack(W: torch.Tensor) -> torch.Tensor:
+    """W [out, in] reordered into oneDNN's layout for :func:`onednn_linear` (an opaque tensor as
+    large as W). oneDNN otherwise reorders W at every call: a 3072 x 768 float32 product over 682
+    rows ran 146-173 GFLOP/s from W as it is and 185-195 from the reordered copy, bf16 286 against
+    403 (2-core AVX-512 EPYC, 2026-12-02)."""
+    return _reorder_op()(W, PACK_ROWS)
+
+
+def _reorder_op():
+    """oneDNN's weight reordering as torch exposes it, or None."""
+    return getattr(getattr(torch.ops, "mkldnn", None), "_reorder_linear_weight", None)
+
+
+def packing_available() -> bool:
+    """Whether the ``packed`` form can run here: oneDNN's linear (:func:`onednn_available`) and its
+    weight reordering (``torch.ops.mkldnn._reorder_linear_weight``, also not public API), tried once
+    on a small product in float32 and bf16 and compared with F.linear."""
+    global _packing
+    if _packing is None:
+        _packing = False
+        if onednn_available() and _reorder_op() is not None:
+            try:
+                g = torch.Generator().manual_seed(1)
+                x, W = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
+                _packing = all(bool(torch.allclose(onednn_linear(x.to(dt), pack(W.to(dt))).float(),
+                                                   F.linear(x.to(dt), W.to(dt)).float(), rtol=tol, atol=tol))
+                               for dt, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)))
+            except (RuntimeError, TypeError, NotImplementedError, AttributeError):
+                _packing = False
+    return _packing
 
 
 def point_index(rows: int) -> int:
@@ -394,6 +478,10 @@ def point_index(rows: int) -> int:
 def linear_candidates(dtype: torch.dtype, rows: int, kernel: bool) -> list[str]:
     """The forms that can compute a product of this dtype over ``rows`` rows here."""
     forms = ["wxt", "xwt"]
+    if dtype in (torch.float32, torch.bfloat16) and onednn_available():
+        forms.append("onednn")
+        if rows > MATVEC_MAX_ROWS and packing_available():  # the few-row points time slices of many weights
+            forms.append("packed")
     if dtype != torch.float32:
         forms.append("upcast")
     if kernel and dtype in (torch.float32, torch.bfloat16) and rows <= MATVEC_MAX_ROWS:
@@ -408,20 +496,30 @@ def lora_candidates(dtype: torch.dtype, rows: int, kernel: bool) -> list[str]:
     forms = ["native"] if dtype == torch.float32 else ["native", "upcast"]
     if kernel and dtype in (torch.float32, torch.bfloat16) and rows <= MATVEC_MAX_ROWS:
         forms.append("matvec")
+    if dtype in (torch.float32, torch.bfloat16) and onednn_available():
+        forms.append("onednn")
+        if rows > MATVEC_MAX_ROWS and packing_available():
+            forms.append("packed")
     return forms
 
 
-def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
+def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False,
+                packed: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, W)`` for x [rows, in], W [out, in], computed in ``form`` (one of
     :data:`LINEAR_FORMS`); returns [rows, out] in x's dtype. ``wxt`` and ``upcast`` return a
     transposed view (strides (1, rows)), which callers read through elementwise ops or reshape;
-    ``contiguous`` asks for row-major output, built block by block."""
+    ``contiguous`` asks for row-major output, built block by block. ``packed``: W reordered by
+    :func:`pack`, for the ``packed`` form (reordered here when not given)."""
     if form == "matvec":  # a bf16 x stays bf16 for a bf16 W (exact products either way)
         if x.dtype == torch.bfloat16:  # the kernel rounds to bf16 as it writes
             return matvec(x if W.dtype == torch.bfloat16 else x.float(), W, torch.bfloat16)
         return matvec(x.float(), W).to(x.dtype)
     if form == "xwt":
         return F.linear(x, W)
+    if form == "onednn":
+        return onednn_linear(x, W)
+    if form == "packed":
+        return onednn_linear(x, packed if packed is not None else pack(W))
     if form not in ("wxt", "upcast"):
         raise ValueError(f"unknown product form {form!r}: expected one of {sorted(LINEAR_FORMS)}")
     upcast = form == "upcast"
@@ -476,7 +574,15 @@ def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
               transposed: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``act(x @ A) @ B`` for x [..., in], A [in, rank], B [rank, out] (LoRA matrices are stored
     [in, out]), computed in ``form`` (one of :data:`LORA_FORMS`); returns [..., out] in x's dtype.
-    ``transposed``: (A^T, B^T) contiguous, for the matvec form (made here when not given)."""
+    ``transposed``: (A^T, B^T) contiguous (for ``packed``: reordered by :func:`pack`), for the
+    matvec and oneDNN forms (made here when not given)."""
+    if form in ("onednn", "packed"):
+        At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())
+        if form == "packed" and not (At.is_mkldnn and Bt.is_mkldnn):
+            At, Bt = pack(At), pack(Bt)
+        h = onednn_linear(x.reshape(-1, x.shape[-1]), At)  # (rows, rank)
+        y = onednn_linear(act(h) if act is not None else h, Bt)  # (rows, out)
+        return y.view(*x.shape[:-1], Bt.shape[0])
     if form == "matvec":
         At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())
         x2 = x.reshape(-1, x.shape[-1])  # (rows, in)
@@ -523,25 +629,41 @@ class Plan:
 
 class CPUPath:
     """The fast CPU path of the model: ``linear``, ``lora`` and ``wkv`` (the same contracts as
-    :class:`engine.model.TorchPath`), each product in the form the plan measured fastest."""
+    :class:`engine.model.TorchPath`), each product in the form the plan measured fastest.
+    ``packing``: whether the ``packed`` form may keep its reordered copy of each weight it serves
+    (the model allows it where its weights fit the memory twice over; else that form runs as
+    ``onednn``, on the weights as they are)."""
 
-    def __init__(self, plan: Plan, wkv: Callable[..., torch.Tensor], wkv_name: str, fused: bool = False):
+    def __init__(self, plan: Plan, wkv: Callable[..., torch.Tensor], wkv_name: str, fused: bool = False,
+                 packing: bool = True):
         self.plan = plan
         self.wkv = wkv
         # the time mix from its projections to the output product in one kernel (:func:`wkv7_output`)
         self.wkv_output = wkv7_output if fused else None
         self.token_shift = token_shift_mix if fused else None  # the token shift's mixes in one kernel
+        self.packing = packing
         self.name = f"CPU kernels (products: {plan.source}; WKV: {wkv_name})"
-        # LoRA pairs transposed for the matvec form, made at first use: id(A) -> (A, B, A^T, B^T);
-        # A and B are held, so an id is never reused while its entry lives
-        self._transposed: dict[int, tuple[torch.Tensor, ...]] = {}
+        # weights kept in another layout, made at first use: LoRA pairs transposed for the matvec and
+        # oneDNN forms, (id(A), form) -> (A, B, A^T, B^T), and weights reordered for the packed form,
+        # id(W) -> (W, packed W); the originals are held, so an id is never reused while its entry lives
+        self._transposed: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def linear(self, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
         """``F.linear(x, W)``: x [..., in], W [out, in] -> [..., out] in x's dtype; a transposed
         view unless ``contiguous`` (see :func:`linear_form`)."""
         rows = x.numel() // x.shape[-1]
         form = self.plan.linear[point_index(rows)]
-        y = linear_form(form, x.reshape(rows, x.shape[-1]), W, contiguous)
+        packed = None
+        if form == "packed":
+            if not self.packing:
+                form = "onednn"
+            else:
+                entry = self._packed.get(id(W))
+                if entry is None or entry[0] is not W:
+                    entry = self._packed[id(W)] = (W, pack(W))
+                packed = entry[1]
+        y = linear_form(form, x.reshape(rows, x.shape[-1]), W, contiguous, packed)
         return y.view(*x.shape[:-1], W.shape[0])
 
     def lora(self, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
@@ -549,10 +671,13 @@ class CPUPath:
         """``act(x @ A) @ B``: x [..., in], A [in, rank], B [rank, out] -> [..., out]."""
         rows = x.numel() // x.shape[-1]
         form = self.plan.lora[point_index(rows)]
+        if form == "packed" and not self.packing:
+            form = "onednn"
         transposed = None
-        if form == "matvec":
-            entry = self._transposed.get(id(A))
+        if form in _TRANSPOSED_LORA:
+            entry = self._transposed.get((id(A), form))
             if entry is None or entry[1] is not B:
-                entry = self._transposed[id(A)] = (A, B, A.t().contiguous(), B.t().contiguous())
+                At, Bt = A.t().contiguous(), B.t().contiguous()
+                entry = self._transposed[(id(A), form)] = (A, B, *((pack(At), pack(Bt)) if form == "packed" else (At, Bt)))
             transposed = entry[2:]
         return lora_form(form, x, A, B, act, transposed)

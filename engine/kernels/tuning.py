@@ -58,13 +58,17 @@ try:
 except ImportError:  # not POSIX: the cache is used without a lock
     fcntl = None  # type: ignore[assignment]
 
-CACHE_VERSION = 4  # 2: entries keyed by the compiled library and the candidate forms too; 3: few-row
+CACHE_VERSION = 5  # 2: entries keyed by the compiled library and the candidate forms too; 3: few-row
 # points timed on the model's weights in turn (from memory), not on one probe (from the cache);
-# 4: each form timed with its result row-major, as the model's next step reads it
+# 4: each form timed with its result row-major, as the model's next step reads it; 5: a sixth
+# point, 1024 rows, for more than 512 (and the oneDNN forms among the candidates)
 # a timed call should take about this long: probes are sliced to it on big models, so a whole
 # selection stays within a few tens of milliseconds (0.1B shape) to a few hundred (7B)
 _PROBE_BYTES = 16 << 20  # memory-bound points: bytes of W read per call
 _PROBE_FLOPS = 400e6  # compute-bound points: multiply-adds x 2 per call (the 0.1B shape's whole [C, C])
+# ... but a result of at least this many bytes: the many-row forms differ by what their result costs
+# (W @ x^T's transposing copy), which a narrow slice's result, held in L2, would hide
+_PROBE_RESULT_BYTES = 2 << 20
 _REPEATS = 4
 _KEEP_WITHIN = 2.0  # a form this much slower than the best after two rounds is not timed again
 _HALF = (torch.bfloat16, torch.float16)
@@ -122,7 +126,7 @@ def _probe(W: torch.Tensor, rows: int) -> torch.Tensor:
     if rows <= POINTS[2]:
         keep = _PROBE_BYTES // (inp * W.element_size())
     else:
-        keep = int(_PROBE_FLOPS // (2 * inp * rows))
+        keep = max(int(_PROBE_FLOPS // (2 * inp * rows)), _PROBE_RESULT_BYTES // (rows * W.element_size()))
     return W[:max(64, min(out, keep))]
 
 
@@ -162,13 +166,15 @@ def measure(ffn_key: torch.Tensor, att: torch.Tensor, lora_a: torch.Tensor, lora
         x = torch.randn(rows, W.shape[1], generator=gen).to(dtype)
         forms = timed["linear"][point]
         weights = few_rows if rows <= POINTS[2] else itertools.repeat(W)
-        best = time_forms(forms, lambda form: linear_form(form, x, next(weights)).contiguous()) \
+        packed = cpu.pack(W) if "packed" in forms else None  # reordered once, as the model's path keeps it
+        best = time_forms(forms, lambda form: linear_form(form, x, next(weights), packed=packed).contiguous()) \
             if len(forms) > 1 else {forms[0]: 0.0}
         linear.append(min(best, key=best.get))
         timings[f"linear@{rows}"] = {f: round(t * 1e6, 1) for f, t in best.items() if math.isfinite(t)}
         xl = torch.randn(rows, lora_a.shape[0], generator=gen).to(dtype)
         forms = timed["lora"][point]
-        best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh, transposed)) \
+        pair = {form: (tuple(map(cpu.pack, transposed)) if form == "packed" else transposed) for form in forms}
+        best = time_forms(forms, lambda form: lora_form(form, xl, lora_a, lora_b, torch.tanh, pair[form])) \
             if len(forms) > 1 else {forms[0]: 0.0}
         lora.append(min(best, key=best.get))
         if len(forms) > 1:
