@@ -49,10 +49,10 @@ _MEMORY_SHARE = 0.25
 # MiB with a fresh mmap, whose pages fault in on first touch at every call: on a 2-core AVX-512
 # EPYC (2026-12-02) the six mixes of 2,048 tokens of the 0.1B shape (38 MB) took 16.8 ms into a new
 # buffer against 2.5 into a kept one, and 64 LAMBADA documents scored in calls of up to 8,192 tokens
-# ran ~6.5 documents/s against ~8.5-8.8 in calls of 512-1,024 (same process, turn about). Smaller
-# calls also keep a call's activations nearer the caches: with 8, 12, 16 and 24 MiB here (455,
-# 682, 910 and 1,365 tokens) the same documents took 5.85-6.14, 5.82-6.06, 6.24-6.51 and
-# 6.37-6.71 s.
+# ran ~6.8 documents/s against 8.5-8.9 in calls of up to 512-1,024 (F.linear's products; medians
+# of three, same process, turn about). Smaller calls also keep a call's activations nearer the
+# caches: with 8, 12, 16 and 24 MiB here (455, 682, 910 and 1,365 tokens; oneDNN's products) the
+# same documents took 5.85-6.14, 5.82-6.06, 6.24-6.51 and 6.37-6.71 s.
 CPU_CALL_BYTES = 12 << 20
 
 

@@ -232,6 +232,13 @@ def test_state_select_errors(small):
     _, state = small.forward(torch.tensor([[1], [2]]))
     with pytest.raises(InputError, match="out of range for a state of batch size 2"):
         state.select([0, 5])
+    with pytest.raises(InputError, match="out of range for a state of batch size 2"):
+        state.select([-3])
+    # negative indices count from the end, as in Python; a repeated index fans a row out
+    picked, want = state.select([-1, 0, -2, 1]), state.select([1, 0, 0, 1])
+    for name in ("att_x", "wkv", "ffn_x"):
+        assert torch.equal(getattr(picked, name), getattr(want, name)), name
+    assert torch.equal(want.wkv[:, 0], state.wkv[:, 1]) and not torch.equal(state.wkv[:, 0], state.wkv[:, 1])
     with pytest.raises(InputError, match="at least one state"):
         State.cat([])
 
