@@ -421,7 +421,8 @@ def onednn_available() -> bool:
                 g = torch.Generator().manual_seed(0)
                 x, W = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
                 y = op(x, W, None, "none", [], "")
-                _onednn = tuple(y.shape) == (3, 24) and bool(torch.allclose(y, F.linear(x, W), rtol=1e-4, atol=1e-4))
+                _onednn = tuple(y.shape) == (3, 24) and bool(torch.allclose(y, F.linear(x, W), rtol=1e-4,
+                                                                            atol=1e-4))
             except (RuntimeError, TypeError, NotImplementedError):
                 _onednn = False
     return _onednn
@@ -678,6 +679,8 @@ class CPUPath:
             entry = self._transposed.get((id(A), form))
             if entry is None or entry[1] is not B:
                 At, Bt = A.t().contiguous(), B.t().contiguous()
-                entry = self._transposed[(id(A), form)] = (A, B, *((pack(At), pack(Bt)) if form == "packed" else (At, Bt)))
+                if form == "packed":
+                    At, Bt = pack(At), pack(Bt)
+                entry = self._transposed[(id(A), form)] = (A, B, At, Bt)
             transposed = entry[2:]
         return lora_form(form, x, A, B, act, transposed)

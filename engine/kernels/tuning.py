@@ -63,7 +63,8 @@ CACHE_VERSION = 5  # 2: entries keyed by the compiled library and the candidate 
 # 4: each form timed with its result row-major, as the model's next step reads it; 5: a sixth
 # point, 1024 rows, for more than 512 (and the oneDNN forms among the candidates)
 # a timed call should take about this long: probes are sliced to it on big models, so a whole
-# selection stays within a few tens of milliseconds (0.1B shape) to a few hundred (7B)
+# selection stays within a few hundred milliseconds (0.2-0.5 s on the 0.1B shape, on the 2-core EPYC
+# of 2026-12-02, with the oneDNN forms and the 1,024-row point) to seconds (7B)
 _PROBE_BYTES = 16 << 20  # memory-bound points: bytes of W read per call
 _PROBE_FLOPS = 400e6  # compute-bound points: multiply-adds x 2 per call (the 0.1B shape's whole [C, C])
 # ... but a result of at least this many bytes: the many-row forms differ by what their result costs
