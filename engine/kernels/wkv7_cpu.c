@@ -58,8 +58,8 @@ static void run_row(int64_t T, int64_t stride, int64_t N, int64_t i, float *rest
 /* Steps 0..T of one head on its transposed state; inlined where called, so that a constant N unrolls.
  * One pass over the state per step: as column j is updated it adds to y (S r) and to the next
  * step's S a, which a second pass had read the state again for (the same sums in the same order,
- * so the same numbers; a 0.1B layer over 10 x 88 tokens, 2 threads, 2.6-2.9 ms against 3.3-3.8 on
- * the AVX-512 EPYC, 2026-12-02). */
+ * so the same numbers; the recurrence of a 0.1B layer over 10 x 88 tokens, 2 threads, 2.6-2.9 ms
+ * against 3.3-3.8 on the AVX-512 EPYC, 2026-12-02). */
 static inline __attribute__((always_inline)) void run_head(int64_t T, int64_t stride, const int64_t N,
                                                            float *restrict S, const float *restrict r,
                                                            const float *restrict w, const float *restrict k,
