@@ -150,17 +150,12 @@ def auto_budget(model, rows: int | None = None) -> Budget:
     return Budget(tokens, rows if rows is not None else auto_rows, prefix_states)
 
 
-def cpu_call_tokens(n_embd: int) -> int:
-    """Tokens per forward call on the CPU whose six token-shift mixes fit :data:`CPU_CALL_BYTES`
-    (682 on the 0.1B shape, 256 at C = 2048, 128 at C = 4096), at least 64."""
-    return max(64, CPU_CALL_BYTES // (6 * n_embd * 4))
-
-
 def call_tokens(model) -> int:
-    """Tokens per forward call at most, whatever the memory: MAX_TOKENS_PER_CALL, and on the CPU
-    :func:`cpu_call_tokens`."""
+    """Tokens per forward call at most, whatever the memory: MAX_TOKENS_PER_CALL, and on the CPU as
+    many as keep the six token-shift mixes within :data:`CPU_CALL_BYTES` (682 on the 0.1B shape,
+    256 at C = 2048, 128 at C = 4096), at least 64."""
     if getattr(getattr(model, "device", None), "type", "cpu") == "cpu":
-        return min(MAX_TOKENS_PER_CALL, cpu_call_tokens(model.config.n_embd))
+        return min(MAX_TOKENS_PER_CALL, max(64, CPU_CALL_BYTES // (6 * model.config.n_embd * 4)))
     return MAX_TOKENS_PER_CALL
 
 
@@ -261,7 +256,7 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
         pos += seg
         while running and lengths[order[running - 1]] <= pos:
             running -= 1
-    if order == sorted(order):  # the rows came longest first: already in the caller's order
+    if order == list(range(n)):  # the rows came longest first: already in the caller's order
         return work, last
     inverse = [0] * n
     for j, i in enumerate(order):

@@ -232,9 +232,10 @@ class RWKV7:
                                  for W in (lw.W_r, lw.W_k, lw.W_v, lw.W_o, lw.ffn_key, lw.ffn_value)]
         size = sum(W.numel() * W.element_size() for W in weights)
         free = free_memory(self.device)
-        self.packing_note = (f"{'allowed' if 4 * size <= free else 'not allowed'}: the linear weights take "
+        fits = 4 * size <= free
+        self.packing_note = (f"{'allowed' if fits else 'not allowed'}: the linear weights take "
                              f"{size / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free")
-        return 4 * size <= free
+        return fits
 
     # ------------------------------------------------------------------ public API
 

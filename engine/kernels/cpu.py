@@ -441,9 +441,8 @@ _packing: bool | None = None  # whether reordered weights run here and equal F.l
 
 def pack(W: torch.Tensor) -> torch.Tensor:
     """W [out, in] reordered into oneDNN's layout for :func:`onednn_linear` (an opaque tensor as
-    large as W). oneDNN otherwise reorders W at every call: a 3072 x 768 float32 product over 682
-    rows ran 146-173 GFLOP/s from W as it is and 185-195 from the reordered copy, bf16 286 against
-    403 (2-core AVX-512 EPYC, 2026-12-02)."""
+    large as W): a 3072 x 768 float32 product over 682 rows ran 146-173 GFLOP/s from W as it is
+    and 185-195 from the reordered copy, bf16 286 against 403 (2-core AVX-512 EPYC, 2026-12-02)."""
     return _reorder_op()(W, PACK_ROWS)
 
 
