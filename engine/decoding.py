@@ -261,7 +261,7 @@ class Decoder:
                 def mapped(indices: list[int], starts: list[int], logits: torch.Tensor) -> None:
                     on_logits([run[k] for k in indices], starts, logits)
             new_state, last = advance(self.model, [rows[j].prompt for j in run], init, want_last=True,
-                                      on_logits=mapped, on_tokens=self.on_tokens)
+                                      on_logits=mapped, on_tokens=self.on_tokens, consume=True)
             if len(run) == len(rows):
                 batch = (new_state, last)
             for k, j in enumerate(run):

@@ -367,10 +367,11 @@ class RWKV7CUDA(RWKV7):
         return TorchPath()
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
-                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None,
+                  starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """As the reference: x (B, T, C) after ln1, x_prev (B, C) float32, wkv (B, H, N, N) float32
-        updated in place (``last`` is always None: padded_rows is False, forward refuses lengths).
+        updated in place (``last`` and ``starts`` are always None: padded_rows is False, forward
+        refuses lengths).
         Lines without a kernel are the reference's, line for line."""
         B, T, C = x.shape
         H, N = self.config.n_head, self.config.head_size
@@ -392,8 +393,9 @@ class RWKV7CUDA(RWKV7):
                                      p.r_k, eps=_LN_X_EPS)  # (B, T, H, N) in the model dtype
         return self.kernels.linear(y.view(B, T, C), p.W_o), v_first
 
-    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
+    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
+                     starts: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C) after ln2; x_prev: (B, C) float32 (``starts`` always None, as in _time_mix)."""
         k = ops.token_shift_mix(x, _contiguous(x_prev), p.ffn_x_k.view(1, -1))[0]  # (B, T, C), M = 1
         k = torch.relu(self.kernels.linear(k, p.ffn_key)).square_()  # (B, T, F)
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)

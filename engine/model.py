@@ -259,6 +259,12 @@ class RWKV7:
     # forward(lengths=...): rows of different lengths, right-padded, run in one call (engine.batching)
     padded_rows = True
 
+    @property
+    def ragged_rows(self) -> bool:
+        """Whether forward(lengths=...) runs only the rows' own tokens (the CPU kernels: the padding
+        is dropped before the first layer), so a batch costs its tokens, not rows x the longest."""
+        return self.kernels.token_shift is not None
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, state: State | None = None,
                 logits: Literal["all", "last", "none"] = "all", *, inplace: bool = False,
@@ -272,7 +278,9 @@ class RWKV7:
         ``inplace``, which saves a copy of the whole state per call (decoding, ragged batches).
         ``lengths``: row b holds ``lengths[b]`` (1..T) tokens and padding after them: its state is
         the one after its own tokens (padding leaves the recurrence as it is), ``"last"`` logits are
-        those after its last token, and ``"all"`` logits past its end mean nothing.
+        those after its last token, and ``"all"`` logits past its end mean nothing (zeros where
+        :attr:`ragged_rows`: there the padding is dropped and every layer runs the rows' tokens one
+        after another, as one row, the kernels told where each row starts).
         """
         tokens = self.check_tokens(tokens)
         B, T = tokens.shape
@@ -293,30 +301,45 @@ class RWKV7:
         else:
             new = State(torch.empty_like(state.att_x), state.wkv.clone(), torch.empty_like(state.ffn_x))
 
+        starts = None  # a ragged batch's row offsets [B + 1]: its tokens run as one row (1, n)
+        if last is not None and self.ragged_rows:
+            real = torch.arange(T) <= last.unsqueeze(1)  # (B, T) the rows' own tokens
+            starts = F.pad((last + 1).cumsum(0), (1, 0))  # (B + 1,)
+            tokens, ends, last = tokens[real].unsqueeze(0), starts[1:] - 1, None  # (1, n); rows' last tokens
         x = F.embedding(tokens, self.emb)  # (B, T, C); indexing emb[tokens] took ~3x longer (a gather per element)
         v_first = None
         C = self.config.n_embd
         rows = torch.arange(B) if last is not None else None
 
         def final(t: torch.Tensor) -> torch.Tensor:  # (B, C): each row's last token
+            if starts is not None:
+                return t[0, ends]
             return t[:, -1] if last is None else t[rows, last]
 
         for i, p in enumerate(self.layers):
             xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)  # (B, T, C)
-            out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first, last)
+            out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first, last, starts)
             new.att_x[i] = final(xx)
             x = x + out
             xx = F.layer_norm(x, (C,), p.ln2_w, p.ln2_b)
-            x = x + self._channel_mix(p, xx, state.ffn_x[i])
+            x = x + self._channel_mix(p, xx, state.ffn_x[i], starts)
             new.ffn_x[i] = final(xx)
         if logits == "none":
             return None, new
+        first = B - logit_rows if logit_rows is not None else 0  # the rows whose logits are wanted
         if logits == "last":
-            x = final(x).unsqueeze(1)  # (B, 1, C)
-        if logit_rows is not None:
-            x = x[B - logit_rows:]  # (logit_rows, T or 1, C)
+            x = final(x).unsqueeze(1)[first:]  # (B - first, 1, C)
+        elif starts is not None:
+            x = x[:, int(starts[first]):]  # (1, their tokens, C)
+        else:
+            x = x[first:]  # (B - first, T, C)
         x = F.layer_norm(x, (C,), self.ln_out_w, self.ln_out_b)
-        return self.kernels.linear(x, self.head, contiguous=True).float(), new  # (B, T, V)
+        out = self.kernels.linear(x, self.head, contiguous=True).float()  # (B - first, T, V)
+        if starts is not None and logits == "all":  # back to rows, zeros past each row's end
+            padded = out.new_zeros(B - first, T, out.shape[-1])
+            padded[real[first:]] = out[0]
+            out = padded
+        return out, new
 
     def loglikelihood(self, pairs, **kwargs):
         from .scoring import loglikelihood
@@ -375,27 +398,32 @@ class RWKV7:
     # ------------------------------------------------------------------ the math
 
     def _time_mix(self, layer: int, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
-                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  wkv: torch.Tensor, v_first: torch.Tensor | None, last: torch.Tensor | None = None,
+                  starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, C) after ln1; x_prev: (B, C) float32; wkv: (B, H, N, N) float32, updated in place;
-        last: (B,) each row's last position, padding after it (None: none)."""
-        mixed = self._token_shift(x, x_prev, p.mix)  # xr xw xk xv xa xg, (6, B, T, C)
+        last: (B,) each row's last position, padding after it (None: none); starts: (B + 1,) a ragged
+        batch's row offsets, its rows' tokens one after another in x (1, n, C) (the CPU kernels)."""
+        mixed = self._token_shift(x, x_prev, p.mix, starts)  # xr xw xk xv xa xg, (6, B, T, C)
         if self.kernels.wkv_output is None:
             r, w, k, v, a, g, kk, v_first = self._projections(layer, p, mixed, v_first)
             return self.kernels.linear(self._wkv_output(p, wkv, r, w, k, v, a, g, kk, last), p.W_o), v_first
-        # the CPU kernels: the lines of _mix_products and _wkv_output in one call (wkv7_cpu.c)
+        # the CPU kernels: the lines of _mix_products and _wkv_output in one call (wkv7_cpu.c); they
+        # take a ragged batch as it is (starts), so forward never hands them padding
+        if last is not None:
+            raise RuntimeError("the fused time mix takes ragged batches (starts), not padded rows (last)")
         r, w, k, v, a, g, v_gate = self._products(layer, p, mixed)
         v_first = v if layer == 0 else v_first
         y = self.kernels.wkv_output(wkv, r, w, k, v, a, g, v_first, v_gate, p.w0, p.r_k, p.k_k, p.k_a, p.v0,
-                                    p.ln_x_w, p.ln_x_b, _LN_X_EPS, last)
+                                    p.ln_x_w, p.ln_x_b, _LN_X_EPS, starts)
         return self.kernels.linear(y, p.W_o), v_first
 
-    def _token_shift(self, x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+    def _token_shift(self, x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor,
+                     starts: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C), x_prev (B, C) float32 (the token before x[:, 0]), mix (J, C) -> (J, B, T, C):
         each mix j interpolates every token with the one before it. The CPU kernels run it as one
-        call (``kernels.token_shift``)."""
+        call (``kernels.token_shift``), also over a ragged batch (``starts``, see _time_mix)."""
         if self.kernels.token_shift is not None:
-            return self.kernels.token_shift(x, x_prev, mix)
+            return self.kernels.token_shift(x, x_prev, mix, starts)
         shifted = torch.cat((x_prev.to(x.dtype).unsqueeze(1), x[:, :-1]), 1)  # (B, T, C)
         return x + (shifted - x) * mix.view(-1, 1, 1, x.shape[-1])
 
@@ -460,9 +488,10 @@ class RWKV7:
             v = v + (v_first - v) * torch.sigmoid(p.v0 + v_gate)
         return k, v, kk
 
-    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor) -> torch.Tensor:
-        """x: (B, T, C) after ln2; x_prev: (B, C) float32."""
-        k = self._token_shift(x, x_prev, p.ffn_x_k.view(1, -1))[0]  # (B, T, C)
+    def _channel_mix(self, p: LayerWeights, x: torch.Tensor, x_prev: torch.Tensor,
+                     starts: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C) after ln2; x_prev: (B, C) float32; starts: as in _time_mix."""
+        k = self._token_shift(x, x_prev, p.ffn_x_k.view(1, -1), starts)[0]  # (B, T, C)
         k = torch.relu_(self.kernels.linear(k, p.ffn_key)).square_()  # relu(k W)^2 (B, T, F), in place
         return self.kernels.linear(k, p.ffn_value)  # (B, T, C)
 

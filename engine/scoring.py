@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import prefixes
-from .batching import Budget, TokensCallback, advance, auto_budget, check_batch_size, on_host, pack
+from .batching import Budget, TokensCallback, advance, auto_budget, check_batch_size, on_host, pack, runs_ragged
 from .errors import InputError, check_ids
 from .state import State
 
@@ -152,11 +152,12 @@ def loglikelihood(model, pairs: Sequence[Pair], batch_size: int | None = None, *
     for shard in prefixes.shards(nodes, starts, budget.prefix_states):
         node_states = _run_prefixes(model, nodes, [starts[i][0] for i in shard], budget, on_tokens)
         order = sorted(shard, key=lambda i: -(len(contexts[i]) - starts[i][1]))  # longest left to run first
-        for part in pack([len(contexts[i]) - starts[i][1] for i in order], budget.tokens, budget.rows):
+        lengths = [len(contexts[i]) - starts[i][1] for i in order]
+        for part in pack(lengths, budget.tokens, budget.rows, ragged=runs_ragged(model)):
             rows = [order[k] for k in part]
             init = _start_states(model, [starts[i][0] for i in rows], node_states)
             ctx_states, ctx_last = advance(model, [contexts[i][starts[i][1]:] for i in rows], init, want_last=True,
-                                           on_tokens=on_tokens, max_tokens=budget.tokens)
+                                           on_tokens=on_tokens, max_tokens=budget.tokens, consume=True)
             waiting += _score_first_tokens([by_ctx[contexts[i]] for i in rows], checked, ctx_states, ctx_last, finish)
             if len(waiting) >= ready:
                 _score_continuations(model, waiting, checked, budget, finish, on_tokens)
@@ -174,11 +175,12 @@ def _run_prefixes(model, nodes: Sequence[prefixes.Node], wanted: Sequence[int | 
     states: dict[int, State] = {}
     for depth in sorted({nodes[k].depth for k in need}):
         level = sorted((k for k in need if nodes[k].depth == depth), key=lambda k: -len(nodes[k].tokens))
-        for part in pack([len(nodes[k].tokens) for k in level], budget.tokens, budget.rows):
+        lengths = [len(nodes[k].tokens) for k in level]
+        for part in pack(lengths, budget.tokens, budget.rows, ragged=runs_ragged(model)):
             batch = [level[j] for j in part]
             init = _start_states(model, [nodes[k].parent for k in batch], states)
             out, _ = advance(model, [nodes[k].tokens for k in batch], init, on_tokens=on_tokens,
-                             max_tokens=budget.tokens)
+                             max_tokens=budget.tokens, consume=True)
             for j, k in enumerate(batch):
                 states[k] = out.select([j])
     return states
@@ -233,12 +235,13 @@ def _score_continuations(model, jobs: list[Continuation], checked, budget: Budge
     """The rest of each continuation of ``jobs``: continuation[:-1] run from its context's state,
     longest first, packed by the budget."""
     jobs = sorted(jobs, key=lambda job: -len(checked[job.request][1]))
-    for part in pack([len(checked[job.request][1]) - 1 for job in jobs], budget.tokens, budget.rows):
+    lengths = [len(checked[job.request][1]) - 1 for job in jobs]
+    for part in pack(lengths, budget.tokens, budget.rows, ragged=runs_ragged(model)):
         batch = [jobs[k] for k in part]
         scorer = TargetScorer([checked[job.request][1][1:] for job in batch])
-        start = State.cat([job.states.select([job.row]) for job in batch])
+        start = State.cat([job.states.row(job.row) for job in batch])  # one copy
         advance(model, [checked[job.request][1][:-1] for job in batch], start, on_logits=scorer, on_tokens=on_tokens,
-                max_tokens=budget.tokens)
+                max_tokens=budget.tokens, consume=True)
         for row, job in enumerate(batch):
             lp, greedy = job.first
             finish(job.request, (lp + scorer.logprob[row], greedy and scorer.greedy[row]))
@@ -270,7 +273,7 @@ def loglikelihood_rolling(model, token_lists: Sequence[Sequence[int]], bos: int 
         seqs.append(full)
     out: list[float] = [0.0] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))  # similar lengths batch together
-    for part in pack([len(seqs[i]) - 1 for i in order], budget.tokens, budget.rows):
+    for part in pack([len(seqs[i]) - 1 for i in order], budget.tokens, budget.rows, ragged=runs_ragged(model)):
         rows = [order[k] for k in part]
         scorer = TargetScorer([seqs[i][1:] for i in rows])
         advance(model, [seqs[i][:-1] for i in rows], on_logits=scorer, on_tokens=on_tokens, max_tokens=budget.tokens)

@@ -219,7 +219,8 @@ class _Search:
                 init, _ = advance(self.model, [seqs[0][:plen]], on_tokens=self._count)
                 init = init.expand(len(chunk))
                 self.prefill[chunk[0].question] += plen
-            states, last = advance(self.model, [s[plen:] for s in seqs], init, want_last=True, on_tokens=self._count)
+            states, last = advance(self.model, [s[plen:] for s in seqs], init, want_last=True, on_tokens=self._count,
+                                   consume=True)
             for j, root in enumerate(chunk):
                 root.state, root.logits = states.select([j]), last[j]
                 self.prefill[root.question] += len(seqs[j]) - plen

@@ -95,6 +95,7 @@ class AcceleratorStandIn:
         self.model, self.config, self.tokenizer = model, model.config, model.tokenizer
         self.device = torch.device("meta")
         self.padded_rows = model.padded_rows  # batches the same way as the model it poses for
+        self.ragged_rows = getattr(model, "ragged_rows", False)
 
     def info(self) -> dict:
         return {**self.model.info(), "device": "meta"}

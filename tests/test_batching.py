@@ -91,6 +91,11 @@ def test_pack_keeps_tokens_and_rows_within_the_budget():
         assert len(p) == 1 or len(p) * longest - sum(lengths[i] for i in p) <= 0.1 * len(p) * longest
     assert pack([500, 2], tokens=100, rows=8) == [range(0, 1), range(1, 2)]  # too long: alone
     assert pack([], 10, 10) == []
+    # a model that drops the padding (ragged): the rows' own tokens count, with no padding limit
+    parts = pack(lengths, tokens=200, rows=3, ragged=True)
+    assert [list(p) for p in parts] == [[0, 1], [2, 3, 4], [5, 6, 7], [8]]
+    assert all(sum(lengths[i] for i in p) <= 200 for p in parts)
+    assert pack([500, 2], tokens=100, rows=8, ragged=True) == [range(0, 1), range(1, 2)]
 
 
 def test_auto_budget_follows_free_memory_and_the_batch_size(small, monkeypatch):
@@ -167,6 +172,32 @@ def test_padded_rows_equal_each_row_run_alone(dtype, fast):
     for b, n in enumerate(lengths):
         want, _ = model.forward(toks[b:b + 1, :n], start.select([b]))
         assert (every[b, :n] - want[0]).abs().max().item() <= tol * max(1.0, want.abs().max().item()), b
+    part, _ = model.forward(toks, start, lengths=lengths, logit_rows=2)  # the last two rows' logits
+    assert part.shape == (2, 6, SMALL.vocab_size)
+    for j, b in enumerate((3, 4)):
+        n = lengths[b]
+        assert (part[j, :n] - every[b, :n]).abs().max().item() <= tol * max(1.0, every.abs().max().item()), b
+    assert model.ragged_rows == fast  # the CPU kernels drop the padding; the plain path computes it
+
+
+def test_a_ragged_batch_runs_its_rows_own_tokens_within_the_budget(small, monkeypatch):
+    # rows of 60, 30 and 10 tokens: their own 100 tokens fit a budget of 100 in one call (padded to
+    # the longest they would have been 3 x 60, so 3 calls of 33 tokens or fewer)
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(1, SMALL.vocab_size, (n,), generator=g).tolist() for n in (60, 30, 10)]
+    calls = []
+    real = small.forward
+    monkeypatch.setattr(small, "forward", lambda tokens, *a, **k: calls.append((tuple(tokens.shape), k.get("lengths")))
+                        or real(tokens, *a, **k))
+    state, last = advance(small, seqs, want_last=True, max_tokens=100)
+    assert small.ragged_rows and calls == [((3, 60), [60, 30, 10])]
+    calls.clear()
+    advance(small, seqs, want_last=True, max_tokens=80)  # 80 tokens: 40 + 30 + 10, then the last 20
+    assert calls == [((3, 40), [40, 30, 10]), ((1, 20), None)]
+    for i, seq in enumerate(seqs):
+        logits, alone = real(torch.tensor([seq]), logits="last")
+        assert torch.allclose(last[i], logits[0, -1], atol=2e-4)
+        assert torch.allclose(state.select([i]).wkv, alone.wkv, atol=2e-4)
 
 
 def test_lengths_are_checked(small, monkeypatch):
@@ -258,10 +289,14 @@ def test_a_cpu_forward_call_runs_at_most_its_token_cap(small, monkeypatch):
             for n in (250, 40)]
     shapes = []
     real = small.forward
-    monkeypatch.setattr(small, "forward",
-                        lambda tokens, *a, **k: shapes.append(tuple(tokens.shape)) or real(tokens, *a, **k))
+
+    def spy(tokens, *args, **kwargs):  # (B, T) and the tokens the call runs: the rows' own (ragged)
+        shapes.append((*tokens.shape, sum(kwargs.get("lengths") or [tokens.numel()])))
+        return real(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(small, "forward", spy)
     state, last = advance(small, seqs, want_last=True)
-    assert all(b * t <= cap for b, t in shapes) and sum(min(t, 250) for _, t in shapes) >= 250
+    assert all(n <= cap for _, _, n in shapes) and sum(min(t, 250) for _, t, _ in shapes) >= 250
     for i, seq in enumerate(seqs):  # the same as each row in one call
         logits, alone = real(torch.tensor([seq]), logits="last")
         assert torch.allclose(last[i], logits[0, -1], atol=2e-4)

@@ -1,6 +1,7 @@
 """The compiled CPU WKV kernel against the torch reference, and its input checks."""
 from __future__ import annotations
 
+import itertools
 import platform
 
 import pytest
@@ -373,6 +374,51 @@ def test_the_token_shift_kernel_checks_its_inputs():
         cpu.token_shift_mix(x, x_prev, mix.bfloat16())
     with pytest.raises(ValueError, match="x: expected a float32 or bfloat16 CPU tensor \\[B, T, C\\], found torch.float64"):
         cpu.token_shift_mix(x.double(), x_prev, mix)
+
+
+# ragged batches: rows of different lengths one after another, told by their offsets (starts)
+
+
+def _starts(lengths):
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int64)
+
+
+@pytest.mark.parametrize("layer0", [False, True], ids=["layer", "layer0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_a_ragged_batch_equals_its_rows_run_alone(dtype, layer0):
+    """wkv7_output and token_shift_mix over a ragged batch (rows of 7, 1, 3, 5 and 4 tokens one after
+    another; rows of fewer than 4 run row by row, the others transposed) give each row, bitwise,
+    what it gives run alone: its outputs, its state, its mixes (the first from its own x_prev)."""
+    lengths = [7, 1, 3, 5, 4]
+    R, H, N, n = len(lengths), 2, 64, sum(lengths)
+    _, rows, vecs = _products(1, n, H, N, dtype, seed=11, layer0=layer0)
+    states = torch.randn(R, H, N, N, generator=torch.Generator().manual_seed(12)) * 0.1
+    starts = _starts(lengths)
+    s_all = states.clone()
+    out = cpu.wkv7_output(s_all, *rows, *(vecs[v] for v in VECTORS), 64e-5, starts)
+    assert out.shape == (1, n, H * N) and out.dtype == dtype
+    x_prev = torch.randn(R, H * N, generator=torch.Generator().manual_seed(13))
+    mix = torch.rand(6, H * N, generator=torch.Generator().manual_seed(14)).to(dtype)
+    mixed = cpu.token_shift_mix(rows[0], x_prev, mix, starts)
+    assert mixed.shape == (6, 1, n, H * N)
+    for b, (lo, hi) in enumerate(zip(starts[:-1].tolist(), starts[1:].tolist())):
+        s_row = states[b:b + 1].clone()
+        alone = _call(s_row, [t[:, lo:hi] if t is not None else None for t in rows], vecs)
+        assert torch.equal(alone, out[:, lo:hi]) and torch.equal(s_row, s_all[b:b + 1]), b
+        assert torch.equal(cpu.token_shift_mix(rows[0][:, lo:hi], x_prev[b:b + 1], mix), mixed[:, :, lo:hi]), b
+
+
+def test_ragged_offsets_are_checked():
+    _, rows, vecs = _products(1, 6, 1, 16, torch.float32, seed=0, layer0=True)
+    state = torch.zeros(2, 1, 16, 16)
+    for bad in (_starts([3, 3])[:-1], torch.tensor([0, 4, 4, 6]), torch.tensor([0, 2, 5]), torch.tensor([1, 3, 6]),
+                _starts([3, 3]).int()):
+        with pytest.raises(ValueError, match=r"starts: expected int64 CPU row offsets \[3\] rising from 0 to n=6"):
+            cpu.wkv7_output(state, *rows, *(vecs[v] for v in VECTORS), 64e-5, bad)
+    with pytest.raises(ValueError, match=r"starts: expected int64 CPU row offsets \[4\] rising from 0 to n=6"):
+        cpu.token_shift_mix(rows[0], torch.zeros(3, 16), torch.zeros(6, 16), torch.tensor([0, 4, 4, 6]))
+    with pytest.raises(ValueError, match=r"x: a ragged batch \(starts\) is one row of all its tokens \[1, n, C\]"):
+        cpu.token_shift_mix(torch.zeros(2, 3, 16), torch.zeros(2, 16), torch.zeros(6, 16), _starts([3, 3]))
 
 
 def test_the_library_key_follows_the_headers_the_sources_include(tmp_path, monkeypatch):

@@ -164,13 +164,14 @@ def load():
             return None
         fn = lib.wkv7_forward_f32
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 8
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_void_p] * 9
         fn = lib.wkv7_output
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 18
         fn = lib.token_shift_mix
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4
+        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2 + [ctypes.c_void_p] * 4 + [ctypes.c_int64,
+                                                                                             ctypes.c_void_p]
         fn = lib.lora_rows
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int]
@@ -224,7 +225,7 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
     B, T, H, N = check_inputs(state, *xs)
     y = torch.empty_like(xs[0])
     rc = lib.wkv7_forward_f32(B, T, H, N, torch.get_num_threads(), state.data_ptr(),
-                              *[x.data_ptr() for x in xs], y.data_ptr())
+                              *[x.data_ptr() for x in xs], y.data_ptr(), None)
     if rc != 0:
         raise ValueError(f"wkv7_cpu: head size {N} exceeds the kernel's limit {MAX_N}")
     return y
@@ -233,7 +234,7 @@ def wkv7_cpu(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Ten
 def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 a: torch.Tensor, g: torch.Tensor, v_first: torch.Tensor | None, v_gate: torch.Tensor | None,
                 w0: torch.Tensor, r_k: torch.Tensor, k_k: torch.Tensor, k_a: torch.Tensor, v0: torch.Tensor | None,
-                ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float, last: torch.Tensor | None = None
+                ln_x_w: torch.Tensor, ln_x_b: torch.Tensor, eps: float, starts: torch.Tensor | None = None
                 ) -> torch.Tensor:
     """A layer's time mix from its products to the output product's input, in one pass
     (``wkv7_output`` in wkv7_cpu.c; :meth:`engine.model.RWKV7._mix_products` and
@@ -241,17 +242,22 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
     float32, updated in place; r w k v a g (and in layers after the first v_first, v_gate) [B, T, C]
     and w0 r_k k_k k_a ln_x_w ln_x_b (and v0) [C] in one dtype (float32 or bfloat16); w is the
     decay's LoRA output before w0, k and v the products before their mixing, a after its sigmoid,
-    v_gate the value residual's LoRA output (v_gate, v0 None in layer 0); ``last`` [B] int64: each
-    row's last position, padding after it (None: every row T long). Returns [B, T, C] in that
-    dtype (computed in float32, rounded once). Raises ValueError naming a wrong input."""
+    v_gate the value residual's LoRA output (v_gate, v0 None in layer 0). ``starts`` [B + 1]
+    int64 (:func:`check_starts`): a ragged batch of B rows, its tokens one after another as one
+    row of n = starts[B] (r ... [1, n, C]), row b's from starts[b] on; None: B rows of T tokens.
+    Returns [B, T, C] (ragged: [1, n, C]) in that dtype (computed in float32, rounded once).
+    Raises ValueError naming a wrong input."""
     lib = _loaded("WKV")
     if state.dtype != torch.float32 or not state.is_cpu or not state.is_contiguous() or state.dim() != 4:
         raise ValueError(f"state: expected a contiguous float32 CPU tensor [B, H, N, N], found "
                          f"{state.dtype} on {state.device}, shape {tuple(state.shape)}, contiguous={state.is_contiguous()}")
-    B, H, N, _ = state.shape
+    state_rows, H, N, _ = state.shape
     if state.shape[3] != N or N > MAX_N:
         raise ValueError(f"state: expected [B, H, N, N] with N <= {MAX_N}, found {tuple(state.shape)}")
     C, dtype, T = H * N, r.dtype, r.shape[1] if r.dim() == 3 else -1
+    B = state_rows if starts is None else 1  # a ragged batch is one row of all its tokens
+    if starts is not None:
+        starts = check_starts(starts, state_rows, T)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"r: expected float32 or bfloat16, found {dtype}")
     if (v_gate is None) != (v0 is None) or (v_gate is not None and v_first is None):
@@ -279,19 +285,13 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
     if v_gate is None:
         xs += [None, None]
         vecs["v0"] = None
-    if last is not None:
-        if last.dtype != torch.int64 or not last.is_cpu or tuple(last.shape) != (B,) or bool(
-                ((last < 0) | (last >= T)).any()):
-            raise ValueError(f"last: expected int64 CPU positions [B={B}] in [0, T={T}), found {last.dtype} "
-                             f"on {last.device}, shape {tuple(last.shape)}")
-        last = last.contiguous()
     ptr = [x.data_ptr() if x is not None else None for x in xs]  # r w k v a g v_first v_gate
     out = torch.empty(B, T, C, dtype=dtype)
     bf16 = dtype == torch.bfloat16
-    rc = lib.wkv7_output(B, T, H, N, torch.get_num_threads(), bf16, eps, state.data_ptr(), *ptr,
+    rc = lib.wkv7_output(state_rows, T, H, N, torch.get_num_threads(), bf16, eps, state.data_ptr(), *ptr,
                          *[vecs[n].data_ptr() if vecs[n] is not None else None
                            for n in ("w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b")],
-                         last.data_ptr() if last is not None else None, out.data_ptr())
+                         starts.data_ptr() if starts is not None else None, out.data_ptr())
     if rc == 2:
         raise MemoryError(f"wkv7_output: no memory for its float32 scratch (7 x {B} x {T} x {C} numbers)")
     if rc != 0:
@@ -299,19 +299,29 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
     return out
 
 
-def token_shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
+def token_shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor,
+                    starts: torch.Tensor | None = None) -> torch.Tensor:
     """The token shift's mixes in one pass (``token_shift_mix`` in wkv7_cpu.c;
     :meth:`engine.model.RWKV7._token_shift` is the same math in torch): x [B, T, C] float32 or
     bfloat16, x_prev [B, C] float32 (the token before x[:, 0]), mix [J, C] in x's dtype; returns
-    [J, B, T, C] in x's dtype, x + (shifted - x) * mix[j] (float32 math, rounded once). Raises
+    [J, B, T, C] in x's dtype, x + (shifted - x) * mix[j] (float32 math, rounded once).
+    ``starts`` [R + 1] int64 (:func:`check_starts`): a ragged batch of R rows as one row x [1, n, C],
+    row b's tokens from starts[b] on, the token before each row's first in x_prev [R, C]. Raises
     ValueError naming a wrong input."""
     lib = _loaded("token shift")
     if x.dtype not in (torch.float32, torch.bfloat16) or not x.is_cpu or x.dim() != 3:
         raise ValueError(f"x: expected a float32 or bfloat16 CPU tensor [B, T, C], found {x.dtype} on {x.device}, "
                          f"shape {tuple(x.shape)}")
     B, T, C = x.shape
-    if x_prev.dtype != torch.float32 or not x_prev.is_cpu or tuple(x_prev.shape) != (B, C):
-        raise ValueError(f"x_prev: expected a float32 CPU tensor [B={B}, C={C}], found {x_prev.dtype} on "
+    rows = B
+    if starts is not None:
+        if B != 1:
+            raise ValueError(f"x: a ragged batch (starts) is one row of all its tokens [1, n, C], found shape "
+                             f"{tuple(x.shape)}")
+        rows = starts.numel() - 1
+        starts = check_starts(starts, rows, T)
+    if x_prev.dtype != torch.float32 or not x_prev.is_cpu or tuple(x_prev.shape) != (rows, C):
+        raise ValueError(f"x_prev: expected a float32 CPU tensor [B={rows}, C={C}], found {x_prev.dtype} on "
                          f"{x_prev.device}, shape {tuple(x_prev.shape)}")
     if mix.dtype != x.dtype or not mix.is_cpu or mix.dim() != 2 or mix.shape[1] != C:
         raise ValueError(f"mix: expected a {x.dtype} CPU tensor [J, C={C}], found {mix.dtype} on {mix.device}, "
@@ -319,8 +329,23 @@ def token_shift_mix(x: torch.Tensor, x_prev: torch.Tensor, mix: torch.Tensor) ->
     x, x_prev, mix = x.contiguous(), x_prev.contiguous(), mix.contiguous()
     out = torch.empty(mix.shape[0], B, T, C, dtype=x.dtype)
     lib.token_shift_mix(B, T, C, mix.shape[0], torch.get_num_threads(), x.dtype == torch.bfloat16, x.data_ptr(),
-                        x_prev.data_ptr(), mix.data_ptr(), out.data_ptr())
+                        x_prev.data_ptr(), mix.data_ptr(), out.data_ptr(), rows,
+                        starts.data_ptr() if starts is not None else None)
     return out
+
+
+def check_starts(starts: torch.Tensor, rows: int, n: int) -> torch.Tensor:
+    """A ragged batch's row offsets, checked: int64 CPU [rows + 1], from 0 to n, each row at least
+    one token (strictly increasing); returned contiguous. Raises ValueError naming what is wrong."""
+    ok = (isinstance(starts, torch.Tensor) and starts.dtype == torch.int64 and starts.is_cpu
+          and tuple(starts.shape) == (rows + 1,))
+    if ok:
+        ok = int(starts[0]) == 0 and int(starts[-1]) == n and bool((starts[1:] > starts[:-1]).all())
+    if not ok:
+        shown = starts.tolist()[:9] if isinstance(starts, torch.Tensor) and starts.dim() == 1 else starts
+        raise ValueError(f"starts: expected int64 CPU row offsets [{rows + 1}] rising from 0 to n={n} (each row "
+                         f"at least one token), found {shown!r:.120}")
+    return starts.contiguous()
 
 
 def bf16_dot_available() -> bool:
@@ -411,8 +436,8 @@ def _onednn_op():
 
 def onednn_available() -> bool:
     """Whether the ``onednn`` form can run here. The op is not part of torch's public API, so it is
-    asked for, tried once on a small product and compared with F.linear; it is offered only when
-    all of that holds."""
+    asked for, tried once on a small product (plain, and with the tanh and sigmoid post-ops the
+    LoRA forms use) and compared with F.linear; it is offered only when all of that holds."""
     global _onednn
     if _onednn is None:
         op, _onednn = _onednn_op(), False
@@ -420,18 +445,21 @@ def onednn_available() -> bool:
             try:
                 g = torch.Generator().manual_seed(0)
                 x, W = torch.randn(3, 40, generator=g), torch.randn(24, 40, generator=g)
-                y = op(x, W, None, "none", [], "")
-                _onednn = tuple(y.shape) == (3, 24) and bool(torch.allclose(y, F.linear(x, W), rtol=1e-4,
-                                                                            atol=1e-4))
+                ref = F.linear(x, W)
+                _onednn = all(tuple(y.shape) == (3, 24) and bool(torch.allclose(y, want, rtol=1e-4, atol=1e-4))
+                              for y, want in ((op(x, W, None, "none", [], ""), ref),
+                                              (op(x, W, None, "tanh", [], ""), torch.tanh(ref)),
+                                              (op(x, W, None, "sigmoid", [], ""), torch.sigmoid(ref))))
             except (RuntimeError, TypeError, NotImplementedError):
                 _onednn = False
     return _onednn
 
 
-def onednn_linear(x: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+def onednn_linear(x: torch.Tensor, W: torch.Tensor, act: str = "none") -> torch.Tensor:
     """``F.linear(x, W)`` by oneDNN: x [rows, in], W [out, in] in one dtype (or W from
-    :func:`pack`) -> [rows, out] row-major."""
-    return _onednn_op()(x.contiguous(), W, None, "none", [], "")
+    :func:`pack`) -> [rows, out] row-major; ``act`` (``"tanh"``, ``"sigmoid"``) applied to it by
+    oneDNN as the result is written (a post-op), not in another pass."""
+    return _onednn_op()(x.contiguous(), W, None, act, [], "")
 
 
 # rows the reordered weights are laid out for (oneDNN picks its blocking from it; any row count runs)
@@ -540,6 +568,8 @@ def linear_form(form: str, x: torch.Tensor, W: torch.Tensor, contiguous: bool = 
 
 # the activations lora_rows applies itself (its act codes)
 _LORA_ACTS: dict = {None: 0, torch.tanh: 1, torch.sigmoid: 2}
+# ... and those oneDNN's linear applies as it writes its result (its post-op names)
+_ONEDNN_ACTS: dict = {torch.tanh: "tanh", torch.sigmoid: "sigmoid"}
 
 
 def _lora_rows(x: torch.Tensor, At: torch.Tensor, Bt: torch.Tensor, act: int) -> torch.Tensor:
@@ -580,8 +610,9 @@ def lora_form(form: str, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
         At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())
         if form == "packed" and not (At.is_mkldnn and Bt.is_mkldnn):
             At, Bt = pack(At), pack(Bt)
-        h = onednn_linear(x.reshape(-1, x.shape[-1]), At)  # (rows, rank)
-        y = onednn_linear(act(h) if act is not None else h, Bt)  # (rows, out)
+        post = _ONEDNN_ACTS.get(act)  # tanh and sigmoid as oneDNN's post-ops
+        h = onednn_linear(x.reshape(-1, x.shape[-1]), At, post or "none")  # (rows, rank)
+        y = onednn_linear(act(h) if act is not None and post is None else h, Bt)  # (rows, out)
         return y.view(*x.shape[:-1], Bt.shape[0])
     if form == "matvec":
         At, Bt = transposed if transposed is not None else (A.t().contiguous(), B.t().contiguous())

@@ -99,12 +99,38 @@ static inline __attribute__((always_inline)) void run_head(int64_t T, int64_t st
         for (int64_t j = 0; j < N; j++) S[i * N + j] = St[j * N + i];
 }
 
-/* Returns 0 on success, 1 if N is larger than MAX_N (checked by the Python wrapper first). */
+/* Steps 0..T of one head at pointers [bb, t=0, h, 0]: transposed where it wins (T >= TRANSPOSE_MIN_T),
+ * else row by row. */
+static void run_head_any(int64_t T, int64_t stride, int64_t N, float *S, const float *r, const float *w,
+                         const float *k, const float *v, const float *a, const float *b, float *y) {
+    if (T < TRANSPOSE_MIN_T) {
+        for (int64_t i = 0; i < N; i++) run_row(T, stride, N, i, S + i * N, r, w, k, v, a, b, y);
+    } else if (N == 64) { /* every RWKV-7 release: with N a constant, a column is four registers */
+        run_head(T, stride, 64, S, r, w, k, v, a, b, y);
+    } else {
+        run_head(T, stride, N, S, r, w, k, v, a, b, y);
+    }
+}
+
+/* Returns 0 on success, 1 if N is larger than MAX_N (checked by the Python wrapper first).
+ * starts NULL: B rows of T tokens each ([B, T, H, N]). starts [B + 1]: a ragged batch, its rows'
+ * tokens one after another ([n, H, N], n = starts[B]; row bb holds tokens starts[bb] to
+ * starts[bb + 1] - 1, at least one), so no step is spent on padding. */
 int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, float *state,
                      const float *r, const float *w, const float *k, const float *v,
-                     const float *a, const float *b, float *y) {
+                     const float *a, const float *b, float *y, const int64_t *starts) {
     if (N > MAX_N) return 1;
     const int64_t heads = B * H, stride = H * N;
+    if (starts) { /* rows of different lengths: one task per head of a row, the longest first */
+        const int64_t n = starts[B];
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (heads > 1 && n * H * N >= 8192)
+        for (int64_t bh = 0; bh < heads; bh++) {
+            const int64_t bb = bh / H, base = (starts[bb] * H + bh % H) * N; /* [token starts[bb], h, 0] */
+            run_head_any(starts[bb + 1] - starts[bb], stride, N, state + bh * N * N, r + base, w + base,
+                         k + base, v + base, a + base, b + base, y + base);
+        }
+        return 0;
+    }
     if (T < TRANSPOSE_MIN_T) {
         const int64_t rows = heads * N;
 #pragma omp parallel for schedule(static) num_threads(threads) if (rows * T >= 4096)
@@ -119,11 +145,7 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 #pragma omp parallel for schedule(static) num_threads(threads) if (heads > 1 && heads * T * N >= 8192)
     for (int64_t bh = 0; bh < heads; bh++) {
         const int64_t base = ((bh / H) * T * H + bh % H) * N; /* [bb, t=0, h, 0] */
-        if (N == 64) /* every RWKV-7 release: with N a constant, a column is four registers */
-            run_head(T, stride, 64, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
-                     b + base, y + base);
-        else
-            run_head(T, stride, N, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
+        run_head_any(T, stride, N, state + bh * N * N, r + base, w + base, k + base, v + base, a + base,
                      b + base, y + base);
     }
     return 0;
@@ -151,9 +173,10 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
  * Layouts (contiguous): r w k v a g v_first v_gate [B, T, H * N] in float32 or bf16 (in_bf16), k and
  * v the products before the mixing above, a after its sigmoid; w0 r_k k_k k_a v0 ln_x_w ln_x_b
  * [H * N] in the same dtype; state [B, H, N, N] float32 (updated in place), out
- * [B, T, H * N] in that dtype too; last [B] int64, each row's last position (padding after it
- * leaves the state as it is), or NULL. Returns 0, 1 if N > MAX_N, 2 if scratch memory could not
- * be had.
+ * [B, T, H * N] in that dtype too. starts [B + 1] int64, or NULL: a ragged batch, its rows' tokens
+ * one after another (r ... out [n, H * N] with n = starts[B], row bb's tokens from starts[bb] on, at
+ * least one per row; B rows of state), so that no work is spent on padding. Returns 0, 1 if N >
+ * MAX_N, 2 if scratch memory could not be had.
  */
 /* The dtype of a fused kernel's tensors is a run-time flag, but each loop below is written for one
  * dtype: the kernels call an always-inlined body with a constant bf16 (0 or 1), so every loop is
@@ -197,7 +220,7 @@ static inline float exp_f32(float x) {
  * af (-kk), bf (kk a), wf; the mixed key and value into kf, vf. */
 SPECIALISED void mix_head(const int bf16, int64_t o, int64_t h, int64_t N, const void *w, const void *k,
                           const void *v, const void *a, const void *v_first, const void *v_gate, const void *w0,
-                          const void *k_k, const void *k_a, const void *v0, int pad, float *restrict wf,
+                          const void *k_k, const void *k_a, const void *v0, float *restrict wf,
                           float *restrict af, float *restrict bf, float *restrict kf, float *restrict vf) {
     const float decay_scale = 0.60653065971263342f; /* exp(-0.5) */
     const int64_t c0 = h * N;
@@ -228,8 +251,6 @@ SPECIALISED void mix_head(const int bf16, int64_t o, int64_t h, int64_t N, const
             vf[i] += (load_elem(v_first, i, bf16) - vf[i]) * gate;
         }
     }
-    if (pad) /* padding after a row's end leaves the state as it is: S diag(1) + (S 0) 0^T + v 0^T = S */
-        for (int64_t j = 0; j < N; j++) wf[o + j] = 1.0f, af[o + j] = 0.0f, bf[o + j] = 0.0f, kf[o + j] = 0.0f;
 }
 
 /* After the recurrence, one head of one token: group norm of y, the bonus, the gate, into out. */
@@ -292,9 +313,10 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
                 float eps, float *state, const void *r, const void *w, const void *k, const void *v,
                 const void *a, const void *g, const void *v_first, const void *v_gate, const void *w0,
                 const void *r_k, const void *k_k, const void *k_a, const void *v0, const void *ln_w,
-                const void *ln_b, const int64_t *last, void *out) {
+                const void *ln_b, const int64_t *starts, void *out) {
     if (N > MAX_N) return 1;
-    const int64_t C = H * N, n = B * T * C, heads = B * T * H;
+    const int64_t tokens = starts ? starts[B] : B * T; /* every token a row of the batch really holds */
+    const int64_t C = H * N, n = tokens * C, heads = tokens * H;
     /* scratch: the decay, -kk, kk * a, the mixed key and value, y; a bf16 model's r widened too */
     float *buf = scratch((size_t)n * (in_bf16 ? 7 : 6));
     if (!buf) return 2;
@@ -302,12 +324,10 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
     const float *rf = r;
 #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
     for (int64_t rh = 0; rh < heads; rh++) {
-        const int64_t token = rh / H; /* b * T + t */
-        const int pad = last != NULL && token % T > last[token / T];
         if (in_bf16)
-            mix_head(1, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, pad, wf, af, bf, kf, vf);
+            mix_head(1, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
         else
-            mix_head(0, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, pad, wf, af, bf, kf, vf);
+            mix_head(0, rh * N, rh % H, N, w, k, v, a, v_first, v_gate, w0, k_k, k_a, v0, wf, af, bf, kf, vf);
     }
     if (in_bf16) {
         float *widened = y + n;
@@ -315,7 +335,7 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
         for (int64_t i = 0; i < n; i++) widened[i] = load_elem(r, i, 1);
         rf = widened;
     }
-    const int rc = wkv7_forward_f32(B, T, H, N, threads, state, rf, wf, kf, vf, af, bf, y);
+    const int rc = wkv7_forward_f32(B, T, H, N, threads, state, rf, wf, kf, vf, af, bf, y, starts);
     if (rc == 0) {
 #pragma omp parallel for schedule(static) num_threads(threads) if (n >= 65536)
         for (int64_t rh = 0; rh < heads; rh++) {
@@ -336,7 +356,9 @@ int wkv7_output(int64_t B, int64_t T, int64_t H, int64_t N, int threads, int in_
  * J = 6 for the time mix (r w k v a g), 1 for the channel mix: in torch a conversion, a cat and
  * three elementwise calls, each a few microseconds of dispatch in a decode step. Computed in
  * float32, rounded once to bf16 for a bf16 model. Layouts (contiguous): x [B, T, C] float32 or
- * bf16, x_prev [B, C] float32, mix [J, C] in x's dtype, out [J, B, T, C] in x's dtype.
+ * bf16, x_prev [B, C] float32, mix [J, C] in x's dtype, out [J, B, T, C] in x's dtype. With starts
+ * [R + 1] (a ragged batch of R rows, as in wkv7_output): x [n, C] (B = 1, T = n = starts[R]), x_prev
+ * [R, C], and prev of token starts[b] is x_prev[b].
  */
 SPECIALISED void shift_row(const int bf16, int64_t row, int64_t t, int64_t b, int64_t C, int64_t J, int64_t n,
                            const void *x, const float *x_prev, const void *mix, void *out) {
@@ -358,12 +380,22 @@ SPECIALISED void shift_row(const int bf16, int64_t row, int64_t t, int64_t b, in
 }
 
 int token_shift_mix(int64_t B, int64_t T, int64_t C, int64_t J, int threads, int bf16, const void *x,
-                    const float *x_prev, const void *mix, void *out) {
+                    const float *x_prev, const void *mix, void *out, int64_t R, const int64_t *starts) {
     const int64_t rows = B * T, n = rows * C;
 #pragma omp parallel for schedule(static) num_threads(threads) if (n * J >= 262144)
     for (int64_t row = 0; row < rows; row++) {
-        if (bf16) shift_row(1, row, row % T, row / T, C, J, n, x, x_prev, mix, out);
-        else shift_row(0, row, row % T, row / T, C, J, n, x, x_prev, mix, out);
+        int64_t t = row % T, b = row / T;
+        if (starts) { /* the ragged row holding this token (the last start at or before it) */
+            int64_t lo = 0, hi = R - 1;
+            while (lo < hi) {
+                const int64_t mid = (lo + hi + 1) / 2;
+                if (starts[mid] <= row) lo = mid;
+                else hi = mid - 1;
+            }
+            b = lo, t = row - starts[lo];
+        }
+        if (bf16) shift_row(1, row, t, b, C, J, n, x, x_prev, mix, out);
+        else shift_row(0, row, t, b, C, J, n, x, x_prev, mix, out);
     }
     return 0;
 }
