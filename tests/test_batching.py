@@ -200,6 +200,25 @@ def test_a_ragged_batch_runs_its_rows_own_tokens_within_the_budget(small, monkey
         assert torch.allclose(state.select([i]).wkv, alone.wkv, atol=2e-4)
 
 
+def test_advance_runs_in_a_state_its_caller_gives_up(small):
+    # consume=True: rows that come longest first run in the caller's state (no copy), same numbers;
+    # without it (or rows in another order) the caller's state is left as it was
+    g = torch.Generator().manual_seed(6)
+    seqs = [torch.randint(1, SMALL.vocab_size, (n,), generator=g).tolist() for n in (9, 5, 2)]
+    start = small.forward(torch.randint(1, SMALL.vocab_size, (3, 4), generator=g))[1]
+    kept = start.clone()
+    copied, last = advance(small, seqs, start, want_last=True)
+    assert torch.equal(start.wkv, kept.wkv) and copied.wkv.data_ptr() != start.wkv.data_ptr()
+    given, last_given = advance(small, seqs, start, want_last=True, consume=True)
+    assert given.wkv.data_ptr() == start.wkv.data_ptr() and torch.equal(last_given, last)
+    for name in ("att_x", "wkv", "ffn_x"):
+        assert torch.equal(getattr(given, name), getattr(copied, name)), name
+    other = kept.clone()
+    shuffled, _ = advance(small, seqs[::-1], other, want_last=True, consume=True)  # not longest first: copied
+    assert torch.equal(other.wkv, kept.wkv)
+    assert torch.equal(shuffled.wkv, advance(small, seqs[::-1], kept.clone(), want_last=True)[0].wkv)
+
+
 def test_lengths_are_checked(small, monkeypatch):
     toks = torch.zeros(2, 3, dtype=torch.long)
     for bad in ([3], [0, 3], [3, 4], [2.0, 3], "ab", [True, 3]):

@@ -241,6 +241,12 @@ def test_state_select_errors(small):
     assert torch.equal(want.wkv[:, 0], state.wkv[:, 1]) and not torch.equal(state.wkv[:, 0], state.wkv[:, 1])
     with pytest.raises(InputError, match="at least one state"):
         State.cat([])
+    # row(i): a view of one row (no copy), for cat; negative from the end, checked like select
+    view = state.row(-1)
+    assert view.batch_size == 1 and view.wkv.data_ptr() == state.wkv[:, 1].data_ptr()
+    assert torch.equal(State.cat([state.row(1), state.row(0)]).wkv, state.select([1, 0]).wkv)
+    with pytest.raises(InputError, match="State.row: batch index out of range for a state of batch size 2: found 2"):
+        state.row(2)
 
 
 def test_scoring_input_errors(small):
