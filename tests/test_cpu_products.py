@@ -121,7 +121,9 @@ def test_onednn_is_offered_only_where_it_runs_and_equals_f_linear(monkeypatch):
     assert not offered(broken)
     assert not offered(lambda x, W, *rest: F.linear(x, W) * 1.01)  # runs, but not F.linear's numbers
     assert not offered(lambda x, W, *rest: F.linear(x, W)[:, :-1])  # a wrong shape
-    assert offered(lambda x, W, *rest: F.linear(x, W))
+    assert not offered(lambda x, W, *rest: F.linear(x, W))  # the LoRA forms' post-ops ignored
+    acts = {"none": lambda y: y, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    assert offered(lambda x, W, bias, attr, *rest: acts[attr](F.linear(x, W)))
     if real is not None:
         assert offered(real)  # this torch's own
         assert "onednn" not in linear_candidates(torch.float16, 256, True)  # float32 and bf16 only
