@@ -240,11 +240,12 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
         max_tokens = call_tokens(model)
     lengths = [len(s) for s in seqs]
     order = sorted(range(n), key=lambda i: -lengths[i])  # longest first: running rows are a prefix
+    in_order = order == list(range(n))  # the rows came longest first
     # a copy, updated in place below (every row of a fresh state is the same: no reordering copy)
     if state is None:
         work = model.zero_state(n)
     else:
-        work = state if consume and order == list(range(n)) else state.select(order)
+        work = state if consume and in_order else state.select(order)
     last = torch.full((n, cfg.vocab_size), float("nan")) if want_last else None
     # want_last alone computes logits for the rows that end in a segment only: [rows, V], not [rows, T, V]
     budget = max_tokens_per_call(cfg.vocab_size, on_logits is not None, max_tokens)
@@ -292,7 +293,7 @@ def advance(model, seqs: Sequence[Sequence[int]], state: State | None = None, *,
         pos += seg
         while running and lengths[order[running - 1]] <= pos:
             running -= 1
-    if order == list(range(n)):  # the rows came longest first: already in the caller's order
+    if in_order:  # already in the caller's order
         return work, last
     inverse = [0] * n
     for j, i in enumerate(order):

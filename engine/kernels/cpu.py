@@ -256,8 +256,6 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
         raise ValueError(f"state: expected [B, H, N, N] with N <= {MAX_N}, found {tuple(state.shape)}")
     C, dtype, T = H * N, r.dtype, r.shape[1] if r.dim() == 3 else -1
     B = state_rows if starts is None else 1  # a ragged batch is one row of all its tokens
-    if starts is not None:
-        starts = check_starts(starts, state_rows, T)
     if dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"r: expected float32 or bfloat16, found {dtype}")
     if (v_gate is None) != (v0 is None) or (v_gate is not None and v_first is None):
@@ -273,6 +271,8 @@ def wkv7_output(state: torch.Tensor, r: torch.Tensor, w: torch.Tensor, k: torch.
             raise ValueError(f"{name}: expected a {dtype} CPU tensor [B={B}, T={T}, C={C}], "
                              f"found {x.dtype} on {x.device}, shape {tuple(x.shape)}")
         xs.append(x.contiguous())
+    if starts is not None:  # after the rows: T is r's own length there
+        starts = check_starts(starts, state_rows, T)
     vectors = {"w0": w0, "r_k": r_k, "k_k": k_k, "k_a": k_a, "ln_x_w": ln_x_w, "ln_x_b": ln_x_b}
     if v0 is not None:
         vectors["v0"] = v0
