@@ -126,6 +126,10 @@ class TorchPath:
     wkv_output = None  # no fused forms: RWKV7._wkv_output and _token_shift run their lines one by one
     token_shift = None
 
+    @staticmethod
+    def block_step(model, x, state, new, ln_x_eps: float) -> None:
+        return None  # no block in one call: forward runs each block's lines
+
 
 class RWKV7:
     """An RWKV-7 model on one device in one dtype (float32 or bfloat16; the state is float32).
@@ -245,7 +249,8 @@ class RWKV7:
             "path": self.path, "sha256": self.sha256, "config": self.config.to_dict(),
             "dtype": self.dtype_name, "device": str(self.device), "n_params": self.config.n_params,
             "tokenizer": self.tokenizer.name, "wkv": self.wkv_impl, "engine_path": self.kernels.name,
-            **({"cpu_products": {**self.kernels.plan.describe(), "packed_weights": self.packing_note}}
+            **({"cpu_products": {**self.kernels.plan.describe(), "packed_weights": self.packing_note,
+                                 "decode_block_step": self.kernels.block_step_rows()}}
                if hasattr(self.kernels, "plan") else {}),
             "adapters": [dict(r) for r in self.adapters],
             "initial_state": "zeros" if self.initial_wkv is None else f"tuned ({self.state_from or 'given'})",
@@ -316,7 +321,12 @@ class RWKV7:
                 return t[0, ends]
             return t[:, -1] if last is None else t[rows, last]
 
+        # a decode step on the CPU kernels: each block's lines below in one kernel call (block_cpu.c)
+        block_step = self.kernels.block_step(self, x, state, new, _LN_X_EPS) if T == 1 else None
         for i, p in enumerate(self.layers):
+            if block_step is not None:
+                v_first = block_step(i, p, v_first)  # x, new's rows of layer i updated in place
+                continue
             xx = F.layer_norm(x, (C,), p.ln1_w, p.ln1_b)  # (B, T, C)
             out, v_first = self._time_mix(i, p, xx, state.att_x[i], new.wkv[i], v_first, last, starts)
             new.att_x[i] = final(xx)

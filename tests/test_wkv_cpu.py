@@ -141,7 +141,7 @@ def test_the_portable_matvec_loop_matches_linear(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cpu, "FLAGS", [*cpu.FLAGS, "-mno-avx512f"])
     try:
-        lib = ctypes.CDLL(str(cpu.build(cpu.SOURCES[1:], tmp_path)))
+        lib = ctypes.CDLL(str(cpu.build([s for s in cpu.SOURCES if s.name == "matvec_cpu.c"], tmp_path)))
     except RuntimeError as error:
         pytest.fail(f"the portable matvec did not build: {error}")
     assert lib.matvec_bf16_dot_available() == 0
