@@ -296,8 +296,10 @@ def weights():
 
 @pytest.fixture()
 def counted(monkeypatch):
+    """Counts the measurements; timings are never judged disturbed here (tests run beside others)."""
     calls = []
     real = tuning.measure
+    monkeypatch.setattr(tuning, "_DISTURBED_RATIO", float("inf"))
 
     def measure(*args, **kwargs):
         calls.append(args[0].dtype)
@@ -535,3 +537,61 @@ def test_the_few_row_points_read_the_models_weights_in_turn(monkeypatch, kernel)
     reads.clear()
     tuning.measure(ffn_key, att, *lora, kernel)
     assert {ptr for rows, ptr, _ in reads if rows <= cpu.POINTS[2]} == {ffn_key.data_ptr()}
+
+
+def _timings(linear1: float, linear4: float = 500.0, lora1: float = 30.0) -> dict:
+    """measure()'s timings (us) at the few-row points, the matvec kernel's as given."""
+    return {"linear@1": {"matvec": linear1, "xwt": 900.0}, "linear@4": {"matvec": linear4, "xwt": 600.0},
+            "linear@16": {"matvec": 1200.0, "xwt": 1300.0}, "lora@1": {"matvec": lora1, "native": 40.0},
+            "lora@4": {"matvec": 35.0, "native": 30.0}, "lora@16": {"matvec": 60.0, "native": 50.0}}
+
+
+def test_timings_where_the_kernel_is_slower_over_fewer_rows_are_disturbed():
+    assert tuning.disturbed(_timings(480.0)) is None
+    assert tuning.disturbed(_timings(3200.0)) == "the matvec linear took 3200.0 us over 1 rows and 500.0 over 4"
+    assert tuning.disturbed(_timings(480.0, lora1=90.0)) == "the matvec lora took 90.0 us over 1 rows and 35.0 over 4"
+    # a BLAS form slower over one row than four is no sign (MKL's gemv and gemm differ), nor a few
+    # microseconds over the ratio, nor timings without the kernel, nor junk
+    assert tuning.disturbed({**_timings(480.0), "linear@1": {"xwt": 5000.0}}) is None
+    assert tuning.disturbed(_timings(12.0, linear4=5.0)) is None
+    assert tuning.disturbed({}) is None and tuning.disturbed({"linear@1": 3}) is None and tuning.disturbed([1]) is None
+
+
+def test_a_disturbed_measurement_is_taken_again_once_and_the_second_stands(tmp_path, weights, monkeypatch, kernel):
+    results = [_timings(3200.0), _timings(480.0)]
+    calls = []
+
+    def measure(*args, **kwargs):
+        calls.append(1)
+        return Plan(("matvec",) * 6, ("native",) * 6), results[min(len(calls), len(results)) - 1]
+
+    monkeypatch.setattr(tuning, "measure", measure)
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert len(calls) == 2 and plan.info["timings_us"]["linear@1"]["matvec"] == 480.0
+    assert "timed twice, the first timings disturbed (the matvec linear took 3200.0 us over 1 rows" in plan.source
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached") and len(calls) == 2
+    # both disturbed: the second stands, is said, and is not measured again when read
+    results[:] = [_timings(3200.0), _timings(2000.0)]
+    calls.clear()
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path, remeasure=True)
+    assert len(calls) == 2 and plan.info["timings_us"]["linear@1"]["matvec"] == 2000.0
+    assert "the second too (the matvec linear took 2000.0 us" in plan.source
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached") and len(calls) == 2
+
+
+def test_a_disturbed_cached_plan_is_measured_again_when_read(tmp_path, weights, monkeypatch, kernel):
+    """A plan cached before this check (or by a process whose timings were disturbed) with the
+    kernel slower over one row than four is measured again at the next model, once."""
+    calls = []
+    monkeypatch.setattr(tuning, "measure", lambda *a, **k: calls.append(1) or (Plan(("xwt",) * 6, ("native",) * 6),
+                                                                             _timings(480.0)))
+    tuning.plan_for(*weights, kernel, directory=tmp_path)
+    path = tuning.cache_file(tuning.machine_signature(), tmp_path)
+    data = json.loads(path.read_text())
+    (key, entry), = data["plans"].items()
+    entry["timings_us"] = _timings(3200.0)
+    del entry["measured_twice"]  # as entries written before the check
+    path.write_text(json.dumps(data))
+    plan = tuning.plan_for(*weights, kernel, directory=tmp_path)
+    assert len(calls) == 2 and plan.source.startswith("measured (the cached timings were disturbed: the matvec")
+    assert tuning.plan_for(*weights, kernel, directory=tmp_path).source.startswith("cached") and len(calls) == 2
