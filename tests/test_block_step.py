@@ -79,6 +79,26 @@ def test_a_block_step_equals_the_per_call_path(shape, dtype, rows, inplace, monk
     assert calls == list(range(cfg.n_layer)) * 3  # every block of every step ran in one call
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_a_bf16_block_step_without_the_bf16_dot_kernel_widens_as_the_per_call_path_does(rows, monkeypatch):
+    """On a CPU without AVX512_BF16 (faked here) the block's products read float32 x (kind 1), as
+    the per-call path's matvec and lora_rows then do: the same numbers again."""
+    monkeypatch.setattr(cpu, "_bf16_dot", False)
+    fused, plain = _model("2x128-h2", "bfloat16"), _per_call(_model("2x128-h2", "bfloat16"))
+    cfg = SHAPES["2x128-h2"]
+    state = engine.State.zeros(cfg, rows)
+    step = fused.kernels.block_step(fused, torch.zeros(rows, 1, cfg.n_embd, dtype=torch.bfloat16), state, state,
+                                    _LN_X_EPS)
+    assert step.kind == 1
+    g = torch.Generator().manual_seed(11)
+    _, start = plain.forward(torch.randint(0, cfg.vocab_size, (rows, 4), generator=g))
+    token = torch.randint(0, cfg.vocab_size, (rows, 1), generator=g)
+    got, new_fused = fused.forward(token, start.clone(), logits="last")
+    want, new_plain = plain.forward(token, start.clone(), logits="last")
+    _assert_close(got, want, "bfloat16", "logits")
+    _assert_close(new_fused.wkv, new_plain.wkv, "bfloat16", "state wkv")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_decoding_by_block_steps_follows_the_torch_path(dtype):
     """Twelve greedy steps from a prompt: the block steps' logits stay within float32 (bf16)
