@@ -152,8 +152,6 @@ def test_the_block_step_runs_only_where_its_kernels_are_the_plan(monkeypatch):
 def test_a_failing_kernel_inside_the_block_is_an_error_not_a_wrong_number(monkeypatch):
     """block_step returns the first nonzero code of a kernel it calls; the wrapper raises it."""
     model = _model("2x128-h2", "bfloat16")
-    model.kernels.block_step(model, torch.zeros(1, 1, 128, dtype=torch.bfloat16), engine.State.zeros(SHAPES["2x128-h2"], 1),
-                             engine.State.zeros(SHAPES["2x128-h2"], 1), _LN_X_EPS)
     monkeypatch.setattr(cpu.BlockStep, "__init__", _with_kind(cpu.BlockStep.__init__, 9))
     with pytest.raises(RuntimeError, match=r"block_step: a kernel it calls failed with code -1 \(kind 9\)"):
         model.forward(torch.tensor([[3]]))
@@ -164,3 +162,17 @@ def _with_kind(init, kind):
         init(self, *a, **k)
         self.kind = kind  # a kind no kernel has: lora_rows answers -1
     return patched
+
+
+def test_a_layer_weight_replaced_after_a_step_is_read_in_the_next(kernel):
+    """The block step keeps each block's weight pointers; a weight replaced on the layer is seen."""
+    model = _model("2x128-h2", "float32")
+    plain = _per_call(_model("2x128-h2", "float32"))
+    token = torch.tensor([[7]])
+    model.forward(token)
+    for m in (model, plain):
+        m.layers[1].W_o = (m.layers[1].W_o * 0.5).contiguous()
+        m.layers[0].w1 = (m.layers[0].w1 * 2.0).contiguous()
+    got, _ = model.forward(token, logits="last")
+    want, _ = plain.forward(token, logits="last")
+    _assert_close(got, want, "float32", "logits after the weights changed")

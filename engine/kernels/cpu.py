@@ -1,8 +1,8 @@
 """The CPU fast path: compiled kernels, the product forms, and ``linear`` / ``lora`` that route each
 product to the form measured fastest on this machine.
 
-Kernels (``wkv7_cpu.c``, ``matvec_cpu.c``) are compiled on first use and called via ctypes. The
-readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one torch
+Kernels (``wkv7_cpu.c``, ``matvec_cpu.c``, ``block_cpu.c``) are compiled on first use and called
+via ctypes. The readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one torch
 call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
 kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
 reference machine), and :func:`wkv7_output` runs it together with the elementwise math around it
@@ -10,8 +10,9 @@ reference machine), and :func:`wkv7_output` runs it together with the elementwis
 ~35 torch calls per layer), as :func:`token_shift_mix` runs the token shift. The matvec kernel
 runs a decode step's products over a few rows in one pass over each weight, float32 or bf16 (half
 the bytes), accumulating in float32, prefetching the rows ahead, and writing bf16 results where
-the model is bf16 (:func:`matvec`); it also runs the LoRA pairs of a decode step.
-Both are built with the system C compiler (``$CC`` or ``cc``) into one library in a cache folder
+the model is bf16 (:func:`matvec`); it also runs the LoRA pairs of a decode step. ``block_cpu.c``
+runs a decode step's block in one call through those kernels (:class:`BlockStep`).
+All are built with the system C compiler (``$CC`` or ``cc``) into one library in a cache folder
 keyed by the sources, the flags and the CPU (:func:`cpu_signature`: the architecture, the CPU's
 model, or on ARM its implementer and part, and its feature flags), so a shared home folder across
 different machines never runs foreign machine code (``-march=native`` code on another CPU can die
@@ -685,7 +686,8 @@ class CPUPath:
         # id(W) -> (W, packed W); the originals are held, so an id is never reused while its entry lives
         self._transposed: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # a block's weight pointers for block_cpu.c, id(layer) -> (layer, pointer array, tensors held)
+        # a block's weight pointers for block_cpu.c, id(layer) -> (layer, pointer array, tensors held,
+        # the layer's fields as they were then)
         self._blocks: dict[int, tuple] = {}
 
     def linear(self, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
@@ -747,6 +749,12 @@ class CPUPath:
         return BlockStep(self, model, x, state, new, ln_x_eps)
 
 
+# the LayerWeights fields a block step reads (its LoRA matrices through their transposed copies)
+_BLOCK_FIELDS = ("ln1_w", "ln1_b", "mix", "W_r", "W_k", "W_v", "w1", "w2", "a0", "a1", "a2", "v0", "v1", "v2",
+                 "g1", "g2", "w0", "r_k", "k_k", "k_a", "ln_x_w", "ln_x_b", "W_o", "ln2_w", "ln2_b", "ffn_x_k",
+                 "ffn_key", "ffn_value")
+
+
 class BlockStep:
     """One decode step's blocks, each in one call of ``block_step`` (block_cpu.c): the lines of
     :meth:`engine.model.RWKV7.forward`'s loop for one token per row, through the same kernels
@@ -783,7 +791,7 @@ class BlockStep:
     def _pointers(self, p) -> int:
         """The address of block ``p``'s weight pointers (block_cpu.c's order), built once per block."""
         entry = self.path._blocks.get(id(p))
-        if entry is None or entry[0] is not p:
+        if entry is None or entry[0] is not p or any(getattr(p, f) is not t for f, t in entry[3]):
             lora = {n: self.path._lora_transposed(getattr(p, n + "1"), getattr(p, n + "2"), "matvec")
                     if getattr(p, n + "1") is not None else (None, None) for n in "wavg"}
             held = [p.ln1_w, p.ln1_b, p.mix, p.W_r, p.W_k, p.W_v, *lora["w"], *lora["a"], p.a0, *lora["v"],
@@ -793,7 +801,9 @@ class BlockStep:
                 if t is not None and not t.is_contiguous():
                     raise ValueError(f"block step: expected contiguous weights, found strides {t.stride()}")
             array = (ctypes.c_void_p * len(held))(*[t.data_ptr() if t is not None else None for t in held])
-            entry = self.path._blocks[id(p)] = (p, array, held)
+            # the layer's own tensors as read now: one replaced later builds the pointers again
+            fields = tuple((f, getattr(p, f)) for f in _BLOCK_FIELDS)
+            entry = self.path._blocks[id(p)] = (p, array, held, fields)
         return ctypes.addressof(entry[1])
 
     def __call__(self, i: int, p, v_first: torch.Tensor | None) -> torch.Tensor:
