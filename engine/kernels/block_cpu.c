@@ -3,11 +3,11 @@
  * At one token per row, a block's products read ~14 MB of bf16 weights (0.1B shape) in ~0.6 ms,
  * and the ~25 calls around them (the layer norms, the token shifts, 3 products and 4 LoRA pairs,
  * the fused time mix, the output product, the residual adds, the channel mix) each cost a few to
- * ~25 microseconds of Python, argument checks and tensor allocation. Summed over 12 layers that was
- * ~4 ms of a 15.5 ms bf16 step on the 2-core AVX-512 EPYC (2026-12-02). Here the same lines run
- * from C, calling the same kernels the per-call path calls (matvec_cpu.c, wkv7_cpu.c), in the same
- * order and the same dtypes, so the numbers are those of that path, except the layer norms, whose
- * sums run in float64 here (torch's run in float32, in its own order):
+ * ~25 microseconds of Python, argument checks and tensor allocation: over 12 layers ~3 ms of a
+ * ~15 ms bf16 step on the 2-core AVX-512 EPYC (2026-12-02: 14.9 ms call by call, 12.0 here).
+ * Here the same lines run from C, calling the same kernels the per-call path calls (matvec_cpu.c,
+ * wkv7_cpu.c), in the same order and the same dtypes, so the numbers are those of that path,
+ * except the layer norms, whose sums run in float64 here (torch's in float32, in its own order):
  *
  *     xx = layer_norm(x, ln1)                           (dtype)
  *     xr xw xk xv xa xg = token shift of xx             token_shift_mix

@@ -2,8 +2,8 @@
 product to the form measured fastest on this machine.
 
 Kernels (``wkv7_cpu.c``, ``matvec_cpu.c``, ``block_cpu.c``) are compiled on first use and called
-via ctypes. The readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`) runs one torch
-call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
+via ctypes. The readable reference of the WKV-7 recurrence (:func:`engine.model.wkv7_reference`)
+runs one torch call per step, five small ops each costing ~20-200 us of dispatch and memory passes; the WKV
 kernel keeps each state row in registers for the whole sequence (5-50x faster on the 2-core
 reference machine), and :func:`wkv7_output` runs it together with the elementwise math around it
 (the key's normalisation, the value residual, the decay, the group norm, the bonus and the gate:
@@ -761,7 +761,8 @@ class BlockStep:
     the per-call path runs for these rows (the matvec products and LoRA pairs, the token shift,
     the fused time mix), so a block costs its products and not ~25 Python calls around them (a
     0.1B decode step on the 2-core AVX-512 EPYC, 2026-12-02, same process turn about: bf16 at one
-    row 12.8 ms against 15.6, float32 24.1 against 28.4, float32 at 4 rows 30.2 against 37.5).
+    row 12.0 ms against 14.9, float32 23.2 against 29.0, float32 at 4 rows 28.1 against 35.5;
+    docs/perf/cpu-0.1B-decode-block-ab-2026-12-02-epyc.txt).
     Made per forward call by :meth:`CPUPath.block_step` for x [rows, 1, C] (updated in place),
     reading ``state``'s rows and writing ``new``'s (the same State when in place);
     ``step(i, p, v_first)`` runs block ``i`` (weights ``p``) and returns v_first."""
