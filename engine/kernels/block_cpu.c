@@ -59,13 +59,10 @@ int token_shift_mix(int64_t B, int64_t T, int64_t C, int64_t J, int threads, int
 enum { LN1_W, LN1_B, MIX, W_R, W_K, W_V, W1, W2, A1, A2, A0, V1, V2, G1, G2, W0, R_K, K_K, K_A, V0, LNX_W,
        LNX_B, W_O, LN2_W, LN2_B, FFN_X_K, FFN_KEY, FFN_VALUE, N_WEIGHTS };
 
-static inline float get(const void *p, int64_t i, int bf16) {
-    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void set(void *p, int64_t i, float v, int bf16) {
-    if (bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
-    else ((float *)p)[i] = v;
+/* n bf16 numbers widened into float32 scratch, for the kernels that take float32 x (kind 1) */
+static const float *widen(int64_t n, const void *x, float *wide) {
+    for (int64_t i = 0; i < n; i++) wide[i] = bf16_to_f32(((const uint16_t *)x)[i]);
+    return wide;
 }
 
 /* F.layer_norm over each of M rows of C (biased variance, eps 1e-5), into out in the same dtype */
@@ -73,15 +70,17 @@ static void layer_norm_rows(int64_t M, int64_t C, int bf16, const void *x, const
                             void *out) {
     for (int64_t m = 0; m < M; m++) {
         double sum = 0.0, sq = 0.0;
-        for (int64_t c = 0; c < C; c++) sum += get(x, m * C + c, bf16);
+        for (int64_t c = 0; c < C; c++) sum += load_elem(x, m * C + c, bf16);
         const double mean = sum / (double)C;
         for (int64_t c = 0; c < C; c++) {
-            const double d = get(x, m * C + c, bf16) - mean;
+            const double d = load_elem(x, m * C + c, bf16) - mean;
             sq += d * d;
         }
         const float inv = (float)(1.0 / sqrt(sq / (double)C + 1e-5)), mu = (float)mean;
         for (int64_t c = 0; c < C; c++)
-            set(out, m * C + c, (get(x, m * C + c, bf16) - mu) * inv * get(wt, c, bf16) + get(bias, c, bf16), bf16);
+            store_elem(out, m * C + c,
+                       (load_elem(x, m * C + c, bf16) - mu) * inv * load_elem(wt, c, bf16) + load_elem(bias, c, bf16),
+                       bf16);
     }
 }
 
@@ -91,17 +90,13 @@ static int product(int kind, int threads, int64_t R, int64_t C, int64_t M, const
                    float *wide) {
     if (kind == 0) return matvec_f32(R, C, M, threads, W, x, y, 0);
     if (kind == 2) return matvec_bf16_dot(R, C, M, threads, W, x, y, 1);
-    for (int64_t i = 0; i < M * C; i++) wide[i] = bf16_to_f32(((const uint16_t *)x)[i]);
-    return matvec_bf16(R, C, M, threads, W, wide, y, 1);
+    return matvec_bf16(R, C, M, threads, W, widen(M * C, x, wide), y, 1);
 }
 
 /* act(x A) B by lora_rows, whose kind 1 takes float32 x */
 static int lora(int kind, int threads, int64_t C, int64_t R, int64_t M, int act, const void *At, const void *Bt,
                 const void *x, void *y, float *wide) {
-    if (kind == 1) {
-        for (int64_t i = 0; i < M * C; i++) wide[i] = bf16_to_f32(((const uint16_t *)x)[i]);
-        x = wide;
-    }
+    if (kind == 1) x = widen(M * C, x, wide);
     return lora_rows(C, R, C, M, threads, kind, act, At, Bt, x, y, kind != 0);
 }
 
@@ -130,7 +125,7 @@ int block_step(int64_t M, const int64_t *dims, int threads, int kind, int layer0
     /* the time mix */
     layer_norm_rows(M, C, bf16, x, w[LN1_W], w[LN1_B], xx);
     TRY(token_shift_mix(M, 1, C, 6, threads, bf16, xx, att_prev, w[MIX], mixed, M, NULL));
-    for (int64_t i = 0; i < n; i++) att_out[i] = get(xx, i, bf16);
+    for (int64_t i = 0; i < n; i++) att_out[i] = load_elem(xx, i, bf16);
     const char *mx = mixed; /* xr xw xk xv xa xg, each [M, C] */
     TRY(product(kind, threads, C, C, M, w[W_R], mx, r, wide));
     TRY(lora(kind, threads, C, dims[4], M, 1, w[W1], w[W2], mx + n * es, wl, wide));
@@ -138,9 +133,9 @@ int block_step(int64_t M, const int64_t *dims, int threads, int kind, int layer0
     TRY(product(kind, threads, C, C, M, w[W_V], mx + 3 * n * es, v, wide));
     TRY(lora(kind, threads, C, dims[5], M, 0, w[A1], w[A2], mx + 4 * n * es, a, wide));
     for (int64_t i = 0; i < n; i++) { /* a = sigmoid(a0 + a), rounded to the dtype at each step, as torch does */
-        float s = get(w[A0], i % C, bf16) + get(a, i, bf16);
+        float s = load_elem(w[A0], i % C, bf16) + load_elem(a, i, bf16);
         if (bf16) s = bf16_to_f32(f32_to_bf16(s));
-        set(a, i, 1.0f / (1.0f + expf(-s)), bf16);
+        store_elem(a, i, 1.0f / (1.0f + expf(-s)), bf16);
     }
     TRY(lora(kind, threads, C, dims[7], M, 2, w[G1], w[G2], mx + 5 * n * es, g, wide));
     if (layer0) memcpy(v_first, v, n * es);
@@ -149,20 +144,20 @@ int block_step(int64_t M, const int64_t *dims, int threads, int kind, int layer0
                     layer0 ? NULL : vg, w[W0], w[R_K], w[K_K], w[K_A], layer0 ? NULL : w[V0], w[LNX_W], w[LNX_B],
                     NULL, y));
     TRY(product(kind, threads, C, C, M, w[W_O], y, o, wide));
-    for (int64_t i = 0; i < n; i++) set(x, i, get(x, i, bf16) + get(o, i, bf16), bf16);
+    for (int64_t i = 0; i < n; i++) store_elem(x, i, load_elem(x, i, bf16) + load_elem(o, i, bf16), bf16);
 
     /* the channel mix */
     layer_norm_rows(M, C, bf16, x, w[LN2_W], w[LN2_B], xx);
     TRY(token_shift_mix(M, 1, C, 1, threads, bf16, xx, ffn_prev, w[FFN_X_K], mixed, M, NULL));
-    for (int64_t i = 0; i < n; i++) ffn_out[i] = get(xx, i, bf16);
+    for (int64_t i = 0; i < n; i++) ffn_out[i] = load_elem(xx, i, bf16);
     TRY(product(kind, threads, F, C, M, w[FFN_KEY], mixed, hid, wide));
     for (int64_t i = 0; i < M * F; i++) { /* relu, then the square, each rounded to the dtype */
-        const float h = get(hid, i, bf16);
+        const float h = load_elem(hid, i, bf16);
         const float rl = h > 0.0f ? h : 0.0f;
-        set(hid, i, rl * rl, bf16);
+        store_elem(hid, i, rl * rl, bf16);
     }
     TRY(product(kind, threads, C, F, M, w[FFN_VALUE], hid, o, wide));
-    for (int64_t i = 0; i < n; i++) set(x, i, get(x, i, bf16) + get(o, i, bf16), bf16);
+    for (int64_t i = 0; i < n; i++) store_elem(x, i, load_elem(x, i, bf16) + load_elem(o, i, bf16), bf16);
     return 0;
 #undef TRY
 }

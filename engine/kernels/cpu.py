@@ -686,8 +686,8 @@ class CPUPath:
         # id(W) -> (W, packed W); the originals are held, so an id is never reused while its entry lives
         self._transposed: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # a block's weight pointers for block_cpu.c, id(layer) -> (layer, pointer array, tensors held,
-        # the layer's fields as they were then)
+        # a block's weight pointers for block_cpu.c, id(layer) -> (the layer's fields as read then,
+        # pointer array, tensors it points to)
         self._blocks: dict[int, tuple] = {}
 
     def linear(self, x: torch.Tensor, W: torch.Tensor, contiguous: bool = False) -> torch.Tensor:
@@ -749,10 +749,12 @@ class CPUPath:
         return BlockStep(self, model, x, state, new, ln_x_eps)
 
 
-# the LayerWeights fields a block step reads (its LoRA matrices through their transposed copies)
-_BLOCK_FIELDS = ("ln1_w", "ln1_b", "mix", "W_r", "W_k", "W_v", "w1", "w2", "a0", "a1", "a2", "v0", "v1", "v2",
-                 "g1", "g2", "w0", "r_k", "k_k", "k_a", "ln_x_w", "ln_x_b", "W_o", "ln2_w", "ln2_b", "ffn_x_k",
+# the LayerWeights fields a block step reads, in block_cpu.c's order (the LoRA matrices, _LORA_FIELDS,
+# through their transposed copies)
+_BLOCK_FIELDS = ("ln1_w", "ln1_b", "mix", "W_r", "W_k", "W_v", "w1", "w2", "a1", "a2", "a0", "v1", "v2", "g1",
+                 "g2", "w0", "r_k", "k_k", "k_a", "v0", "ln_x_w", "ln_x_b", "W_o", "ln2_w", "ln2_b", "ffn_x_k",
                  "ffn_key", "ffn_value")
+_LORA_FIELDS = ("w1", "w2", "a1", "a2", "v1", "v2", "g1", "g2")
 
 
 class BlockStep:
@@ -791,20 +793,17 @@ class BlockStep:
 
     def _pointers(self, p) -> int:
         """The address of block ``p``'s weight pointers (block_cpu.c's order), built once per block."""
+        fields = [getattr(p, f) for f in _BLOCK_FIELDS]
         entry = self.path._blocks.get(id(p))
-        if entry is None or entry[0] is not p or any(getattr(p, f) is not t for f, t in entry[3]):
+        if entry is None or any(a is not b for a, b in zip(fields, entry[0])):  # new, or a weight replaced
             lora = {n: self.path._lora_transposed(getattr(p, n + "1"), getattr(p, n + "2"), "matvec")
                     if getattr(p, n + "1") is not None else (None, None) for n in "wavg"}
-            held = [p.ln1_w, p.ln1_b, p.mix, p.W_r, p.W_k, p.W_v, *lora["w"], *lora["a"], p.a0, *lora["v"],
-                    *lora["g"], p.w0, p.r_k, p.k_k, p.k_a, p.v0, p.ln_x_w, p.ln_x_b, p.W_o, p.ln2_w, p.ln2_b,
-                    p.ffn_x_k, p.ffn_key, p.ffn_value]
+            held = [lora[f[0]][int(f[1]) - 1] if f in _LORA_FIELDS else t for f, t in zip(_BLOCK_FIELDS, fields)]
             for t in held:
                 if t is not None and not t.is_contiguous():
                     raise ValueError(f"block step: expected contiguous weights, found strides {t.stride()}")
             array = (ctypes.c_void_p * len(held))(*[t.data_ptr() if t is not None else None for t in held])
-            # the layer's own tensors as read now: one replaced later builds the pointers again
-            fields = tuple((f, getattr(p, f)) for f in _BLOCK_FIELDS)
-            entry = self.path._blocks[id(p)] = (p, array, held, fields)
+            entry = self.path._blocks[id(p)] = (fields, array, held)
         return ctypes.addressof(entry[1])
 
     def __call__(self, i: int, p, v_first: torch.Tensor | None) -> torch.Tensor:

@@ -194,18 +194,9 @@ int wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t N, int threads, fl
 /* The dtype of a fused kernel's tensors is a run-time flag, but each loop below is written for one
  * dtype: the kernels call an always-inlined body with a constant bf16 (0 or 1), so every loop is
  * compiled twice without a branch per element, and vectorised (a branch per element kept them
- * scalar: ~13 ns per element on the 2-core EPYC, several times torch's elementwise calls). */
+ * scalar: ~13 ns per element on the 2-core EPYC, several times torch's elementwise calls). The
+ * elements are read and written by load_elem and store_elem (bf16_cpu.h). */
 #define SPECIALISED static inline __attribute__((always_inline))
-
-SPECIALISED float load_elem(const void *p, int64_t i, const int bf16) {
-    return bf16 ? bf16_to_f32(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-/* float32, or bf16 rounded to nearest even as torch rounds (bf16_cpu.h) */
-SPECIALISED void store_elem(void *p, int64_t i, float v, const int bf16) {
-    if (bf16) ((uint16_t *)p)[i] = f32_to_bf16(v);
-    else ((float *)p)[i] = v;
-}
 
 /* e^x in float32 to ~1 ulp, in a form the compiler vectorises (libm's expf is a call per number
  * here, which made the fused pass slower than torch's vectorised sigmoid and exp): x = n ln2 + f
