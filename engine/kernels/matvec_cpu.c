@@ -27,8 +27,12 @@
  * reads ~29-32. Where the compiler targets AVX-512, the kernels are written with intrinsics and
  * ask for the rows two blocks ahead (PREFETCH_BLOCKS) into L2 while multiplying the current
  * ones: 768 x 768 bf16 in 37 us against 56 (32 GB/s), the 65536 x 768 head in 3.0 ms against 4.5,
- * float32 ~31-35 GB/s against ~27. Elsewhere (AVX2, ARM) the portable loop below runs, and the
- * hardware prefetcher is left to do the work.
+ * float32 ~31-35 GB/s against ~27. One vector (batch-1 decode) reads W row after row instead, one
+ * long stream the hardware prefetcher follows (PRODUCT_BODY). Elsewhere (AVX2, ARM) the portable
+ * loop below runs, and the hardware prefetcher is left to do the work; it too reads one vector's W
+ * row after row (built with -mno-avx512f on the EPYC, bf16 weights read 33.6 GB/s against 18.7
+ * for four rows interleaved, float32 35.6 against 30.1; cpu-0.1B-matvec-ab-2026-12-02-epyc.txt in
+ * docs/perf).
  *
  * Layouts (contiguous): W [R, C] float32 or bf16 (uint16), x [M, C] float32 (bf16 for
  * matvec_bf16_dot), y [M, R] float32, or bf16 where y_bf16 is set.
@@ -45,18 +49,22 @@
 
 #define ROWS 4
 
-/* y's element i, float32 or (y_bf16) bf16 rounded to nearest even (bf16_cpu.h): a bf16 model's
- * products come back in its dtype without another pass, or another torch call, per product. */
-static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
-    if (y_bf16) ((uint16_t *)y)[i] = f32_to_bf16(v);
-    else ((float *)y)[i] = v;
-}
-
 /* One definition for both weight types: WT is the stored type, LOAD(p) widens one element.
  * Vectors go two at a time: four rows of W times two vectors is eight accumulators, six loads per
  * eight multiply-adds (one vector at a time, five loads per four: the loop waits on loads) and
  * one horizontal sum per accumulator at the end of a row. */
 #define MATVEC_BODY(WT, LOAD)                                                                       \
+    if (M == 1) { /* one vector: W row after row, one stream (PRODUCT_BODY below says why) */       \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")       \
+        for (int64_t r = 0; r < R; r++) {                                                           \
+            const WT *restrict wr = W + r * C;                                                      \
+            float acc = 0.0f;                                                                       \
+            _Pragma("omp simd reduction(+ : acc)")                                                  \
+            for (int64_t c = 0; c < C; c++) acc += LOAD(wr[c]) * x[c];                              \
+            store_elem(y, r, acc, y_bf16);                                                          \
+        }                                                                                           \
+        return 0;                                                                                   \
+    }                                                                                               \
     const int64_t blocks = (R + ROWS - 1) / ROWS;                                                   \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")           \
     for (int64_t blk = 0; blk < blocks; blk++) {                                                    \
@@ -78,9 +86,10 @@ static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
                     b0 += u0 * vb, b1 += u1 * vb, b2 += u2 * vb, b3 += u3 * vb;                     \
                 }                                                                                   \
                 const int64_t ia = m * R + r0, ib = ia + R;                                         \
-                put(y, y_bf16, ia, a0), put(y, y_bf16, ia + 1, a1), put(y, y_bf16, ia + 2, a2);     \
-                put(y, y_bf16, ia + 3, a3), put(y, y_bf16, ib, b0), put(y, y_bf16, ib + 1, b1);     \
-                put(y, y_bf16, ib + 2, b2), put(y, y_bf16, ib + 3, b3);                             \
+                store_elem(y, ia, a0, y_bf16), store_elem(y, ia + 1, a1, y_bf16);                   \
+                store_elem(y, ia + 2, a2, y_bf16), store_elem(y, ia + 3, a3, y_bf16);               \
+                store_elem(y, ib, b0, y_bf16), store_elem(y, ib + 1, b1, y_bf16);                   \
+                store_elem(y, ib + 2, b2, y_bf16), store_elem(y, ib + 3, b3, y_bf16);               \
             }                                                                                       \
             if (m < M) { /* an odd vector left */                                                   \
                 const float *restrict xm = x + m * C;                                               \
@@ -94,8 +103,8 @@ static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
                     a3 += LOAD(w3[c]) * xv;                                                         \
                 }                                                                                   \
                 const int64_t im = m * R + r0;                                                      \
-                put(y, y_bf16, im, a0), put(y, y_bf16, im + 1, a1);                                 \
-                put(y, y_bf16, im + 2, a2), put(y, y_bf16, im + 3, a3);                             \
+                store_elem(y, im, a0, y_bf16), store_elem(y, im + 1, a1, y_bf16);                   \
+                store_elem(y, im + 2, a2, y_bf16), store_elem(y, im + 3, a3, y_bf16);               \
             }                                                                                       \
         } else { /* the last R % 4 rows */                                                          \
             for (int64_t m = 0; m < M; m++)                                                         \
@@ -105,7 +114,7 @@ static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
                     float acc = 0.0f;                                                               \
                     _Pragma("omp simd reduction(+ : acc)")                                          \
                     for (int64_t c = 0; c < C; c++) acc += LOAD(wr[c]) * xm[c];                     \
-                    put(y, y_bf16, m * R + r, acc);                                                 \
+                    store_elem(y, m * R + r, acc, y_bf16);                                          \
                 }                                                                                   \
         }                                                                                           \
     }                                                                                               \
@@ -117,6 +126,7 @@ static inline void put(void *restrict y, int y_bf16, int64_t i, float v) {
 
 #if defined(__AVX512F__)
 #define PREFETCH_BLOCKS 2
+#define STREAM_PREFETCH 1536 /* bytes ahead in the row stream of one vector (ROW_FN) */
 
 /* The four sums of a0..a3 in one vector: each 512-bit accumulator is folded to 256 bits, then two
  * rounds of horizontal adds bring the four to one lane each. */
@@ -170,15 +180,48 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
             float sums[4];                                                                           \
             if (nrows == 4) _mm_storeu_ps(sums, sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));    \
             else for (int r = 0; r < nrows; r++) sums[r] = _mm512_reduce_add_ps(acc[m][r]);           \
-            for (int r = 0; r < nrows; r++) put(y, y_bf16, y0 + m * R + r, sums[r]);                 \
+            for (int r = 0; r < nrows; r++) store_elem(y, y0 + m * R + r, sums[r], y_bf16);          \
         }                                                                                            \
     }
 
-/* The product over all blocks of four rows (split between threads in contiguous halves), the
- * vectors two at a time; only the first pass over a block (vectors 0 and 1) prefetches, later
- * passes find the rows in cache. The common blocks get constant counts, so the compiler unrolls
- * them branch-free. */
-#define PRODUCT_BODY(BLOCK, WT)                                                                      \
+/* ROW_FN(name, WT, XT, VT, STEP, LOADW, LOADX, FMA): row r of W times the vector x into y[r]; four
+ * accumulators over consecutive chunks (four chains of the multiply-add's latency, not one), and at
+ * each line of the row the line STREAM_PREFETCH bytes ahead in the stream asked for into L2. */
+#define ROW_FN(NAME, WT, XT, VT, STEP, LOADW, LOADX, FMA)                                             \
+    static inline void NAME(const WT *restrict W, const XT *restrict x, void *restrict y, int y_bf16, \
+                            int64_t r, int64_t C) {                                                  \
+        const WT *restrict w = W + r * C;                                                            \
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),              \
+                         _mm512_setzero_ps()};                                                       \
+        for (int64_t c = 0; c < C; c += 4 * STEP)                                                    \
+            for (int j = 0; j < 4; j++) {                                                            \
+                const int64_t cj = c + j * STEP, n = C - cj;                                         \
+                if (n <= 0) break;                                                                   \
+                if ((cj * (int64_t)sizeof(WT)) % 64 == 0)                                            \
+                    _mm_prefetch((const char *)(w + cj) + STREAM_PREFETCH, _MM_HINT_T1);             \
+                acc[j] = FMA(acc[j], LOADW(w + cj, n), LOADX(x + cj, n));                            \
+            }                                                                                        \
+        const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])); \
+        store_elem(y, r, _mm512_reduce_add_ps(s), y_bf16);                                           \
+    }
+
+/* The product, split between threads in contiguous halves of W's rows. For one vector (a batch-1
+ * decode step: bound by the bytes of W read) W is read row after row, one stream. On the 2-core
+ * AVX-512 EPYC (2026-12-02, the 0.1B decode step's 73 matrices in turn; the read probe at 45 and at
+ * 34 GB/s) bf16 read 44.8 and 35.4 GB/s against 36.8 and 31.1 for four rows interleaved (four short
+ * streams a row apart, which the hardware prefetcher keeps losing), float32 53.8 and 34.1 against
+ * 41.9 and 31.4 (docs/perf/cpu-0.1B-matvec-ab-2026-12-02-epyc.txt). More vectors make the product
+ * bound by its multiply-adds instead (in a first try the row stream read ~28 GB/s for two vectors
+ * against ~45): blocks of four rows, each chunk of a row loaded once for two vectors (eight
+ * accumulators, six loads per eight multiply-adds), the vectors two at a time; only the first pass
+ * over a block prefetches, later ones find the rows in cache. The common blocks get constant
+ * counts, so the compiler unrolls them branch-free. */
+#define PRODUCT_BODY(BLOCK, ROW, WT)                                                                 \
+    if (M == 1) {                                                                                    \
+        _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")        \
+        for (int64_t r = 0; r < R; r++) ROW(W, x, y, y_bf16, r, C);                                  \
+        return 0;                                                                                    \
+    }                                                                                                \
     const int64_t blocks = (R + ROWS - 1) / ROWS;                                                    \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")            \
     for (int64_t blk = 0; blk < blocks; blk++) {                                                     \
@@ -199,9 +242,11 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
 
 BLOCK_FN(block_f32, float, float, __m512, 16, load_f32, load_f32, FMA_F32)
 BLOCK_FN(block_bf16, uint16_t, float, __m512, 16, load_bf16_as_f32, load_f32, FMA_F32)
+ROW_FN(row_f32, float, float, __m512, 16, load_f32, load_f32, FMA_F32)
+ROW_FN(row_bf16, uint16_t, float, __m512, 16, load_bf16_as_f32, load_f32, FMA_F32)
 
-#define F32_BODY PRODUCT_BODY(block_f32, float)
-#define BF16_BODY PRODUCT_BODY(block_bf16, uint16_t)
+#define F32_BODY PRODUCT_BODY(block_f32, row_f32, float)
+#define BF16_BODY PRODUCT_BODY(block_bf16, row_bf16, uint16_t)
 #else /* the portable loop: the compiler vectorises the simd reductions for the target it has */
 #define F32_BODY MATVEC_BODY(float, LOAD_F32)
 #define BF16_BODY MATVEC_BODY(uint16_t, LOAD_BF16)
@@ -225,6 +270,7 @@ static inline __m512bh load_bf16(const uint16_t *p, int64_t n) {
 }
 #define DOT_BF16(acc, w, x) _mm512_dpbf16_ps(acc, w, x)
 BLOCK_FN(block_dot, uint16_t, uint16_t, __m512bh, 32, load_bf16, load_bf16, DOT_BF16)
+ROW_FN(row_dot, uint16_t, uint16_t, __m512bh, 32, load_bf16, load_bf16, DOT_BF16)
 #endif
 
 int matvec_bf16_dot_available(void) {
@@ -240,7 +286,7 @@ int matvec_bf16_dot_available(void) {
 int matvec_bf16_dot(int64_t R, int64_t C, int64_t M, int threads, const uint16_t *restrict W,
                     const uint16_t *restrict x, void *restrict y, int y_bf16) {
 #if defined(__AVX512BF16__)
-    PRODUCT_BODY(block_dot, uint16_t)
+    PRODUCT_BODY(block_dot, row_dot, uint16_t)
 #else
     (void)R, (void)C, (void)M, (void)threads, (void)W, (void)x, (void)y, (void)y_bf16;
     return -1;
