@@ -103,7 +103,7 @@ def test_model_uses_kernel_and_matches_reference():
 
 @pytest.mark.parametrize("wdtype, xdtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
                                            (torch.bfloat16, torch.bfloat16)], ids=["f32", "bf16", "bf16-bf16"])
-@pytest.mark.parametrize("M", [1, 2, 3, 8, 32])
+@pytest.mark.parametrize("M", [1, 2, 3, 6, 7, 8, 32])
 @pytest.mark.parametrize("R,C", [(768, 768), (13, 7), (4, 64), (1, 1), (65, 3072), (6, 33), (5, 200)])
 def test_matvec_matches_linear(M, R, C, wdtype, xdtype):
     g = torch.Generator().manual_seed(M * 100 + R + C)

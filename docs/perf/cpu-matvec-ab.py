@@ -1,10 +1,12 @@
 """Matvec kernel A/B, old build against new, one process, turn about: the 0.1B decode step's 73 matrices.
 The matrices are 12 layers x W_r W_k W_v W_o ffn_key ffn_value, then the head, read in turn.
-Run from the repository root: python matvec_ab.py OLD_COMMIT (the new build is the working tree)."""
+Run from the repository root: python docs/perf/cpu-matvec-ab.py OLD_COMMIT [M ...] (the new build is the working
+tree; M: the vector counts, default 1 and 2)."""
 import ctypes, os, statistics, subprocess, sys, tempfile, time
 import torch
 
 old_commit = sys.argv[1]
+vector_counts = [int(m) for m in sys.argv[2:]] or [1, 2]
 # the engine's flags (engine/kernels/cpu.py); AB_FLAGS adds some, e.g. "-mno-avx512f" for the portable loop
 flags = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC",
          "-std=c11", *os.environ.get("AB_FLAGS", "").split()]
@@ -46,7 +48,7 @@ for dtype in (torch.bfloat16, torch.float32):
     dot = libs["new"].matvec_bf16_dot_available() and libs["old"].matvec_bf16_dot_available()
     f, ybf = (("matvec_bf16_dot" if dot else "matvec_bf16"), 1) if dtype == torch.bfloat16 else ("matvec_f32", 0)
     xdtype = dtype if dtype == torch.float32 or dot else torch.float32
-    for M in (1, 2):
+    for M in vector_counts:
         xs = {k: torch.randn(M, k).to(xdtype) for k in (C, F)}
         ys = {k: torch.empty(M, k, dtype=dtype) for k in (C, F, V)}
         for name in libs:  # same results, old and new (float32 sums in another order)

@@ -126,6 +126,7 @@
 
 #if defined(__AVX512F__)
 #define PREFETCH_BLOCKS 2
+#define VECS 4 /* vectors per pass over a block of four rows (BLOCK_FN) */
 #define STREAM_PREFETCH 1536 /* bytes ahead in the row stream of one vector (ROW_FN) */
 
 /* The four sums of a0..a3 in one vector: each 512-bit accumulator is folded to 256 bits, then two
@@ -151,15 +152,15 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
 }
 #define FMA_F32(acc, w, x) _mm512_fmadd_ps(w, x, acc)
 
-/* BLOCK_FN(name, WT, XT, VT, STEP, LOADW, LOADX, FMA): nrows (1-4) rows of W from w times nvec (1-2)
- * vectors of x from xs, into y[y0 + m * R + r]; STEP elements of a row per vector; pf, where not NULL,
- * is the block PREFETCH_BLOCKS ahead, asked for into L2 a chunk at a time. */
+/* BLOCK_FN(name, WT, XT, VT, STEP, LOADW, LOADX, FMA): nrows (1-4) rows of W from w times nvec
+ * (1-VECS) vectors of x from xs, into y[y0 + m * R + r]; STEP elements of a row per vector; pf,
+ * where not NULL, is the block PREFETCH_BLOCKS ahead, asked for into L2 a chunk at a time. */
 #define BLOCK_FN(NAME, WT, XT, VT, STEP, LOADW, LOADX, FMA)                                           \
     static inline void NAME(const WT *restrict w, const XT *restrict xs, void *restrict y,           \
                             int y_bf16, int64_t y0, int64_t R, int64_t C, int nrows, int nvec,       \
                             const WT *pf) {                                                          \
-        __m512 acc[2][4];                                                                            \
-        for (int m = 0; m < 2; m++)                                                                  \
+        __m512 acc[VECS][4];                                                                         \
+        for (int m = 0; m < VECS; m++)                                                               \
             for (int r = 0; r < 4; r++) acc[m][r] = _mm512_setzero_ps();                             \
         for (int64_t c = 0; c < C; c += STEP) {                                                      \
             const int64_t n = C - c;                                                                 \
@@ -169,7 +170,7 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
             VT u[4];                                                                                 \
             for (int r = 0; r < 4; r++)                                                              \
                 u[r] = r < nrows ? LOADW(w + r * C + c, n) : (VT)_mm512_setzero_si512();             \
-            for (int m = 0; m < 2; m++) {                                                            \
+            for (int m = 0; m < VECS; m++) {                                                         \
                 if (m >= nvec) break;                                                                \
                 const VT v = LOADX(xs + m * C + c, n);                                               \
                 for (int r = 0; r < 4; r++)                                                          \
@@ -212,10 +213,12 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
  * streams a row apart, which the hardware prefetcher keeps losing), float32 53.8 and 34.1 against
  * 41.9 and 31.4 (docs/perf/cpu-0.1B-matvec-ab-2026-12-02-epyc.txt). More vectors make the product
  * bound by its multiply-adds instead (in a first try the row stream read ~28 GB/s for two vectors
- * against ~45): blocks of four rows, each chunk of a row loaded once for two vectors (eight
- * accumulators, six loads per eight multiply-adds), the vectors two at a time; only the first pass
- * over a block prefetches, later ones find the rows in cache. The common blocks get constant
- * counts, so the compiler unrolls them branch-free. */
+ * against ~45): blocks of four rows, each chunk of a row loaded once for up to VECS = 4 vectors
+ * (sixteen accumulators, eight loads per sixteen multiply-adds; two vectors at a time, six loads
+ * per eight, read 6-10% slower in bf16 and 11-32% in float32 from 3 vectors up: the A/B file's
+ * run 6), the vectors four at a time; only the first pass over a block prefetches, later ones
+ * find the rows in cache. The common blocks get constant counts, so the compiler unrolls them
+ * branch-free. */
 #define PRODUCT_BODY(BLOCK, ROW, WT)                                                                 \
     if (M == 1) {                                                                                    \
         _Pragma("omp parallel for schedule(static) num_threads(threads) if (R * C >= 65536)")        \
@@ -229,12 +232,15 @@ static inline __m512 load_bf16_as_f32(const uint16_t *p, int64_t n) { /* 16 bf16
         const int nrows = (int)(R - r0 < ROWS ? R - r0 : ROWS);                                      \
         const WT *w = W + r0 * C;                                                                    \
         const WT *pf = blk + PREFETCH_BLOCKS < blocks ? w + PREFETCH_BLOCKS * ROWS * C : NULL;       \
-        for (int64_t m = 0; m < M; m += 2) {                                                         \
-            const int nvec = M - m >= 2 ? 2 : 1;                                                     \
+        for (int64_t m = 0; m < M; m += VECS) {                                                      \
+            const int nvec = (int)(M - m >= VECS ? VECS : M - m);                                    \
             const int64_t y0 = m * R + r0;                                                           \
             const WT *p = m == 0 ? pf : NULL;                                                        \
-            if (nrows == ROWS && nvec == 2) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 2, p);    \
-            else if (nrows == ROWS) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 1, p);            \
+            const int full = nrows == ROWS;                                                          \
+            if (full && nvec == VECS) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, VECS, p);       \
+            else if (full && nvec == 3) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 3, p);        \
+            else if (full && nvec == 2) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 2, p);        \
+            else if (full) BLOCK(w, x + m * C, y, y_bf16, y0, R, C, ROWS, 1, p);                     \
             else BLOCK(w, x + m * C, y, y_bf16, y0, R, C, nrows, nvec, p);                           \
         }                                                                                            \
     }                                                                                                \
