@@ -7,7 +7,7 @@ import torch
 import engine
 from engine.kernels import cpu
 from helpers import throughput_config
-from roofline import read_bandwidth
+from roofline import _median_seconds, read_bandwidth
 
 old = sys.argv[1]
 new_lib = cpu.load()
@@ -42,11 +42,7 @@ for dtype in sys.argv[2:]:
         res["probe"].append(read_bandwidth() / 1e9)
         for name, lib in (("old", old_lib), ("new", new_lib)):
             cpu._lib = lib
-            m.forward(step, st, logits="last", inplace=True)
-            ts = []
-            for _ in range(10):
-                t = time.perf_counter(); m.forward(step, st, logits="last", inplace=True); ts.append(time.perf_counter() - t)
-            res[name].append(statistics.median(ts) * 1e3)
+            res[name].append(_median_seconds(lambda: m.forward(step, st, logits="last", inplace=True), 10) * 1e3)
     cpu._lib = new_lib
     print(dtype, " | ".join(f"{k} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for k, v in res.items()),
           "| per round new/old:", " ".join(f"{n / o:.2f}" for n, o in zip(res["new"], res["old"])), flush=True)

@@ -5,6 +5,9 @@ tree; M: the vector counts, default 1 and 2)."""
 import ctypes, os, statistics, subprocess, sys, tempfile, time
 import torch
 
+sys.path.insert(0, "tests")
+from roofline import _median_seconds as med  # warm-up call, then the median of n timed calls
+
 old_commit = sys.argv[1]
 vector_counts = [int(m) for m in sys.argv[2:]] or [1, 2]
 # the engine's flags (engine/kernels/cpu.py); AB_FLAGS adds some, e.g. "-mno-avx512f" for the portable loop
@@ -27,15 +30,6 @@ shapes = ([(C, C)] * 4 + [(F, C), (C, F)]) * L + [(V, C)]
 threads = torch.get_num_threads()
 src = torch.ones(1 << 26)  # the benchmark's read probe: a sum over 256 MiB
 
-
-def med(fn, n):
-    fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 print(f"# {__doc__.splitlines()[0]}\n# {time.strftime('%c')}, torch {torch.__version__}, {threads} threads, old = "
